@@ -7,4 +7,5 @@
 pub mod domain;
 pub mod envelope;
 pub mod policy;
+pub mod planner;
 pub mod units;

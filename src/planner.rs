@@ -1,0 +1,395 @@
+//! The planner: a pure function from a guest's recent samples, its envelope, the policy knobs
+//! and its resize history to one decision with a reason. No I/O, no clock, no globals: the
+//! daemon feeds it libvirt samples, the simulator feeds it a modelled guest.
+
+use crate::envelope::Envelope;
+use crate::policy::Knobs;
+use crate::units::Bytes;
+use serde::Serialize;
+use statrs::statistics::{Data, Median, OrderStatistics};
+use std::fmt;
+
+/// One observation of a guest, in allocation terms.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Sample {
+    /// Seconds on the caller's clock.
+    pub at: f64,
+    /// The hypervisor-side allocation (balloon plus plugged memory) when sampled.
+    pub size: Bytes,
+    /// Guest MemTotal.
+    pub total: Bytes,
+    /// Guest MemAvailable: free memory plus what the kernel can reclaim (page cache), but not
+    /// tmpfs/shmem.
+    pub available: Bytes,
+    /// Guest swap-in rate, bytes per second.
+    pub swap_in_rate: f64,
+}
+
+impl Sample {
+    /// The memory this guest needs, expressed as an allocation: the allocation minus what the
+    /// guest reports it could do without. Hostile values are bounded: available above total
+    /// counts as total, and a total above the allocation counts as the allocation.
+    pub fn need(&self) -> Bytes {
+        let total = self.total.min(self.size);
+        let avail = self.available.min(total);
+        // The allocation the guest cannot see (kernel reservations) belongs to its need, but
+        // a guest claiming a tiny MemTotal may not inflate it without bound.
+        let hidden = self
+            .size
+            .saturating_sub(total)
+            .min(self.size.scale(0.125) + Bytes::from_mib(32));
+        total.saturating_sub(avail) + hidden
+    }
+}
+
+impl Sample {
+    /// The guest had (almost) no memory left: its need is clipped at what it has.
+    pub fn saturated(&self) -> bool {
+        self.available.min(self.total) < SATURATED
+    }
+}
+
+/// MemAvailable below this means the guest's report no longer shows its real demand.
+const SATURATED: Bytes = Bytes::from_mib(32);
+
+/// When this guest was last resized, as the planner needs to know.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct History {
+    pub last_grow: Option<f64>,
+    pub last_shrink: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Grow,
+    Shrink,
+    Hold,
+}
+
+/// Why a decision was taken. Holds and resizes alike carry one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+pub enum Reason {
+    /// Predicted MemAvailable is below the grow threshold.
+    Short { available: Bytes, threshold: Bytes },
+    /// The guest is swapping in faster than the policy allows.
+    Swapping { bytes_per_sec: u64 },
+    /// MemAvailable stayed above the shrink threshold over the window.
+    Idle { available: Bytes, threshold: Bytes },
+    BelowFloor,
+    AboveCeiling,
+    /// Nothing to do: MemAvailable is between the thresholds.
+    InBand { available: Bytes },
+    /// The guest wants more than its ceiling.
+    AtCeiling { wanted: Bytes },
+    GrowCooldown { seconds_left: f64 },
+    ShrinkCooldown { seconds_left: f64 },
+    /// The change would be smaller than `min_change`.
+    SmallChange { change: Bytes },
+    NoSamples,
+    // Holds decided outside the planner, kept here so every decision has one reason type.
+    NoDriver,
+    Stale { age_seconds: f64 },
+    ResizeInProgress,
+    Unconverged { target: Bytes, actual: Bytes },
+    Pinned,
+    NotRunning { state: String },
+    NoMethod,
+    BadEnvelope { message: String },
+    HostError { message: String },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Short { available, threshold } => write!(f, "short: predicted available {available} below {threshold}"),
+            Reason::Swapping { bytes_per_sec } => write!(f, "swapping in at {}/s", Bytes(*bytes_per_sec)),
+            Reason::Idle { available, threshold } => write!(f, "idle: available {available} above {threshold} over the window"),
+            Reason::BelowFloor => f.write_str("below floor"),
+            Reason::AboveCeiling => f.write_str("above ceiling"),
+            Reason::InBand { available } => write!(f, "in band: available {available}"),
+            Reason::AtCeiling { wanted } => write!(f, "at ceiling: wants {wanted}"),
+            Reason::GrowCooldown { seconds_left } => write!(f, "grow cooldown: {seconds_left:.0}s left"),
+            Reason::ShrinkCooldown { seconds_left } => write!(f, "shrink cooldown: {seconds_left:.0}s left"),
+            Reason::SmallChange { change } => write!(f, "change of {change} too small"),
+            Reason::NoSamples => f.write_str("no stats yet"),
+            Reason::NoDriver => f.write_str("no balloon driver: guest never reported stats"),
+            Reason::Stale { age_seconds } => write!(f, "stale stats: last update {age_seconds:.0}s ago"),
+            Reason::ResizeInProgress => f.write_str("resize in progress"),
+            Reason::Unconverged { target, actual } => write!(f, "resize did not converge: asked {target}, has {actual}"),
+            Reason::Pinned => f.write_str("pinned by operator"),
+            Reason::NotRunning { state } => write!(f, "not running: {state}"),
+            Reason::NoMethod => f.write_str("no resize method: no balloon and no virtio-mem"),
+            Reason::BadEnvelope { message } => write!(f, "bad envelope: {message}"),
+            Reason::HostError { message } => write!(f, "host error: {message}"),
+        }
+    }
+}
+
+impl Reason {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reason::Short { .. } => "short",
+            Reason::Swapping { .. } => "swapping",
+            Reason::Idle { .. } => "idle",
+            Reason::BelowFloor => "below_floor",
+            Reason::AboveCeiling => "above_ceiling",
+            Reason::InBand { .. } => "in_band",
+            Reason::AtCeiling { .. } => "at_ceiling",
+            Reason::GrowCooldown { .. } => "grow_cooldown",
+            Reason::ShrinkCooldown { .. } => "shrink_cooldown",
+            Reason::SmallChange { .. } => "small_change",
+            Reason::NoSamples => "no_samples",
+            Reason::NoDriver => "no_driver",
+            Reason::Stale { .. } => "stale",
+            Reason::ResizeInProgress => "in_progress",
+            Reason::Unconverged { .. } => "unconverged",
+            Reason::Pinned => "pinned",
+            Reason::NotRunning { .. } => "not_running",
+            Reason::NoMethod => "no_method",
+            Reason::BadEnvelope { .. } => "bad_envelope",
+            Reason::HostError { .. } => "host_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub kind: Kind,
+    /// The size asked for (equal to the current size on a hold).
+    pub target: Bytes,
+    pub reason: Reason,
+    /// Estimated need now, predicted need for growth, and need the shrink must cover.
+    pub need: Bytes,
+    pub predicted: Bytes,
+    pub headroom: Bytes,
+}
+
+impl Decision {
+    pub fn hold(size: Bytes, reason: Reason) -> Decision {
+        Decision {
+            kind: Kind::Hold,
+            target: size,
+            reason,
+            need: Bytes(0),
+            predicted: Bytes(0),
+            headroom: Bytes(0),
+        }
+    }
+}
+
+pub struct Input<'a> {
+    pub now: f64,
+    /// The envelope as the policy limits it.
+    pub envelope: &'a Envelope,
+    pub knobs: &'a Knobs,
+    /// The current allocation.
+    pub size: Bytes,
+    /// Fresh samples, oldest first (the caller drops stale ones).
+    pub samples: &'a [Sample],
+    pub history: History,
+}
+
+/// Slope of need over time in bytes per second, by Theil–Sen (the median of pairwise slopes):
+/// a steady climb is extrapolated, a single jump is not (it would otherwise look like a steep
+/// trend and overshoot).
+fn trend(samples: &[Sample]) -> f64 {
+    if samples.len() < 2 {
+        return 0.0;
+    }
+    let mut slopes = Vec::with_capacity(samples.len() * (samples.len() - 1) / 2);
+    for (i, a) in samples.iter().enumerate() {
+        for b in &samples[i + 1..] {
+            let dt = b.at - a.at;
+            if dt > 0.0 {
+                slopes.push((b.need().0 as f64 - a.need().0 as f64) / dt);
+            }
+        }
+    }
+    if slopes.is_empty() {
+        return 0.0;
+    }
+    let mut d = Data::new(slopes);
+    let m = d.median();
+    if m.is_finite() { m } else { 0.0 }
+}
+
+fn percentile(samples: &[Sample], p: f64) -> Bytes {
+    let v: Vec<f64> = samples.iter().map(|s| s.need().0 as f64).collect();
+    if v.is_empty() {
+        return Bytes(0);
+    }
+    let mut d = Data::new(v);
+    let q = d.quantile(p.clamp(0.0, 1.0));
+    if q.is_finite() && q > 0.0 { Bytes(q as u64) } else { Bytes(0) }
+}
+
+fn since(now: f64, t: Option<f64>) -> f64 {
+    t.map(|t| (now - t).max(0.0)).unwrap_or(f64::INFINITY)
+}
+
+/// Decide for one guest.
+pub fn plan(i: &Input) -> Decision {
+    let env = i.envelope;
+    let k = i.knobs;
+    let size = i.size;
+    let Some(last) = i.samples.last() else {
+        return Decision::hold(size, Reason::NoSamples);
+    };
+    let need = last.need();
+    let used = need;
+    let headroom = k.headroom.max(used.scale(k.headroom_pct.fraction()));
+    // A starved guest reports need clipped at its allocation, so its "trend" would only echo
+    // our own growth: fit the trend to samples that still had memory to spare.
+    // Only the latest unbroken run counts: a jump across a starved spell is a step, not a trend.
+    let mut recent: Vec<Sample> = i
+        .samples
+        .iter()
+        .rev()
+        .take_while(|s| s.at >= i.now - k.trend_window.as_secs_f64() && !s.saturated())
+        .copied()
+        .collect();
+    recent.reverse();
+    // A climb must show in most steps between reports: a jump followed by a plateau is a step,
+    // and extrapolating it would overshoot.
+    let rising = recent.windows(2).filter(|w| w[1].need() > w[0].need()).count();
+    let slope = if recent.len() >= 3 && rising * 5 >= (recent.len() - 1) * 3 {
+        trend(&recent).max(0.0)
+    } else {
+        0.0
+    };
+    let predicted = need + Bytes(0).max(Bytes((slope * k.predict.as_secs_f64()).min(1e15) as u64));
+    let window: Vec<Sample> = i
+        .samples
+        .iter()
+        .filter(|s| s.at >= i.now - k.window.as_secs_f64())
+        .copied()
+        .collect();
+    // A shrink must leave room for whatever growth would ask for right now.
+    let need_window = percentile(&window, k.percentile.fraction())
+        .max(need)
+        .max(predicted);
+    let mut d = Decision {
+        kind: Kind::Hold,
+        target: size,
+        reason: Reason::InBand {
+            available: size.saturating_sub(need),
+        },
+        need,
+        predicted,
+        headroom,
+    };
+
+    // The envelope is the law, before any policy judgement.
+    if size > env.ceiling {
+        d.kind = Kind::Shrink;
+        d.target = env.ceiling;
+        d.reason = Reason::AboveCeiling;
+        return d;
+    }
+    if size < env.floor {
+        d.kind = Kind::Grow;
+        d.target = env.realize_up(env.floor.max(predicted + headroom));
+        d.reason = Reason::BelowFloor;
+        return d;
+    }
+
+    let avail_pred = size.saturating_sub(predicted);
+    let grow_threshold = headroom.scale(k.grow_at.fraction());
+    let swap = last.swap_in_rate;
+    let swapping = k.swap_grow.per_sec().0 > 0 && swap > k.swap_grow.per_sec().0 as f64;
+    if avail_pred < grow_threshold || swapping || size < need + k.min_free {
+        let mut want = (predicted + headroom).max(need + k.min_free);
+        if swapping {
+            want = want.max(size + headroom);
+        }
+        let reason = if swapping && avail_pred >= grow_threshold {
+            Reason::Swapping {
+                bytes_per_sec: swap as u64,
+            }
+        } else {
+            Reason::Short {
+                available: avail_pred,
+                threshold: grow_threshold,
+            }
+        };
+        if size >= env.ceiling {
+            d.reason = Reason::AtCeiling { wanted: want };
+            return d;
+        }
+        let since_grow = since(i.now, i.history.last_grow);
+        if since_grow < k.grow_cooldown.as_secs_f64() {
+            d.reason = Reason::GrowCooldown {
+                seconds_left: k.grow_cooldown.as_secs_f64() - since_grow,
+            };
+            return d;
+        }
+        let mut step = want.saturating_sub(size);
+        if k.max_grow_step.0 > 0 {
+            step = step.min(k.max_grow_step);
+        }
+        if k.grow_rate.per_sec().0 > 0 && since_grow.is_finite() {
+            step = step.min(k.grow_rate.over(since_grow).max(env.vmem_step));
+        }
+        let target = env.realize_up(size + step);
+        if target <= size {
+            d.reason = Reason::AtCeiling { wanted: want };
+            return d;
+        }
+        d.kind = Kind::Grow;
+        d.target = target;
+        d.reason = reason;
+        return d;
+    }
+
+    let avail_window = size.saturating_sub(need_window);
+    let shrink_threshold = headroom.scale(k.shrink_at.fraction());
+    if avail_window > shrink_threshold && size > env.floor {
+        // A growth made on a predicted trend is only proven wrong once the trend window has
+        // passed: shrinking earlier would undo it on the very data that caused it.
+        let cooldown = k.shrink_cooldown.as_secs_f64().max(k.trend_window.as_secs_f64());
+        let since_grow = since(i.now, i.history.last_grow);
+        if since_grow < cooldown {
+            d.reason = Reason::ShrinkCooldown {
+                seconds_left: cooldown - since_grow,
+            };
+            return d;
+        }
+        let since_shrink = since(i.now, i.history.last_shrink);
+        if since_shrink < k.shrink_interval.as_secs_f64() {
+            d.reason = Reason::ShrinkCooldown {
+                seconds_left: k.shrink_interval.as_secs_f64() - since_shrink,
+            };
+            return d;
+        }
+        let keep = (need_window + headroom).max(need + k.min_free);
+        let mut step = size.saturating_sub(keep);
+        if k.max_shrink_step.0 > 0 {
+            step = step.min(k.max_shrink_step);
+        }
+        if k.shrink_rate.per_sec().0 > 0 {
+            let dt = since_shrink.min(k.window.as_secs_f64()).max(k.shrink_interval.as_secs_f64());
+            step = step.min(k.shrink_rate.over(dt));
+        }
+        // Round up: the granularity never takes a guest below its need plus headroom.
+        let target = env.realize_up(size.saturating_sub(step).max(keep.min(size)));
+        let change = size.saturating_sub(target);
+        if target >= size || (change < k.min_change && target > env.floor) {
+            d.reason = Reason::SmallChange { change };
+            return d;
+        }
+        d.kind = Kind::Shrink;
+        d.target = target;
+        d.reason = Reason::Idle {
+            available: avail_window,
+            threshold: shrink_threshold,
+        };
+        return d;
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,294 @@
+use super::*;
+use crate::envelope::{Envelope, FlavorCatalog, Limits};
+use crate::policy::Knobs;
+use crate::units::{Bytes, MIB};
+use proptest::prelude::*;
+
+fn env(floor_mib: u64, base_mib: u64, vmem_mib: u64, block_mib: u64, nodes: u64) -> Envelope {
+    let per = vmem_mib / nodes;
+    let spec = crate::domain::DomainSpec {
+        name: "g".into(),
+        memory: Bytes::from_mib(base_mib + per * nodes),
+        current_memory: Bytes::from_mib(floor_mib),
+        balloon_device: true,
+        virtio_mem: (0..nodes)
+            .filter(|_| per > 0)
+            .map(|i| crate::domain::VirtioMem {
+                alias: Some(format!("vm{i}")),
+                node: Some(i as u32),
+                size: Bytes::from_mib(per),
+                block: Bytes::from_mib(block_mib),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    Envelope::from_spec(&spec, &FlavorCatalog::new()).unwrap()
+}
+
+/// A guest whose need is set by the test; its report follows its allocation at once.
+struct Model {
+    size: Bytes,
+    hidden: Bytes,
+    samples: Vec<Sample>,
+    history: History,
+}
+
+impl Model {
+    fn new(size: Bytes) -> Model {
+        Model {
+            size,
+            hidden: Bytes::from_mib(30),
+            samples: vec![],
+            history: History::default(),
+        }
+    }
+    /// One tick: observe, plan, apply. Returns the decision.
+    fn tick(&mut self, now: f64, need: Bytes, env: &Envelope, k: &Knobs) -> Decision {
+        let total = self.size.saturating_sub(self.hidden);
+        let used = need.saturating_sub(self.hidden);
+        self.samples.push(Sample {
+            at: now,
+            size: self.size,
+            total,
+            available: total.saturating_sub(used),
+            swap_in_rate: 0.0,
+        });
+        let keep = (k.window.as_secs_f64().max(k.trend_window.as_secs_f64())) as usize + 2;
+        if self.samples.len() > keep {
+            self.samples.remove(0);
+        }
+        let d = plan(&Input {
+            now,
+            envelope: env,
+            knobs: k,
+            size: self.size,
+            samples: &self.samples,
+            history: self.history,
+        });
+        match d.kind {
+            Kind::Grow => self.history.last_grow = Some(now),
+            Kind::Shrink => self.history.last_shrink = Some(now),
+            Kind::Hold => {}
+        }
+        if d.kind != Kind::Hold {
+            self.size = d.target;
+        }
+        d
+    }
+}
+
+#[test]
+fn grows_when_short_and_shrinks_when_idle() {
+    let e = env(512, 512, 2048, 2, 1);
+    let k = Knobs::default();
+    let mut m = Model::new(Bytes::from_mib(512));
+    let d = m.tick(0.0, Bytes::from_mib(450), &e, &k);
+    assert_eq!(d.kind, Kind::Grow, "{d:?}");
+    assert!(d.target >= Bytes::from_mib(450) + k.headroom);
+    assert!(matches!(d.reason, Reason::Short { .. }));
+    // idle for a long time: back to the floor, step by step
+    let mut t = 1.0;
+    while t < 400.0 {
+        m.tick(t, Bytes::from_mib(100), &e, &k);
+        t += 1.0;
+    }
+    assert_eq!(m.size, e.floor, "idle guest shrinks to its floor");
+}
+
+#[test]
+fn never_shrinks_below_need_plus_min_free() {
+    let e = env(256, 2048, 0, 2, 1);
+    let k = Knobs {
+        headroom: Bytes::from_mib(64),
+        min_free: Bytes::from_mib(64),
+        ..Knobs::default()
+    };
+    let mut m = Model::new(Bytes::from_mib(2048));
+    for t in 0..500 {
+        let d = m.tick(t as f64, Bytes::from_mib(700), &e, &k);
+        if d.kind == Kind::Shrink {
+            assert!(d.target >= Bytes::from_mib(700) + k.min_free);
+        }
+    }
+    assert!(m.size < Bytes::from_mib(1000));
+}
+
+#[test]
+fn at_ceiling_is_a_hold_with_a_reason() {
+    let e = env(512, 512, 512, 2, 1);
+    let k = Knobs::default();
+    let mut m = Model::new(Bytes::from_mib(1024));
+    let d = m.tick(0.0, Bytes::from_mib(1500), &e, &k);
+    assert_eq!(d.kind, Kind::Hold);
+    assert!(matches!(d.reason, Reason::AtCeiling { .. }), "{d:?}");
+}
+
+#[test]
+fn trend_grows_ahead_of_demand() {
+    let e = env(512, 512, 2048, 2, 1);
+    let k = Knobs::default();
+    let mut m = Model::new(Bytes::from_mib(1024));
+    // need climbs 50 MiB/s: growth must fire while availability is still above the threshold
+    let mut first_grow = None;
+    for t in 0..10 {
+        let need = Bytes::from_mib(400 + 50 * t);
+        let d = m.tick(t as f64, need, &e, &k);
+        if d.kind == Kind::Grow && first_grow.is_none() {
+            first_grow = Some((t, d));
+        }
+    }
+    let (t, d) = first_grow.expect("grows");
+    assert!(d.predicted > d.need, "prediction uses the trend: {d:?}");
+    assert!(t <= 8, "grew at {t}");
+}
+
+#[test]
+fn hostile_samples_are_bounded() {
+    let s = Sample {
+        at: 0.0,
+        size: Bytes::from_mib(1024),
+        total: Bytes::from_gib(1000),
+        available: Bytes::from_gib(2000),
+        swap_in_rate: f64::NAN,
+    };
+    // available above total and total above size: need is zero plus nothing hidden
+    assert_eq!(s.need(), Bytes(0));
+    let s = Sample {
+        total: Bytes(0),
+        available: Bytes(0),
+        ..s
+    };
+    // a guest claiming no MemTotal may not make its need exceed the bounded hidden part
+    assert!(s.need() <= Bytes::from_mib(1024 / 8 + 32));
+}
+
+#[test]
+fn swapping_guest_grows() {
+    let e = env(512, 512, 1024, 2, 1);
+    let k = Knobs::default();
+    let size = Bytes::from_mib(1024);
+    let s = Sample {
+        at: 0.0,
+        size,
+        total: size,
+        available: Bytes::from_mib(500),
+        swap_in_rate: 20.0 * MIB as f64,
+    };
+    let d = plan(&Input {
+        now: 0.0,
+        envelope: &e,
+        knobs: &k,
+        size,
+        samples: &[s],
+        history: History::default(),
+    });
+    assert_eq!(d.kind, Kind::Grow);
+    assert!(matches!(d.reason, Reason::Swapping { .. }));
+}
+
+fn arb_env() -> impl Strategy<Value = Envelope> {
+    (128u64..2048, 0u64..2048, 0u64..4096, prop::sample::select(vec![2u64, 4, 128]), 1u64..3)
+        .prop_map(|(floor, extra, vmem, block, nodes)| {
+            let base = floor + extra;
+            env(floor, base, vmem / (block * nodes) * block * nodes, block, nodes)
+        })
+}
+
+fn arb_knobs() -> impl Strategy<Value = Knobs> {
+    (32u64..1024, 0u64..30, 10u64..90, 150u64..400, 0u64..64, 0u64..60, 0u64..120, 0u64..2).prop_map(
+        |(head, pct, grow, shrink, minfree, cool, rate, max)| Knobs {
+            headroom: Bytes::from_mib(head),
+            headroom_pct: crate::units::Percent(pct as f64 / 100.0),
+            grow_at: crate::units::Percent(grow as f64 / 100.0),
+            shrink_at: crate::units::Percent(shrink as f64 / 100.0),
+            min_free: Bytes::from_mib(minfree.min(head)),
+            shrink_cooldown: crate::units::Dur::secs(cool),
+            shrink_rate: crate::units::Rate(Bytes::from_mib(rate)),
+            max: if max == 1 { Some(Bytes::from_mib(1500)) } else { None },
+            ..Knobs::default()
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever the demand, no decision leaves the envelope, every resize is to a realizable
+    /// size, and no shrink goes below need plus the reserve.
+    #[test]
+    fn never_outside_envelope(e in arb_env(), k in arb_knobs(), needs in prop::collection::vec(0u64..6000, 1..120), start in 0u64..6000) {
+        let e = e.limited(&k.limits());
+        let mut m = Model::new(Bytes::from_mib(start));
+        for (t, n) in needs.iter().enumerate() {
+            let need = Bytes::from_mib(*n);
+            let before = m.size;
+            let d = m.tick(t as f64 * 2.0, need, &e, &k);
+            if d.kind != Kind::Hold {
+                prop_assert!(d.target >= e.floor && d.target <= e.ceiling, "{d:?} outside {}..{}", e.floor, e.ceiling);
+                prop_assert!(e.is_realizable(d.target), "{} not realizable in {e:?}", d.target);
+            }
+            if d.kind == Kind::Shrink && d.reason != Reason::AboveCeiling {
+                prop_assert!(d.target >= e.floor.max(d.need + k.min_free).min(before), "{d:?}");
+            }
+        }
+    }
+
+    /// Under flat demand the guest settles, then is never resized again.
+    #[test]
+    fn flat_demand_settles(e in arb_env(), k in arb_knobs(), n in 0u64..4000, start in 0u64..4000) {
+        let e = e.limited(&k.limits());
+        let mut m = Model::new(Bytes::from_mib(start));
+        let need = Bytes::from_mib(n);
+        // settle: until a long quiet spell (slow shrink rates take a while)
+        let (mut t, mut quiet) = (0, 0);
+        while quiet < 200 && t < 50_000 {
+            quiet = if m.tick(t as f64, need, &e, &k).kind == Kind::Hold { quiet + 1 } else { 0 };
+            t += 1;
+        }
+        prop_assert!(quiet >= 200, "never settled");
+        for t in t..t + 600 {
+            let d = m.tick(t as f64, need, &e, &k);
+            prop_assert_eq!(d.kind, Kind::Hold, "resized after settling at t={}: {:?}", t, d);
+        }
+    }
+
+    /// A square wave slower than the cooldown: inside each level, resizes go one way only.
+    #[test]
+    fn no_oscillation_under_square_wave(e in arb_env(), k in arb_knobs(), lo in 0u64..1500, hi in 1500u64..4000) {
+        let e = e.limited(&k.limits());
+        let half = (k.shrink_cooldown.as_secs_f64() as usize + k.window.as_secs_f64() as usize) * 3 + 60;
+        let mut m = Model::new(e.floor);
+        let mut t = 0.0;
+        for level in 0..6 {
+            let need = Bytes::from_mib(if level % 2 == 0 { hi } else { lo });
+            let mut dirs = vec![];
+            let mut log = vec![];
+            for _ in 0..half {
+                let before = m.size;
+                let d = m.tick(t, need, &e, &k);
+                if d.kind != Kind::Hold && d.reason != Reason::AboveCeiling && d.reason != Reason::BelowFloor {
+                    dirs.push(d.kind);
+                    log.push(format!("t={t} {before}->{} need={} pred={} H={} {} samples={:?}", d.target, d.need, d.predicted, d.headroom, d.reason, m.samples.iter().rev().take(12).map(|s| (s.at, s.need().mib(), s.available.mib(), s.saturated())).collect::<Vec<_>>()));
+                }
+                t += 1.0;
+            }
+            dirs.dedup();
+            prop_assert!(dirs.len() <= 1, "level {} went both ways: {:#?} lo={} hi={} samples={:?}", level, log, lo, hi, m.samples.iter().rev().take(14).map(|s| (s.at, s.need().mib(), s.available.mib())).collect::<Vec<_>>());
+        }
+    }
+}
+
+#[test]
+fn limits_are_respected_by_plan() {
+    let e = env(512, 512, 4096, 2, 2).limited(&Limits {
+        max: Some(Bytes::from_mib(1024)),
+        ..Limits::all()
+    });
+    let mut m = Model::new(Bytes::from_mib(2048));
+    let d = m.tick(0.0, Bytes::from_mib(100), &e, &Knobs::default());
+    assert_eq!(d.kind, Kind::Shrink);
+    assert_eq!(d.reason, Reason::AboveCeiling);
+    assert_eq!(d.target, Bytes::from_mib(1024));
+}
+
