@@ -413,3 +413,59 @@ pub(crate) mod tests {
         ));
     }
 }
+
+/// The XML of one virtio-mem device of a live domain, found by alias, with its requested size
+/// replaced: what `virDomainUpdateDeviceFlags` takes (as `virsh update-memory-device` does).
+pub fn virtio_mem_update_xml(live_xml: &str, alias: &str, requested: Bytes) -> Result<String, DomainError> {
+    let doc = roxmltree::Document::parse(live_xml).map_err(|e| DomainError::Xml(e.to_string()))?;
+    let dev = doc
+        .descendants()
+        .find(|n| {
+            n.has_tag_name("memory")
+                && n.attribute("model") == Some("virtio-mem")
+                && child(*n, "alias").and_then(|a| a.attribute("name")) == Some(alias)
+        })
+        .ok_or(DomainError::Missing("memory model='virtio-mem' with that alias"))?;
+    let range = dev.range();
+    let text = &live_xml[range.clone()];
+    let new_req = format!("<requested unit='KiB'>{}</requested>", requested.kib());
+    let target = child(dev, "target").ok_or(DomainError::Missing("target"))?;
+    Ok(match child(target, "requested") {
+        Some(r) => {
+            let rr = r.range();
+            format!(
+                "{}{}{}",
+                &live_xml[range.start..rr.start],
+                new_req,
+                &live_xml[rr.end..range.end]
+            )
+        }
+        None => {
+            let end = target.range().end - range.start;
+            let close = text[..end].rfind("</target>").unwrap_or(end);
+            format!("{}{}{}", &text[..close], new_req, &text[close..])
+        }
+    })
+}
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_requested_of_the_named_device_only() {
+        let xml = tests::NOVA_XML;
+        let out = virtio_mem_update_xml(xml, "virtiomem1", Bytes::from_mib(256)).unwrap();
+        assert!(out.starts_with("<memory model='virtio-mem'>"));
+        assert!(out.contains("<node>1</node>"));
+        assert!(out.contains("<requested unit='KiB'>262144</requested>"));
+        assert!(out.contains("<alias name='virtiomem1'/>"));
+        assert!(out.ends_with("</memory>"));
+        let again = DomainSpec::parse(&format!(
+            "<domain><memory>1</memory><devices>{out}</devices></domain>"
+        ))
+        .unwrap();
+        assert_eq!(again.virtio_mem[0].requested, Bytes::from_mib(256));
+        assert!(virtio_mem_update_xml(xml, "nope", Bytes(0)).is_err());
+    }
+}

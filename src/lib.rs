@@ -6,6 +6,8 @@
 
 pub mod domain;
 pub mod envelope;
+pub mod hypervisor;
+pub mod libvirt;
 pub mod policy;
 pub mod planner;
 pub mod units;

@@ -211,7 +211,7 @@ fn trend(samples: &[Sample]) -> f64 {
     if slopes.is_empty() {
         return 0.0;
     }
-    let mut d = Data::new(slopes);
+    let d = Data::new(slopes);
     let m = d.median();
     if m.is_finite() { m } else { 0.0 }
 }

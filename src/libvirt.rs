@@ -1,0 +1,258 @@
+//! The real hypervisor: libvirt through the `virt` crate, plus the raw calls it lacks
+//! (bulk domain stats). One connection per host, reopened when it is lost.
+
+use crate::domain;
+use crate::hypervisor::{GuestMem, GuestStats, HvError, Hypervisor, RunState};
+use crate::units::Bytes;
+use std::ffi::{CStr, c_char};
+use std::sync::{Mutex, Once};
+use virt::connect::Connect;
+use virt::error::{Error as VirtError, ErrorNumber};
+use virt::sys;
+
+static INIT: Once = Once::new();
+
+/// Once per process, before any connection: silence libvirt's default error printer and run
+/// its event loop on a thread of its own (keepalive and events need it).
+pub fn init() {
+    INIT.call_once(|| {
+        virt::error::clear_error_callback();
+        // SAFETY: registering the default event implementation has no preconditions; it must
+        // happen before connections are opened, which `Once` guarantees for ours.
+        let rc = unsafe { sys::virEventRegisterDefaultImpl() };
+        if rc == 0 {
+            let spawned = std::thread::Builder::new()
+                .name("libvirt-events".into())
+                .spawn(|| {
+                    loop {
+                        // SAFETY: the default implementation was registered above.
+                        if unsafe { sys::virEventRunDefaultImpl() } < 0 {
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the libvirt event thread");
+            }
+        } else {
+            tracing::warn!("cannot register libvirt's event loop: keepalive is off");
+        }
+    });
+}
+
+pub struct LibvirtHost {
+    uri: String,
+    conn: Mutex<Option<Connect>>,
+}
+
+impl LibvirtHost {
+    pub fn new(uri: &str) -> LibvirtHost {
+        init();
+        LibvirtHost {
+            uri: uri.to_string(),
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// Run `f` on the open connection, opening it first if needed; a failure that leaves the
+    /// connection dead drops it so the next call reconnects.
+    fn with_conn<T>(&self, f: impl FnOnce(&Connect) -> Result<T, VirtError>) -> Result<T, HvError> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let c = Connect::open(Some(&self.uri)).map_err(|e| HvError::Connect {
+                uri: self.uri.clone(),
+                message: e.message().to_string(),
+            })?;
+            // Notice a dead libvirtd within ~15 s even while idle.
+            let _ = c.set_keep_alive(5, 3);
+            *guard = Some(c);
+        }
+        let Some(conn) = guard.as_ref() else {
+            return Err(HvError::Other("no connection".into()));
+        };
+        match f(conn) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if !conn.is_alive().unwrap_or(false) {
+                    // Dropping the Connect closes it.
+                    guard.take();
+                    return Err(HvError::Lost {
+                        uri: self.uri.clone(),
+                        message: e.message().to_string(),
+                    });
+                }
+                Err(HvError::Other(e.message().to_string()))
+            }
+        }
+    }
+
+    fn on_guest<T>(
+        &self,
+        uuid: &str,
+        f: impl FnOnce(&virt::domain::Domain) -> Result<T, VirtError>,
+    ) -> Result<T, HvError> {
+        let mut missing = false;
+        let r = self.with_conn(|c| {
+            let d = c.lookup_domain_by_uuid_string(uuid).inspect_err(|e| {
+                missing = e.code() == virt::error::ErrorNumberEnum::Known(ErrorNumber::NoDomain);
+            })?;
+            f(&d)
+        });
+        match r {
+            Err(_) if missing => Err(HvError::NoGuest(uuid.to_string())),
+            Err(HvError::Other(message)) => Err(HvError::Guest {
+                guest: uuid.to_string(),
+                message,
+            }),
+            other => other,
+        }
+    }
+}
+
+/// Frees the stats list however the parse below ends.
+struct StatsList(*mut sys::virDomainStatsRecordPtr);
+
+impl Drop for StatsList {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the pointer came from virConnectGetAllDomainStats and is freed once.
+            unsafe { sys::virDomainStatsRecordListFree(self.0) };
+        }
+    }
+}
+
+fn param_u64(p: &sys::virTypedParameter) -> Option<u64> {
+    // SAFETY: the union member read is the one `type_` names.
+    unsafe {
+        match p.type_ as u32 {
+            sys::VIR_TYPED_PARAM_INT => u64::try_from(p.value.i).ok(),
+            sys::VIR_TYPED_PARAM_UINT => Some(p.value.ui as u64),
+            sys::VIR_TYPED_PARAM_LLONG => u64::try_from(p.value.l).ok(),
+            sys::VIR_TYPED_PARAM_ULLONG => Some(p.value.ul),
+            sys::VIR_TYPED_PARAM_DOUBLE => {
+                let d = p.value.d;
+                (d.is_finite() && d >= 0.0).then_some(d as u64)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn cstr(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: libvirt returns NUL-terminated strings that live as long as the record.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Build a guest's stats from the typed parameters of one bulk record.
+fn parse_record(name: String, uuid: String, params: &[sys::virTypedParameter]) -> GuestStats {
+    let mut g = GuestStats {
+        name,
+        uuid,
+        state: RunState::Other,
+        current: None,
+        maximum: None,
+        guest: GuestMem::default(),
+        last_update: 0,
+        rss: None,
+    };
+    for p in params {
+        let field = cstr(p.field.as_ptr());
+        let Some(v) = param_u64(p) else { continue };
+        let kib = Some(Bytes::from_kib(v));
+        match field.as_str() {
+            "state.state" => g.state = RunState::from_libvirt(v as i64),
+            "balloon.current" => g.current = kib,
+            "balloon.maximum" => g.maximum = kib,
+            "balloon.available" => g.guest.total = kib,
+            "balloon.usable" => g.guest.usable = kib,
+            "balloon.unused" => g.guest.unused = kib,
+            "balloon.disk_caches" => g.guest.disk_caches = kib,
+            "balloon.swap_in" => g.guest.swap_in = kib,
+            "balloon.swap_out" => g.guest.swap_out = kib,
+            "balloon.major_fault" => g.guest.major_fault = Some(v),
+            "balloon.minor_fault" => g.guest.minor_fault = Some(v),
+            "balloon.last-update" => g.last_update = v,
+            "balloon.rss" => g.rss = kib,
+            _ => {}
+        }
+    }
+    g
+}
+
+impl Hypervisor for LibvirtHost {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn stats(&self) -> Result<Vec<GuestStats>, HvError> {
+        self.with_conn(|c| {
+            let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+            // SAFETY: a valid connection and an out-pointer; the list is freed by StatsList.
+            let n = unsafe {
+                sys::virConnectGetAllDomainStats(
+                    c.as_ptr(),
+                    sys::VIR_DOMAIN_STATS_STATE | sys::VIR_DOMAIN_STATS_BALLOON,
+                    &mut recs,
+                    sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+                )
+            };
+            let list = StatsList(recs);
+            if n < 0 {
+                return Err(VirtError::last_error());
+            }
+            let mut out = Vec::with_capacity(n as usize);
+            for i in 0..n as usize {
+                // SAFETY: libvirt returned `n` valid record pointers.
+                let rec = unsafe { &**list.0.add(i) };
+                // SAFETY: the record's domain is valid while the list lives.
+                let name = cstr(unsafe { sys::virDomainGetName(rec.dom) });
+                let mut buf = [0 as c_char; 80];
+                // SAFETY: VIR_UUID_STRING_BUFLEN is 37; the buffer is larger.
+                let uuid = if unsafe { sys::virDomainGetUUIDString(rec.dom, buf.as_mut_ptr()) } == 0 {
+                    cstr(buf.as_ptr())
+                } else {
+                    String::new()
+                };
+                let params: &[sys::virTypedParameter] = if rec.params.is_null() || rec.nparams <= 0 {
+                    &[]
+                } else {
+                    // SAFETY: libvirt gives `nparams` parameters at `params`.
+                    unsafe { std::slice::from_raw_parts(rec.params, rec.nparams as usize) }
+                };
+                out.push(parse_record(name, uuid, params));
+            }
+            Ok(out)
+        })
+    }
+
+    fn domain_xml(&self, uuid: &str, inactive: bool) -> Result<String, HvError> {
+        let flags = if inactive { sys::VIR_DOMAIN_XML_INACTIVE } else { 0 };
+        self.on_guest(uuid, |d| d.xml_desc(flags))
+    }
+
+    fn set_balloon(&self, uuid: &str, target: Bytes) -> Result<(), HvError> {
+        self.on_guest(uuid, |d| d.set_memory_flags(target.kib(), sys::VIR_DOMAIN_MEM_LIVE))
+    }
+
+    fn set_virtio_mem(&self, uuid: &str, alias: &str, requested: Bytes) -> Result<(), HvError> {
+        let live = self.domain_xml(uuid, false)?;
+        let dev = domain::virtio_mem_update_xml(&live, alias, requested).map_err(|e| HvError::Guest {
+            guest: uuid.to_string(),
+            message: e.to_string(),
+        })?;
+        self.on_guest(uuid, |d| d.update_device_flags(&dev, sys::VIR_DOMAIN_AFFECT_LIVE))
+    }
+
+    fn set_stats_period(&self, uuid: &str, seconds: u32) -> Result<(), HvError> {
+        self.on_guest(uuid, |d| {
+            d.set_memory_stats_period(seconds as i32, sys::VIR_DOMAIN_AFFECT_LIVE)
+        })
+    }
+
+    fn host_memory(&self) -> Result<Bytes, HvError> {
+        self.with_conn(|c| c.node_info().map(|n| Bytes::from_kib(n.memory)))
+    }
+}
