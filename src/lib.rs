@@ -4,10 +4,18 @@
 //! function) decides per guest, the actuator resizes, and every decision is audited. See
 //! `docs/architecture.md`.
 
+pub mod actuator;
+pub mod api;
+pub mod audit;
+pub mod cli;
+pub mod config;
 pub mod domain;
 pub mod envelope;
+pub mod daemon;
 pub mod hypervisor;
 pub mod libvirt;
+pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod planner;
 pub mod units;

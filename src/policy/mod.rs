@@ -2,7 +2,7 @@
 //! the planner. Parsed from TOML files in `policies/`, validated as a whole into a
 //! [`PolicySet`] that the daemon swaps atomically on reload.
 
-mod parse;
+pub mod parse;
 
 pub use parse::{Diag, Severity, load_dir, load_files, parse_policy_text};
 

@@ -1,0 +1,137 @@
+//! The HTTP API and `/metrics`, on loopback by default. Read-only routes here; each answer is
+//! JSON, each error a JSON object with an `error` message.
+
+use crate::daemon::{GuestView, Shared, epoch_now};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes as HBytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+type Resp = Response<Full<HBytes>>;
+
+fn json_resp(code: StatusCode, v: &serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(HBytes::from(v.to_string())));
+    *r.status_mut() = code;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn error(code: StatusCode, msg: &str) -> Resp {
+    json_resp(code, &json!({ "error": msg }))
+}
+
+fn all_guests(s: &Shared) -> Vec<GuestView> {
+    let hosts = s.hosts.read().unwrap_or_else(|p| p.into_inner());
+    hosts.values().flat_map(|h| h.guests.iter().cloned()).collect()
+}
+
+fn find_guest(s: &Shared, name: &str) -> Option<GuestView> {
+    all_guests(s).into_iter().find(|g| g.name == name || g.uuid == name)
+}
+
+pub fn status(s: &Shared) -> serde_json::Value {
+    let hosts = s.hosts.read().unwrap_or_else(|p| p.into_inner());
+    let hv: Vec<serde_json::Value> = hosts
+        .values()
+        .map(|h| {
+            json!({
+                "name": h.name, "uri": h.uri, "connected": h.connected, "last_error": h.last_error,
+                "capacity": h.capacity, "reserve": h.reserve, "committed": h.committed,
+                "guests": h.guests.len(), "last_tick": h.last_tick,
+            })
+        })
+        .collect();
+    let pol = s.policy_status.read().unwrap_or_else(|p| p.into_inner()).clone();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": epoch_now() - s.started,
+        "ready": *s.ready.borrow(),
+        "dry_run": s.dry_run,
+        "hosts": hv,
+        "policies": pol,
+    })
+}
+
+async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let method = req.method().clone();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    // Read (and bound) any body, so an oversized one is refused before anything else.
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body over {MAX_BODY} bytes")),
+    };
+    let _ = body;
+    let (route, resp) = match (method, parts.as_slice()) {
+        (Method::GET, ["metrics"]) => {
+            let mut r = Response::new(Full::new(HBytes::from(s.metrics.render())));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            ("metrics", r)
+        }
+        (Method::GET, ["v1", "status"]) => ("status", json_resp(StatusCode::OK, &status(&s))),
+        (Method::GET, ["v1", "guests"]) => ("guests", json_resp(StatusCode::OK, &json!(all_guests(&s)))),
+        (Method::GET, ["v1", "guests", name]) => (
+            "guest",
+            match find_guest(&s, name) {
+                Some(g) => {
+                    let decisions = s.audit.recent(Some(&g.name), 50);
+                    let mut v = json!(g);
+                    v["decisions"] = json!(decisions);
+                    json_resp(StatusCode::OK, &v)
+                }
+                None => error(StatusCode::NOT_FOUND, &format!("no guest named {name:?}")),
+            },
+        ),
+        (Method::GET, ["v1", "decisions"]) => ("decisions", json_resp(StatusCode::OK, &json!(s.audit.recent(None, 500)))),
+        (_, ["metrics"]) | (_, ["v1", "status"]) | (_, ["v1", "guests"]) | (_, ["v1", "guests", _]) | (_, ["v1", "decisions"]) => {
+            ("other", error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
+        }
+        _ => ("other", error(StatusCode::NOT_FOUND, &format!("no route {path:?}"))),
+    };
+    s.metrics.api_requests.with_label_values(&[route, resp.status().as_str()]).inc();
+    resp
+}
+
+/// Serve until shutdown.
+pub async fn serve(s: Arc<Shared>, addr: SocketAddr, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "api listening");
+    loop {
+        tokio::select! {
+            acc = listener.accept() => {
+                let (stream, _) = match acc {
+                    Ok(x) => x,
+                    Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(s, req).await) }
+                    });
+                    let conn = http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(std::time::Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), svc);
+                    let _ = conn.await;
+                });
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { return Ok(()); }
+            }
+        }
+    }
+}

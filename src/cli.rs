@@ -1,0 +1,260 @@
+//! The command line: `memscale run`, `memscale check`, and friends. Kept apart from `main.rs`
+//! so integration tests can drive the same code paths.
+
+use crate::config::{Config, HostConfig};
+use crate::daemon::{self, Shared};
+use crate::hypervisor::Hypervisor;
+use crate::libvirt::LibvirtHost;
+use crate::policy::{self, Diag, Severity};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Exit codes: 0 fine, 1 invalid config or policy, 2 usage, 3 runtime failure.
+pub const EXIT_INVALID: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_RUNTIME: i32 = 3;
+
+#[derive(Parser, Debug)]
+#[command(name = "memscale", version, about = "Sizes virtual machines' memory automatically, within each guest's envelope.")]
+pub struct Cli {
+    /// Log format: human on a terminal, plain lines for journald, or JSON.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Human,
+    Plain,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Validate the config and policy files without running.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Config file (TOML).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// libvirt URI of a host to manage; repeat for several hosts (default qemu:///system).
+    #[arg(long = "connect", short = 'C')]
+    pub connect: Vec<String>,
+    /// Directory of policy files.
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
+    /// Address of the HTTP API and /metrics.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Decide and report, never resize.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Append every decision to this file as JSON lines.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Time between decisions, e.g. "1s".
+    #[arg(long)]
+    pub interval: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Config file to check too.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Policy files or directories (default: the config's policy directory).
+    pub paths: Vec<PathBuf>,
+}
+
+pub fn init_logging(fmt: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MEMSCALE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let fmt = match fmt {
+        LogFormat::Auto if std::io::stderr().is_terminal() => LogFormat::Human,
+        LogFormat::Auto => LogFormat::Plain,
+        f => f,
+    };
+    match fmt {
+        LogFormat::Json => b.json().flatten_event(true).init(),
+        // journald stamps each line itself; colours would be noise there.
+        LogFormat::Plain => b.with_ansi(false).without_time().init(),
+        _ => b.init(),
+    }
+}
+
+fn print_diags(diags: &[Diag]) {
+    for d in diags {
+        eprintln!("{d}");
+    }
+}
+
+/// Load the config file (or defaults) and apply the flags over it.
+pub fn effective_config(a: &RunArgs) -> Result<Config, Vec<Diag>> {
+    let mut c = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if !a.connect.is_empty() {
+        c.hosts = a.connect.iter().map(|u| HostConfig::from_uri(u)).collect();
+    }
+    if c.hosts.is_empty() {
+        c.hosts.push(HostConfig::from_uri("qemu:///system"));
+    }
+    if let Some(p) = &a.policies {
+        c.policies = p.clone();
+    }
+    if let Some(l) = a.listen {
+        c.listen = l;
+    }
+    if a.dry_run {
+        c.dry_run = true;
+    }
+    if let Some(p) = &a.audit_log {
+        c.audit_log = Some(p.clone());
+    }
+    if let Some(i) = &a.interval {
+        c.interval = crate::units::Dur::parse(i).map_err(|e| {
+            vec![Diag {
+                path: "--interval".into(),
+                line: 1,
+                col: 1,
+                severity: Severity::Error,
+                message: e.to_string(),
+            }]
+        })?;
+    }
+    Ok(c)
+}
+
+pub fn check(a: &CheckArgs) -> i32 {
+    let mut diags = Vec::new();
+    let mut dir = None;
+    if let Some(p) = &a.config {
+        match Config::load(p) {
+            Ok(c) => dir = Some(c.policies),
+            Err(d) => diags.extend(d),
+        }
+    }
+    let mut files = Vec::new();
+    let paths = if a.paths.is_empty() { dir.into_iter().collect() } else { a.paths.clone() };
+    for p in &paths {
+        if p.is_dir() {
+            match policy::parse::policy_files(p) {
+                Ok(f) => files.extend(f),
+                Err(e) => diags.push(Diag { path: p.display().to_string(), line: 1, col: 1, severity: Severity::Error, message: format!("cannot read directory: {e}") }),
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let (set, d) = policy::load_files(&files, 1);
+    diags.extend(d);
+    print_diags(&diags);
+    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+    if errors > 0 {
+        eprintln!("{errors} error(s) in {} file(s)", files.len() + usize::from(a.config.is_some()));
+        return EXIT_INVALID;
+    }
+    let n = set.map(|s| s.policies.len()).unwrap_or(0);
+    println!("ok: {n} policies in {} file(s)", files.len());
+    0
+}
+
+pub async fn run(a: RunArgs) -> i32 {
+    let config = match effective_config(&a) {
+        Ok(c) => c,
+        Err(d) => {
+            print_diags(&d);
+            return EXIT_INVALID;
+        }
+    };
+    let (set, diags) = if config.policies.is_dir() {
+        policy::load_dir(&config.policies, 1)
+    } else {
+        tracing::warn!(dir = %config.policies.display(), "no policy directory: every guest gets the built-in defaults");
+        (Some(policy::PolicySet::new(vec![], vec![], 1)), vec![])
+    };
+    let Some(set) = set else {
+        print_diags(&diags);
+        eprintln!("memscale: invalid policies; nothing was started");
+        return EXIT_INVALID;
+    };
+    let shared = match Shared::new(config.clone(), set, &diags) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("memscale: cannot open the audit log: {e}");
+            return EXIT_RUNTIME;
+        }
+    };
+    let hosts: Vec<(HostConfig, Arc<dyn Hypervisor>)> = config
+        .hosts
+        .iter()
+        .map(|h| (h.clone(), Arc::new(LibvirtHost::new(&h.uri)) as Arc<dyn Hypervisor>))
+        .collect();
+    tracing::info!(hosts = hosts.len(), dry_run = config.dry_run, interval = %config.interval, "memscale starting");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api = {
+        let s = shared.clone();
+        let rx = stop_rx.clone();
+        let addr = config.listen;
+        tokio::spawn(async move {
+            if let Err(e) = crate::api::serve(s, addr, rx).await {
+                tracing::error!(%addr, error = %e, "api cannot listen");
+                return Err(e);
+            }
+            Ok(())
+        })
+    };
+    let reloader = tokio::spawn(crate::reload::watch(shared.clone(), stop_rx.clone()));
+    let daemon = tokio::spawn(daemon::run(shared.clone(), hosts, stop_rx.clone()));
+    let code = wait_for_stop(&api).await;
+    let _ = stop_tx.send(true);
+    // A second signal forces the exit while the loops wind down.
+    let forced = tokio::spawn(async {
+        wait_signal().await;
+        eprintln!("memscale: second signal, exiting now");
+        std::process::exit(EXIT_RUNTIME);
+    });
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), daemon).await;
+    reloader.abort();
+    forced.abort();
+    tracing::info!("memscale stopped");
+    code
+}
+
+async fn wait_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+async fn wait_for_stop(api: &tokio::task::JoinHandle<std::io::Result<()>>) -> i32 {
+    let sig = wait_signal();
+    tokio::pin!(sig);
+    loop {
+        tokio::select! {
+            _ = &mut sig => { tracing::info!("signal received: stopping"); return 0; }
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                if api.is_finished() {
+                    return EXIT_RUNTIME;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The daemon's configuration file (`/etc/memscale/memscale.toml`): hosts, timing, where
+//! policies live, the API address and the flavor catalog. Command-line flags override it.
+
+use crate::envelope::FlavorCatalog;
+use crate::policy::{Diag, Severity};
+use crate::units::{Bytes, Dur};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// libvirt URI, e.g. `qemu:///system` or `qemu+tcp://10.0.0.2/system`.
+    pub uri: String,
+    /// A short name for logs and metrics (default: the URI).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Memory the guests of this host may use in all (default: the host's memory).
+    #[serde(default)]
+    pub capacity: Option<Bytes>,
+    /// Memory never given to guests.
+    #[serde(default = "default_reserve")]
+    pub reserve: Bytes,
+}
+
+fn default_reserve() -> Bytes {
+    Bytes::from_gib(1)
+}
+
+impl HostConfig {
+    pub fn from_uri(uri: &str) -> HostConfig {
+        HostConfig {
+            uri: uri.to_string(),
+            name: None,
+            capacity: None,
+            reserve: default_reserve(),
+        }
+    }
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.uri.clone())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub hosts: Vec<HostConfig>,
+    /// Time between two decisions for each host.
+    pub interval: Dur,
+    /// Stats period set on guests that have none (seconds).
+    pub stats_period: u32,
+    pub policies: PathBuf,
+    pub listen: SocketAddr,
+    pub dry_run: bool,
+    /// Where every decision is appended as one JSON line (none: only the in-memory ring).
+    pub audit_log: Option<PathBuf>,
+    /// How many decisions the in-memory ring keeps.
+    pub audit_ring: usize,
+    /// A resize that has not landed after this long is reported and the guest held.
+    pub converge_timeout: Dur,
+    /// How long a guest whose resize did not converge is held.
+    pub unconverged_hold: Dur,
+    /// Guests that never report stats are called driverless after this long.
+    pub driver_grace: Dur,
+    /// Flavors for Nova releases that write only the flavor name.
+    pub flavors: FlavorCatalog,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            hosts: Vec::new(),
+            interval: Dur::secs(1),
+            stats_period: 2,
+            policies: PathBuf::from("/etc/memscale/policies"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9847)),
+            dry_run: false,
+            audit_log: None,
+            audit_ring: 10_000,
+            converge_timeout: Dur::secs(30),
+            unconverged_hold: Dur::secs(60),
+            driver_grace: Dur::secs(30),
+            flavors: FlavorCatalog::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Read and check a config file; every problem is a [`Diag`] with its place.
+    pub fn load(path: &Path) -> Result<Config, Vec<Diag>> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![Diag {
+                path: shown.clone(),
+                line: 1,
+                col: 1,
+                severity: Severity::Error,
+                message: format!("cannot read: {e}"),
+            }]
+        })?;
+        Config::parse(&shown, &text)
+    }
+
+    pub fn parse(shown: &str, text: &str) -> Result<Config, Vec<Diag>> {
+        let c: Config = toml::from_str(text).map_err(|e| {
+            let (line, col) = crate::policy::parse::line_col(text, e.span().map(|s| s.start).unwrap_or(0));
+            vec![Diag {
+                path: shown.to_string(),
+                line,
+                col,
+                severity: Severity::Error,
+                message: e.message().to_string(),
+            }]
+        })?;
+        let mut diags = Vec::new();
+        let mut err = |m: String| {
+            diags.push(Diag {
+                path: shown.to_string(),
+                line: 1,
+                col: 1,
+                severity: Severity::Error,
+                message: m,
+            })
+        };
+        if c.interval.0 < std::time::Duration::from_millis(100) || c.interval.0 > std::time::Duration::from_secs(600) {
+            err(format!("interval {} is out of range 100ms to 10m", c.interval));
+        }
+        if c.stats_period == 0 || c.stats_period > 300 {
+            err(format!("stats_period {} is out of range 1 to 300", c.stats_period));
+        }
+        if c.audit_ring == 0 || c.audit_ring > 1_000_000 {
+            err(format!("audit_ring {} is out of range 1 to 1000000", c.audit_ring));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for h in &c.hosts {
+            if !seen.insert(h.label()) {
+                err(format!("host {:?} is listed twice", h.label()));
+            }
+            if let Some(cap) = h.capacity
+                && cap <= h.reserve
+            {
+                err(format!("host {:?}: capacity {} is not above its reserve {}", h.label(), cap, h.reserve));
+            }
+        }
+        if diags.is_empty() { Ok(c) } else { Err(diags) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let c = Config::parse(
+            "c.toml",
+            "interval = \"2s\"\n[[hosts]]\nuri = \"qemu:///system\"\ncapacity = \"16GiB\"\n[flavors.\"m1.small\"]\nmemory = \"2GiB\"\nmem_max = \"4GiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.interval, Dur::secs(2));
+        assert_eq!(c.hosts[0].capacity, Some(Bytes::from_gib(16)));
+        assert_eq!(c.flavors["m1.small"].mem_max, Some(Bytes::from_gib(4)));
+        let e = Config::parse("c.toml", "intervall = \"2s\"\n").unwrap_err();
+        assert_eq!((e[0].line, e[0].col), (1, 1));
+        assert!(e[0].message.contains("unknown field"), "{e:?}");
+        let e = Config::parse("c.toml", "\n\ninterval = \"2\"\n").unwrap_err();
+        assert_eq!(e[0].line, 3, "{e:?}");
+        assert!(e[0].message.contains("missing unit"));
+    }
+}

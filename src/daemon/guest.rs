@@ -1,0 +1,290 @@
+//! One guest as the daemon tracks it: what the hypervisor said last, its samples, its
+//! envelope, a resize in flight, and the health checks that decide whether the planner may
+//! act on it at all.
+
+use crate::config::Config;
+use crate::domain::DomainSpec;
+use crate::envelope::{Envelope, FlavorCatalog, Note, Parts};
+use crate::hypervisor::{GuestStats, RunState};
+use crate::planner::{self, Decision, History, Kind, Reason, Sample};
+use crate::policy::Policy;
+use crate::units::{Bytes, MIB};
+use serde::Serialize;
+use std::collections::VecDeque;
+
+/// How close a resize must land to its target to count as converged.
+pub const CONVERGE_TOLERANCE: Bytes = Bytes(8 * MIB);
+/// Samples kept per guest at most (by count; by time the policy's windows decide).
+const MAX_SAMPLES: usize = 4096;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Pending {
+    pub kind: Kind,
+    pub before: Bytes,
+    pub target: Bytes,
+    pub since: f64,
+    pub method: String,
+}
+
+/// The guest's state as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    Ok,
+    /// Waiting for the first stats report.
+    Starting,
+    NoDriver,
+    Stale,
+    Held,
+    Pinned,
+    Resizing,
+    NotRunning,
+    NoEnvelope,
+}
+
+impl Health {
+    pub fn label(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Starting => "starting",
+            Health::NoDriver => "no_driver",
+            Health::Stale => "stale",
+            Health::Held => "held",
+            Health::Pinned => "pinned",
+            Health::Resizing => "resizing",
+            Health::NotRunning => "not_running",
+            Health::NoEnvelope => "no_envelope",
+        }
+    }
+}
+
+pub struct Guest {
+    pub name: String,
+    pub uuid: String,
+    pub first_seen: f64,
+    pub stats: Option<GuestStats>,
+    pub spec: Option<DomainSpec>,
+    pub envelope: Result<Envelope, String>,
+    /// The balloon target and each virtio-mem device's requested size, as last known.
+    pub parts: Parts,
+    pub samples: VecDeque<Sample>,
+    pub history: History,
+    pub pending: Option<Pending>,
+    pub held_until: f64,
+    /// Only reports newer than this describe the current size (set when a resize lands).
+    pub settled_at: f64,
+    pub needs_xml: bool,
+    pub period_set: bool,
+    pub pinned: bool,
+    pub last: Option<Decision>,
+    pub last_reason_label: &'static str,
+    pub health: Health,
+    prev_swap_in: Option<(u64, Bytes)>,
+    pub hostile: u64,
+}
+
+pub fn live_parts(spec: &DomainSpec, current: Option<Bytes>) -> Parts {
+    let vmem: Vec<Bytes> = spec.virtio_mem.iter().map(|d| d.requested).collect();
+    let plugged: Bytes = spec
+        .virtio_mem
+        .iter()
+        .map(|d| d.current.unwrap_or(d.requested))
+        .sum();
+    let total = current.unwrap_or(spec.current_memory);
+    Parts {
+        balloon: total.saturating_sub(plugged).align_up(Bytes(MIB)).min(spec.base_memory()),
+        vmem,
+    }
+}
+
+impl Guest {
+    pub fn new(name: &str, uuid: &str, now: f64) -> Guest {
+        Guest {
+            name: name.to_string(),
+            uuid: uuid.to_string(),
+            first_seen: now,
+            stats: None,
+            spec: None,
+            envelope: Err("not read yet".into()),
+            parts: Parts {
+                balloon: Bytes(0),
+                vmem: vec![],
+            },
+            samples: VecDeque::new(),
+            history: History::default(),
+            pending: None,
+            held_until: 0.0,
+            settled_at: 0.0,
+            needs_xml: true,
+            period_set: false,
+            pinned: false,
+            last: None,
+            last_reason_label: "",
+            health: Health::Starting,
+            prev_swap_in: None,
+            hostile: 0,
+        }
+    }
+
+    pub fn current(&self) -> Bytes {
+        self.stats
+            .as_ref()
+            .and_then(|s| s.current)
+            .unwrap_or(self.parts.total())
+    }
+
+    /// Take the live and persistent definitions: the persistent `<currentMemory>` is the
+    /// operator's floor, the live one only says where memscale (or anyone) last left it.
+    pub fn set_definition(&mut self, live: DomainSpec, inactive: Option<DomainSpec>, flavors: &FlavorCatalog) {
+        let mut env_spec = live.clone();
+        if let Some(i) = &inactive {
+            env_spec.current_memory = i.current_memory;
+        }
+        self.envelope = Envelope::from_spec(&env_spec, flavors).map_err(|e| e.to_string());
+        self.parts = live_parts(&live, self.stats.as_ref().and_then(|s| s.current));
+        self.spec = Some(live);
+        self.needs_xml = false;
+    }
+
+    /// Take one bulk-stats record. Returns true when it carried a fresh guest report.
+    pub fn observe(&mut self, s: GuestStats, now: f64) -> bool {
+        let prev_update = self.stats.as_ref().map(|p| p.last_update).unwrap_or(0);
+        let fresh = s.last_update > prev_update && s.last_update > 0;
+        if fresh && (s.last_update as f64) > self.settled_at && self.pending.is_none() {
+            let g = &s.guest;
+            let swap_rate = match (self.prev_swap_in, g.swap_in) {
+                (Some((t0, v0)), Some(v1)) if s.last_update > t0 => {
+                    if v1 < v0 {
+                        // A counter going backwards: a guest reboot or a lie. Count, use zero.
+                        self.hostile += 1;
+                        0.0
+                    } else {
+                        (v1.0 - v0.0) as f64 / (s.last_update - t0) as f64
+                    }
+                }
+                _ => 0.0,
+            };
+            if let (Some(total), Some(avail), Some(size)) = (g.total, g.usable, s.current) {
+                if avail > total || total > size + Bytes::from_mib(64) {
+                    self.hostile += 1;
+                }
+                self.samples.push_back(Sample {
+                    at: s.last_update as f64,
+                    size,
+                    total,
+                    available: avail,
+                    swap_in_rate: swap_rate,
+                });
+                while self.samples.len() > MAX_SAMPLES
+                    || self.samples.front().is_some_and(|f| f.at < now - 3600.0)
+                {
+                    self.samples.pop_front();
+                }
+            }
+        }
+        if fresh && let Some(v) = s.guest.swap_in {
+            self.prev_swap_in = Some((s.last_update, v));
+        }
+        self.name = s.name.clone();
+        self.stats = Some(s);
+        fresh
+    }
+
+    pub fn stats_period(&self, cfg: &Config) -> u32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.stats_period)
+            .filter(|p| *p > 0)
+            .unwrap_or(cfg.stats_period)
+    }
+
+    pub fn stats_age(&self, now: f64) -> Option<f64> {
+        self.stats
+            .as_ref()
+            .filter(|s| s.last_update > 0)
+            .map(|s| (now - s.last_update as f64).max(0.0))
+    }
+
+    /// Check health, then plan. The envelope is the policy-limited one.
+    pub fn decide(&mut self, now: f64, policy: &Policy, cfg: &Config) -> Decision {
+        let size = self.current();
+        let hold = |h: Health, r: Reason, me: &mut Guest| {
+            me.health = h;
+            Decision::hold(size, r)
+        };
+        let Some(stats) = &self.stats else {
+            return hold(Health::Starting, Reason::NoSamples, self);
+        };
+        if stats.state != RunState::Running {
+            let state = format!("{:?}", stats.state).to_lowercase();
+            return hold(Health::NotRunning, Reason::NotRunning { state }, self);
+        }
+        let env = match &self.envelope {
+            Ok(e) => e.limited(&policy.knobs.limits()),
+            Err(m) => {
+                let message = m.clone();
+                return hold(Health::NoEnvelope, Reason::BadEnvelope { message }, self);
+            }
+        };
+        if env.notes.contains(&Note::NoMethod) {
+            return hold(Health::NoEnvelope, Reason::NoMethod, self);
+        }
+        if self.pinned {
+            return hold(Health::Pinned, Reason::Pinned, self);
+        }
+        if let Some(p) = &self.pending {
+            let (target, since) = (p.target, p.since);
+            if size.delta(target).unsigned_abs() <= CONVERGE_TOLERANCE.0 as u128 {
+                // Landed: later reports describe the new size.
+                self.pending = None;
+                self.settled_at = now;
+                self.needs_xml = true;
+            } else if now - since > cfg.converge_timeout.as_secs_f64() {
+                self.pending = None;
+                self.held_until = now + cfg.unconverged_hold.as_secs_f64();
+                self.settled_at = now;
+                self.needs_xml = true;
+                return hold(Health::Held, Reason::Unconverged { target, actual: size }, self);
+            } else {
+                return hold(Health::Resizing, Reason::ResizeInProgress, self);
+            }
+        }
+        if now < self.held_until {
+            let target = self.last.as_ref().map(|d| d.target).unwrap_or(size);
+            return hold(Health::Held, Reason::Unconverged { target, actual: size }, self);
+        }
+        if stats.last_update == 0 {
+            if now - self.first_seen > cfg.driver_grace.as_secs_f64() {
+                return hold(Health::NoDriver, Reason::NoDriver, self);
+            }
+            return hold(Health::Starting, Reason::NoSamples, self);
+        }
+        let period = self.stats_period(cfg) as f64;
+        let stale_after = if policy.knobs.stale_after.0.is_zero() {
+            3.0 * period + 1.0
+        } else {
+            policy.knobs.stale_after.as_secs_f64()
+        };
+        let age = self.stats_age(now).unwrap_or(f64::INFINITY);
+        if age > stale_after {
+            return hold(Health::Stale, Reason::Stale { age_seconds: age }, self);
+        }
+        // The latest report must postdate the last resize: older ones describe the old size.
+        if !self.samples.back().is_some_and(|s| s.at > self.settled_at) {
+            self.health = Health::Ok;
+            return Decision::hold(size, Reason::NoSamples);
+        }
+        // Window statistics may use older samples; the latest must postdate the last resize.
+        let all: Vec<Sample> = self.samples.iter().copied().collect();
+        let d = planner::plan(&planner::Input {
+            now,
+            envelope: &env,
+            knobs: &policy.knobs,
+            size,
+            samples: &all,
+            history: self.history,
+        });
+        self.health = Health::Ok;
+        d
+    }
+}

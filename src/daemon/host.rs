@@ -1,0 +1,479 @@
+//! One host's loop: one bulk stats call per tick, then a decision per guest, then actuation,
+//! every libvirt call off the executor under a deadline so a hung host only stalls itself.
+
+use super::guest::{Guest, Pending};
+use super::{GuestView, HostView, Shared, epoch_now};
+use crate::actuator::{self, Op};
+use crate::audit::{Inputs, Record};
+use crate::config::HostConfig;
+use crate::domain::DomainSpec;
+use crate::hypervisor::{GuestStats, HvError, Hypervisor};
+use crate::planner::{Kind, Reason};
+use crate::units::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+struct Host {
+    cfg: HostConfig,
+    label: String,
+    hv: Arc<dyn Hypervisor>,
+    busy: Arc<AtomicBool>,
+    guests: HashMap<String, Guest>,
+    connected: bool,
+    last_error: Option<String>,
+    capacity: Option<Bytes>,
+    /// Ticks to skip while reconnecting (exponential back-off).
+    backoff: u32,
+    skip: u32,
+}
+
+impl Host {
+    /// Run one libvirt call off the executor, within `deadline`. A call still running from an
+    /// earlier tick makes the host "busy" rather than piling up threads.
+    async fn call<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        deadline: Duration,
+        f: impl FnOnce(&dyn Hypervisor) -> Result<T, HvError> + Send + 'static,
+    ) -> Result<T, HvError> {
+        if self.busy.swap(true, Ordering::SeqCst) {
+            return Err(HvError::Other(format!("{what}: an earlier call to this host has not returned")));
+        }
+        let hv = self.hv.clone();
+        let busy = self.busy.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let r = f(&*hv);
+            busy.store(false, Ordering::SeqCst);
+            r
+        });
+        match tokio::time::timeout(deadline, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(HvError::Other(format!("{what}: {e}"))),
+            Err(_) => Err(HvError::Other(format!("{what}: no answer within {deadline:?}"))),
+        }
+    }
+
+    fn count_error(&self, shared: &Shared, call: &str) {
+        shared.metrics.libvirt_errors.with_label_values(&[&self.label, call]).inc();
+    }
+}
+
+pub(super) async fn host_loop(
+    shared: Arc<Shared>,
+    cfg: HostConfig,
+    hv: Arc<dyn Hypervisor>,
+    mut shutdown: watch::Receiver<bool>,
+    ready: mpsc::Sender<String>,
+) {
+    let label = cfg.label();
+    let mut host = Host {
+        label: label.clone(),
+        cfg,
+        hv,
+        busy: Arc::new(AtomicBool::new(false)),
+        guests: HashMap::new(),
+        connected: false,
+        last_error: None,
+        capacity: None,
+        backoff: 0,
+        skip: 0,
+    };
+    let interval = shared.config.interval.0;
+    let mut next = tokio::time::Instant::now();
+    let mut announced = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        let t0 = Instant::now();
+        let ok = tick(&mut host, &shared).await;
+        let took = t0.elapsed();
+        shared.metrics.loop_seconds.with_label_values(&[&label]).observe(took.as_secs_f64());
+        shared.metrics.up.inc();
+        if ok && !announced {
+            announced = true;
+            let _ = ready.send(label.clone()).await;
+        }
+        next += interval;
+        let now = tokio::time::Instant::now();
+        if now > next {
+            shared.metrics.overruns.with_label_values(&[&label]).inc();
+            tracing::warn!(host = %label, took_ms = took.as_millis() as u64, "tick overran the interval");
+            next = now + interval;
+        }
+    }
+    tracing::info!(host = %label, "host loop stopped");
+}
+
+/// One tick for one host. Returns whether the host answered.
+async fn tick(host: &mut Host, shared: &Shared) -> bool {
+    if host.skip > 0 {
+        host.skip -= 1;
+        return false;
+    }
+    let deadline = shared.config.interval.0.max(Duration::from_secs(2));
+    let stats = host.call("stats", deadline, |h| h.stats()).await;
+    let stats = match stats {
+        Ok(s) => s,
+        Err(e) => {
+            host.count_error(shared, "stats");
+            if host.connected || host.last_error.as_deref() != Some(&e.to_string()) {
+                tracing::error!(host = %host.label, error = %e, "cannot read stats; holding this host's guests");
+            }
+            host.connected = false;
+            host.last_error = Some(e.to_string());
+            if e.is_connection() {
+                host.backoff = (host.backoff * 2).clamp(1, 30);
+                host.skip = host.backoff;
+            }
+            publish(host, shared, epoch_now());
+            return false;
+        }
+    };
+    if !host.connected {
+        tracing::info!(host = %host.label, guests = stats.len(), "connected");
+        // A reconnect may follow a libvirtd restart: re-read every definition.
+        for g in host.guests.values_mut() {
+            g.needs_xml = true;
+        }
+    }
+    host.connected = true;
+    host.last_error = None;
+    host.backoff = 0;
+    if host.capacity.is_none() {
+        host.capacity = match host.cfg.capacity {
+            Some(c) => Some(c),
+            None => host.call("node_info", deadline, |h| h.host_memory()).await.ok(),
+        };
+    }
+    let now = epoch_now();
+    let policies = shared.policy_set();
+    let mut seen = Vec::with_capacity(stats.len());
+    for s in stats {
+        seen.push(s.uuid.clone());
+        let uuid = s.uuid.clone();
+        let g = host.guests.entry(uuid.clone()).or_insert_with(|| {
+            tracing::info!(host = %host.label, guest = %s.name, "new guest");
+            Guest::new(&s.name, &uuid, now)
+        });
+        g.observe(s, now);
+        let running = g.stats.as_ref().is_some_and(|s| s.state == crate::hypervisor::RunState::Running);
+        if g.needs_xml && running {
+            refresh_definition(host, shared, &uuid, deadline).await;
+        }
+        let Some(g) = host.guests.get_mut(&uuid) else { continue };
+        let period_missing = g.spec.as_ref().is_some_and(|s| s.balloon_device && s.stats_period.unwrap_or(0) == 0);
+        if running && period_missing && !g.period_set {
+            g.period_set = true;
+            let period = shared.config.stats_period;
+            let u = uuid.clone();
+            match host.call("set_stats_period", deadline, move |h| h.set_stats_period(&u, period)).await {
+                Ok(()) => tracing::info!(host = %host.label, guest = %g_name(host, &uuid), period, "stats period set"),
+                Err(e) => {
+                    host.count_error(shared, "set_stats_period");
+                    tracing::warn!(host = %host.label, guest = %g_name(host, &uuid), error = %e, "cannot set stats period");
+                }
+            }
+        }
+        decide_and_act(host, shared, &uuid, &policies, now, deadline).await;
+    }
+    let gone: Vec<String> = host.guests.keys().filter(|u| !seen.contains(u)).cloned().collect();
+    for u in gone {
+        if let Some(g) = host.guests.remove(&u) {
+            tracing::info!(host = %host.label, guest = %g.name, "guest gone");
+            shared.metrics.forget_guest(&host.label, &g.name);
+        }
+    }
+    publish(host, shared, now);
+    true
+}
+
+fn g_name(host: &Host, uuid: &str) -> String {
+    host.guests.get(uuid).map(|g| g.name.clone()).unwrap_or_default()
+}
+
+async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadline: Duration) {
+    let u = uuid.to_string();
+    let xmls = host
+        .call("domain_xml", deadline, move |h| {
+            let live = h.domain_xml(&u, false)?;
+            // A transient guest has no persistent definition: its live one stands in.
+            let inactive = h.domain_xml(&u, true).ok();
+            Ok((live, inactive))
+        })
+        .await;
+    let Some(g) = host.guests.get_mut(uuid) else { return };
+    match xmls {
+        Ok((live, inactive)) => match DomainSpec::parse(&live) {
+            Ok(spec) => {
+                let inactive = inactive.and_then(|x| DomainSpec::parse(&x).ok());
+                g.set_definition(spec, inactive, &shared.config.flavors);
+                if let Ok(e) = &g.envelope {
+                    tracing::debug!(host = %host.label, guest = %g.name, floor = %e.floor, ceiling = %e.ceiling, "envelope");
+                }
+            }
+            Err(e) => {
+                g.envelope = Err(e.to_string());
+                g.needs_xml = false;
+            }
+        },
+        Err(e) => {
+            shared.metrics.libvirt_errors.with_label_values(&[&host.label, "domain_xml"]).inc();
+            tracing::warn!(host = %host.label, guest = %g.name, error = %e, "cannot read definition");
+        }
+    }
+}
+
+async fn decide_and_act(
+    host: &mut Host,
+    shared: &Shared,
+    uuid: &str,
+    policies: &crate::policy::PolicySet,
+    now: f64,
+    deadline: Duration,
+) {
+    let label = host.label.clone();
+    let Some(g) = host.guests.get_mut(uuid) else { return };
+    let tags = g.spec.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
+    let nova = g.spec.as_ref().and_then(|s| s.nova.clone());
+    let labels = crate::policy::GuestLabels {
+        name: &g.name,
+        flavor: nova.as_ref().and_then(|n| n.flavor_name.as_deref()),
+        project: nova.as_ref().and_then(|n| n.project.as_deref()),
+        tags: &tags,
+    };
+    let policy = policies.select(&labels).clone();
+    let before = g.current();
+    let decision = g.decide(now, &policy, &shared.config);
+    let dry = shared.dry_run || policy.dry_run;
+    let env = g.envelope.as_ref().ok().map(|e| e.limited(&policy.knobs.limits()));
+    let mut result = "held".to_string();
+    let mut method = None;
+    if decision.kind != Kind::Hold {
+        match env.as_ref().map(|e| actuator::ops(e, &g.parts, decision.target)) {
+            Some(Ok(ops)) => {
+                let m = actuator::method_label(&ops);
+                method = Some(m.clone());
+                if dry {
+                    result = "dry-run".into();
+                } else {
+                    result = execute(host, shared, uuid, &ops, deadline).await;
+                }
+                let Some(g) = host.guests.get_mut(uuid) else { return };
+                let dir = if decision.kind == Kind::Grow { "grow" } else { "shrink" };
+                shared.metrics.resizes.with_label_values(&[dir, &m, result.split(':').next().unwrap_or("failed")]).inc();
+                if result == "applied" {
+                    shared.metrics.bytes_moved.with_label_values(&[dir]).inc_by(decision.target.delta(before).unsigned_abs() as u64);
+                    g.pending = Some(Pending {
+                        kind: decision.kind,
+                        before,
+                        target: decision.target,
+                        since: now,
+                        method: m,
+                    });
+                    match decision.kind {
+                        Kind::Grow => g.history.last_grow = Some(now),
+                        Kind::Shrink => g.history.last_shrink = Some(now),
+                        Kind::Hold => {}
+                    }
+                } else if result != "dry-run" {
+                    // The guest is where it was; re-read its definition before trying again.
+                    g.needs_xml = true;
+                }
+            }
+            Some(Err(e)) => {
+                result = format!("failed: {e}");
+                shared.metrics.resizes.with_label_values(&["plan", "none", "failed"]).inc();
+            }
+            None => result = "failed: no envelope".into(),
+        }
+    }
+    let Some(g) = host.guests.get_mut(uuid) else { return };
+    let label_changed = g.last_reason_label != decision.reason.label();
+    if decision.kind == Kind::Hold && label_changed {
+        shared.metrics.holds.with_label_values(&[decision.reason.label()]).inc();
+    }
+    if decision.kind != Kind::Hold || label_changed {
+        let why = decision.reason.to_string();
+        let st = g.stats.as_ref();
+        let rec = Record {
+            time: now,
+            host: label.clone(),
+            guest: g.name.clone(),
+            policy: policy.name.clone(),
+            generation: policies.generation,
+            kind: decision.kind,
+            before,
+            after: decision.target,
+            floor: env.as_ref().map(|e| e.floor).unwrap_or_default(),
+            ceiling: env.as_ref().map(|e| e.ceiling).unwrap_or_default(),
+            method: method.clone(),
+            reason: decision.reason.clone(),
+            why: why.clone(),
+            inputs: Inputs {
+                total: st.and_then(|s| s.guest.total),
+                available: st.and_then(|s| s.guest.usable),
+                free: st.and_then(|s| s.guest.unused),
+                caches: st.and_then(|s| s.guest.disk_caches),
+                stats_age_seconds: g.stats_age(now),
+                need: decision.need,
+                predicted: decision.predicted,
+                headroom: decision.headroom,
+            },
+            dry_run: dry,
+            result: result.clone(),
+        };
+        if decision.kind == Kind::Hold {
+            tracing::info!(host = %label, guest = %g.name, size = %before, reason = %why, "hold");
+        } else {
+            tracing::info!(host = %label, guest = %g.name, before = %before, after = %decision.target,
+                method = method.as_deref().unwrap_or("-"), reason = %why, result = %result, policy = %policy.name,
+                "{}", if decision.kind == Kind::Grow { "grow" } else { "shrink" });
+        }
+        shared.audit.push(rec);
+    }
+    g.last_reason_label = decision.reason.label();
+    if !(decision.kind == Kind::Hold && matches!(decision.reason, Reason::ResizeInProgress)) {
+        g.last = Some(decision);
+    }
+}
+
+/// Run the operations in order; stop at the first failure.
+async fn execute(host: &mut Host, shared: &Shared, uuid: &str, ops: &[Op], deadline: Duration) -> String {
+    for op in ops {
+        let u = uuid.to_string();
+        let o = op.clone();
+        let r = host
+            .call("resize", deadline, move |h| match &o {
+                Op::Balloon { target } => h.set_balloon(&u, *target),
+                Op::VirtioMem { alias, requested } => h.set_virtio_mem(&u, alias, *requested),
+            })
+            .await;
+        match r {
+            Ok(()) => {
+                if let Some(g) = host.guests.get_mut(uuid) {
+                    match op {
+                        Op::Balloon { target } => g.parts.balloon = *target,
+                        Op::VirtioMem { alias, requested } => {
+                            let idx = g.envelope.as_ref().ok().and_then(|e| e.vmem.iter().position(|s| s.alias.as_deref() == Some(alias)));
+                            if let Some(i) = idx
+                                && let Some(p) = g.parts.vmem.get_mut(i)
+                            {
+                                *p = *requested;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                host.count_error(shared, "resize");
+                tracing::warn!(host = %host.label, guest = %g_name(host, uuid), op = ?op, error = %e, "resize failed; guest left where it is");
+                return format!("failed: {e}");
+            }
+        }
+    }
+    "applied".into()
+}
+
+fn publish(host: &Host, shared: &Shared, now: f64) {
+    let m = &shared.metrics;
+    let policies = shared.policy_set();
+    let mut guests = Vec::with_capacity(host.guests.len());
+    let mut committed = Bytes(0);
+    for g in host.guests.values() {
+        let st: Option<&GuestStats> = g.stats.as_ref();
+        let tags = g.spec.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
+        let nova = g.spec.as_ref().and_then(|s| s.nova.clone());
+        let pol = policies.select(&crate::policy::GuestLabels {
+            name: &g.name,
+            flavor: nova.as_ref().and_then(|n| n.flavor_name.as_deref()),
+            project: nova.as_ref().and_then(|n| n.project.as_deref()),
+            tags: &tags,
+        });
+        let env = g.envelope.as_ref().ok().map(|e| e.limited(&pol.knobs.limits()));
+        let current = g.current();
+        committed = committed + g.pending.as_ref().map(|p| p.target.max(current)).unwrap_or(current);
+        let target = g.pending.as_ref().map(|p| p.target).or(g.last.as_ref().map(|d| d.target)).unwrap_or(current);
+        let total = st.and_then(|s| s.guest.total);
+        let avail = st.and_then(|s| s.guest.usable);
+        let used = match (total, avail) {
+            (Some(t), Some(a)) => Some(t.saturating_sub(a.min(t))),
+            _ => None,
+        };
+        let view = GuestView {
+            name: g.name.clone(),
+            uuid: g.uuid.clone(),
+            host: host.label.clone(),
+            state: g.health,
+            current,
+            target,
+            can_grow: env.as_ref().is_some_and(|e| e.can_grow(current)),
+            notes: env.as_ref().map(|e| e.notes.clone()).unwrap_or_default(),
+            envelope: env.clone(),
+            envelope_error: g.envelope.as_ref().err().cloned(),
+            policy: pol.name.clone(),
+            total,
+            available: avail,
+            free: st.and_then(|s| s.guest.unused),
+            caches: st.and_then(|s| s.guest.disk_caches),
+            used,
+            stats_age_seconds: g.stats_age(now),
+            rss: st.and_then(|s| s.rss),
+            pinned: g.pinned,
+            why: g.last.as_ref().map(|d| d.reason.to_string()),
+            last_decision: g.last.clone(),
+            bad_stats: g.hostile,
+        };
+        let gl = |k: &str, v: Option<Bytes>| {
+            if let Some(v) = v {
+                m.guest_bytes.with_label_values(&[&host.label, &g.name, k]).set(v.0 as f64);
+            }
+        };
+        gl("current", Some(current));
+        gl("target", Some(target));
+        gl("floor", env.as_ref().map(|e| e.floor));
+        gl("ceiling", env.as_ref().map(|e| e.ceiling));
+        gl("used", used);
+        gl("available", avail);
+        gl("caches", view.caches);
+        gl("free", view.free);
+        if let Some(a) = view.stats_age_seconds {
+            m.guest_stats_age.with_label_values(&[&host.label, &g.name]).set(a);
+        }
+        for s in crate::metrics::STATES {
+            m.guest_state.with_label_values(&[&host.label, &g.name, s]).set(i64::from(s == g.health.label()));
+        }
+        let bad = m.hostile.with_label_values(&[&host.label, &g.name]);
+        if bad.get() < g.hostile {
+            bad.inc_by(g.hostile - bad.get());
+        }
+        guests.push(view);
+    }
+    guests.sort_by(|a, b| a.name.cmp(&b.name));
+    let capacity = host.capacity.unwrap_or_default();
+    let hb = |k: &str, v: Bytes| m.host_bytes.with_label_values(&[&host.label, k]).set(v.0 as f64);
+    hb("capacity", capacity);
+    hb("reserve", host.cfg.reserve);
+    hb("committed", committed);
+    hb("free", capacity.saturating_sub(host.cfg.reserve).saturating_sub(committed));
+    let view = HostView {
+        name: host.label.clone(),
+        uri: host.cfg.uri.clone(),
+        connected: host.connected,
+        last_error: host.last_error.clone(),
+        capacity,
+        reserve: host.cfg.reserve,
+        committed,
+        last_tick: now,
+        guests,
+    };
+    shared.hosts.write().unwrap_or_else(|p| p.into_inner()).insert(host.label.clone(), view);
+}
+

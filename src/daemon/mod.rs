@@ -1,0 +1,189 @@
+//! The daemon: one loop per host (so a slow host never delays another), policy reloads, and
+//! the shared state the API and metrics read.
+
+pub mod guest;
+mod host;
+
+use crate::audit::Audit;
+use crate::config::{Config, HostConfig};
+use crate::envelope::{Envelope, Note};
+use crate::hypervisor::Hypervisor;
+use crate::metrics::Metrics;
+use crate::planner::Decision;
+use crate::policy::{self, Diag, PolicySet};
+use crate::units::Bytes;
+use guest::Health;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+pub fn epoch_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A guest as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestView {
+    pub name: String,
+    pub uuid: String,
+    pub host: String,
+    pub state: Health,
+    pub current: Bytes,
+    pub target: Bytes,
+    pub envelope: Option<Envelope>,
+    pub envelope_error: Option<String>,
+    pub can_grow: bool,
+    pub notes: Vec<Note>,
+    pub policy: String,
+    pub total: Option<Bytes>,
+    pub available: Option<Bytes>,
+    pub free: Option<Bytes>,
+    pub caches: Option<Bytes>,
+    pub used: Option<Bytes>,
+    pub stats_age_seconds: Option<f64>,
+    pub rss: Option<Bytes>,
+    pub pinned: bool,
+    pub last_decision: Option<Decision>,
+    pub why: Option<String>,
+    pub bad_stats: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct HostView {
+    pub name: String,
+    pub uri: String,
+    pub connected: bool,
+    pub last_error: Option<String>,
+    pub capacity: Bytes,
+    pub reserve: Bytes,
+    pub committed: Bytes,
+    pub last_tick: f64,
+    pub guests: Vec<GuestView>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PolicyStatus {
+    pub generation: u64,
+    pub files: Vec<String>,
+    pub policies: Vec<String>,
+    /// The last reload's problems while they are not fixed (the previous set stays in force).
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    pub last_reload: f64,
+}
+
+pub struct Shared {
+    pub config: Config,
+    pub dry_run: bool,
+    pub policies: RwLock<Arc<PolicySet>>,
+    pub policy_status: RwLock<PolicyStatus>,
+    pub audit: Audit,
+    pub metrics: Metrics,
+    pub hosts: RwLock<BTreeMap<String, HostView>>,
+    pub started: f64,
+    /// Set once every host has finished its first tick successfully.
+    pub ready: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn new(config: Config, policies: PolicySet, diags: &[Diag]) -> std::io::Result<Shared> {
+        let audit = Audit::new(config.audit_ring, config.audit_log.clone())?;
+        let metrics = Metrics::new();
+        metrics.policy_generation.set(policies.generation as i64);
+        let status = policy_status(&policies, diags, false);
+        Ok(Shared {
+            dry_run: config.dry_run,
+            config,
+            policies: RwLock::new(Arc::new(policies)),
+            policy_status: RwLock::new(status),
+            audit,
+            metrics,
+            hosts: RwLock::new(BTreeMap::new()),
+            started: epoch_now(),
+            ready: watch::channel(false).0,
+        })
+    }
+
+    pub fn policy_set(&self) -> Arc<PolicySet> {
+        self.policies.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-read the policy directory; swap only a valid set. Returns whether it was taken.
+    pub fn reload_policies(&self) -> bool {
+        let current = self.policy_set();
+        let (set, diags) = policy::load_dir(&self.config.policies, current.generation + 1);
+        for d in &diags {
+            tracing::warn!(diag = %d, "policy problem");
+        }
+        match set {
+            Some(set) => {
+                let generation = set.generation;
+                let names: Vec<String> = set.policies.iter().map(|p| p.name.clone()).collect();
+                *self.policy_status.write().unwrap_or_else(|p| p.into_inner()) = policy_status(&set, &diags, true);
+                *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+                self.metrics.reloads.with_label_values(&["ok"]).inc();
+                self.metrics.policy_generation.set(generation as i64);
+                tracing::info!(generation, policies = ?names, "policies reloaded");
+                true
+            }
+            None => {
+                let mut st = self.policy_status.write().unwrap_or_else(|p| p.into_inner());
+                st.errors = diags.iter().filter(|d| d.severity == policy::Severity::Error).map(|d| d.to_string()).collect();
+                st.last_reload = epoch_now();
+                self.metrics.reloads.with_label_values(&["error"]).inc();
+                tracing::error!(generation = current.generation, errors = st.errors.len(), "policy reload refused: the previous set stays in force");
+                false
+            }
+        }
+    }
+}
+
+fn policy_status(set: &PolicySet, diags: &[Diag], reload: bool) -> PolicyStatus {
+    PolicyStatus {
+        generation: set.generation,
+        files: set.files.iter().map(|f| f.display().to_string()).collect(),
+        policies: set.policies.iter().map(|p| p.name.clone()).collect(),
+        errors: vec![],
+        warnings: diags
+            .iter()
+            .filter(|d| d.severity == policy::Severity::Warning)
+            .map(|d| d.to_string())
+            .collect(),
+        last_reload: if reload { epoch_now() } else { 0.0 },
+    }
+}
+
+/// Run every host's loop until `shutdown` turns true.
+pub async fn run(
+    shared: Arc<Shared>,
+    hosts: Vec<(HostConfig, Arc<dyn Hypervisor>)>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let n = hosts.len();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<String>(n.max(1));
+    for (cfg, hv) in hosts {
+        let s = shared.clone();
+        let sd = shutdown.clone();
+        let tx = ready_tx.clone();
+        tasks.spawn(async move { host::host_loop(s, cfg, hv, sd, tx).await });
+    }
+    drop(ready_tx);
+    let s = shared.clone();
+    tasks.spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(h) = ready_rx.recv().await {
+            seen.insert(h);
+            if seen.len() == n {
+                let _ = s.ready.send(true);
+                tracing::info!(hosts = n, "every host has completed a tick: ready");
+            }
+        }
+    });
+    while tasks.join_next().await.is_some() {}
+}

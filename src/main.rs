@@ -1,0 +1,25 @@
+use clap::Parser;
+use memscale::cli::{self, Cli, Command};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { cli::EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    cli::init_logging(cli.log_format);
+    let code = match cli.command {
+        Command::Check(a) => cli::check(&a),
+        Command::Run(a) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(cli::run(a)),
+            Err(e) => {
+                eprintln!("memscale: cannot start the runtime: {e}");
+                cli::EXIT_RUNTIME
+            }
+        },
+    };
+    std::process::exit(code);
+}
