@@ -47,7 +47,8 @@ pub struct RunArgs {
     /// Config file (TOML).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
-    /// libvirt URI of a host to manage; repeat for several hosts (default qemu:///system).
+    /// libvirt URI of a host to manage, or NAME=URI; repeat for several hosts (default
+    /// qemu:///system).
     #[arg(long = "connect", short = 'C')]
     pub connect: Vec<String>,
     /// Directory of policy files.
@@ -107,7 +108,7 @@ pub fn effective_config(a: &RunArgs) -> Result<Config, Vec<Diag>> {
         None => Config::default(),
     };
     if !a.connect.is_empty() {
-        c.hosts = a.connect.iter().map(|u| HostConfig::from_uri(u)).collect();
+        c.hosts = a.connect.iter().map(|u| HostConfig::from_arg(u)).collect();
     }
     if c.hosts.is_empty() {
         c.hosts.push(HostConfig::from_uri("qemu:///system"));

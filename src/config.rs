@@ -37,6 +37,17 @@ impl HostConfig {
             reserve: default_reserve(),
         }
     }
+    /// `--connect` takes `URI` or `NAME=URI` (a name has no `:` or `/`).
+    pub fn from_arg(arg: &str) -> HostConfig {
+        match arg.split_once('=') {
+            Some((name, uri)) if !name.is_empty() && !name.contains([':', '/']) => HostConfig {
+                name: Some(name.to_string()),
+                ..HostConfig::from_uri(uri)
+            },
+            _ => HostConfig::from_uri(arg),
+        }
+    }
+
     pub fn label(&self) -> String {
         self.name.clone().unwrap_or_else(|| self.uri.clone())
     }
@@ -161,6 +172,9 @@ mod tests {
         assert_eq!(c.interval, Dur::secs(2));
         assert_eq!(c.hosts[0].capacity, Some(Bytes::from_gib(16)));
         assert_eq!(c.flavors["m1.small"].mem_max, Some(Bytes::from_gib(4)));
+        let h = HostConfig::from_arg("a=qemu+unix:///system?socket=/x");
+        assert_eq!((h.label(), h.uri.as_str()), ("a".to_string(), "qemu+unix:///system?socket=/x"));
+        assert_eq!(HostConfig::from_arg("qemu:///system?x=y").label(), "qemu:///system?x=y");
         let e = Config::parse("c.toml", "intervall = \"2s\"\n").unwrap_err();
         assert_eq!((e[0].line, e[0].col), (1, 1));
         assert!(e[0].message.contains("unknown field"), "{e:?}");

@@ -207,9 +207,10 @@ impl std::iter::Sum for Bytes {
     }
 }
 
+/// In JSON (API, audit) sizes are exact byte counts; people write them with units in files.
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        s.serialize_u64(self.0)
     }
 }
 

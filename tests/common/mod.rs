@@ -1,0 +1,297 @@
+//! The end-to-end harness: private libvirt hosts and real QEMU guests from `tests/testbed`,
+//! and the real `memscale` binary run against them. Nothing here is mocked.
+//!
+//! These tests need root, QEMU and libvirt (installed by `tests/testbed/install.sh`, which
+//! `scripts/test.sh` runs first). Where the test bed cannot start they fail loudly: they never
+//! skip in silence.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn testbed() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testbed")
+}
+
+fn sh(script: &str, args: &[&str]) -> String {
+    let out = Command::new(testbed().join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("TEST BED UNAVAILABLE: cannot run {script}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "TEST BED FAILED: {script} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Make sure packages, kernel and initramfs are there (fast when they are).
+pub fn install() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        sh("install.sh", &[]);
+    });
+}
+
+/// A private libvirt host; torn down on drop.
+pub struct Host {
+    pub name: String,
+    pub uri: String,
+    pub tcp: String,
+}
+
+impl Host {
+    pub fn up(name: &str, index: u32) -> Host {
+        install();
+        // a leftover from an interrupted run would hold the name
+        let _ = Command::new(testbed().join("host.sh")).args(["down", name]).output();
+        let out = sh("host.sh", &["up", name, &index.to_string()]);
+        let get = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or_else(|| panic!("host.sh printed no {k}: {out}"))
+                .to_string()
+        };
+        Host {
+            name: name.to_string(),
+            uri: get("unix="),
+            tcp: get("tcp="),
+        }
+    }
+
+    /// `--connect` argument naming this host.
+    pub fn connect_arg(&self) -> String {
+        format!("{}={}", self.name, self.uri)
+    }
+
+    pub fn guest(&self, name: &str, opts: &[&str]) -> Guest {
+        let mut args = vec!["define", &self.name, name];
+        args.extend_from_slice(opts);
+        args.push("--start");
+        sh("guest.sh", &args);
+        Guest {
+            host: self.name.clone(),
+            uri: self.uri.clone(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = Command::new(testbed().join("host.sh")).args(["down", &self.name]).output();
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MStat {
+    pub t: u64,
+    pub demand_mib: u64,
+    pub target_mib: u64,
+    pub memtotal_kib: u64,
+    pub memavail_kib: u64,
+    pub oom_kill: u64,
+}
+
+pub struct Guest {
+    pub host: String,
+    pub uri: String,
+    pub name: String,
+}
+
+impl Guest {
+    pub fn wait_boot(&self) {
+        sh("guest.sh", &["wait-boot", &self.host, &self.name, "90"]);
+    }
+    pub fn demand(&self, mib: u64, rate: u64) {
+        sh("guest.sh", &["demand", &self.host, &self.name, &mib.to_string(), &rate.to_string()]);
+    }
+    pub fn rmmod_balloon(&self) -> String {
+        sh("guest.sh", &["rmmod-balloon", &self.host, &self.name])
+    }
+    pub fn stat(&self) -> MStat {
+        let line = sh("guest.sh", &["stat", &self.host, &self.name]);
+        let mut m = MStat::default();
+        for kv in line.split_whitespace() {
+            if let Some((k, v)) = kv.split_once('=') {
+                let v: u64 = v.parse().unwrap_or(0);
+                match k {
+                    "t" => m.t = v,
+                    "demand_mib" => m.demand_mib = v,
+                    "target_mib" => m.target_mib = v,
+                    "memtotal_kib" => m.memtotal_kib = v,
+                    "memavail_kib" => m.memavail_kib = v,
+                    "oom_kill" => m.oom_kill = v,
+                    _ => {}
+                }
+            }
+        }
+        m
+    }
+    /// The console line showing an OOM kill or a panic, if any.
+    pub fn oom(&self) -> Option<String> {
+        let out = Command::new(testbed().join("guest.sh"))
+            .args(["oom", &self.host, &self.name])
+            .output()
+            .expect("guest.sh oom");
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+    /// The hypervisor's view: `balloon.current` in MiB.
+    pub fn current_mib(&self) -> u64 {
+        let out = Command::new("virsh")
+            .args(["-q", "-c", &self.uri, "domstats", "--balloon", &self.name])
+            .output()
+            .expect("virsh domstats");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("balloon.current="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|k| k / 1024)
+            .unwrap_or(0)
+    }
+    pub fn is_running(&self) -> bool {
+        let out = Command::new("virsh").args(["-q", "-c", &self.uri, "domstate", &self.name]).output().expect("virsh");
+        String::from_utf8_lossy(&out.stdout).trim() == "running"
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+/// The real daemon, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub audit: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Start `memscale run` on these hosts, with policy files given as (name, text) and
+    /// extra flags.
+    pub fn start(hosts: &[&Host], policies: &[(&str, &str)], config: &str, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pdir = dir.path().join("policies");
+        std::fs::create_dir_all(&pdir).expect("mkdir");
+        for (n, t) in policies {
+            std::fs::write(pdir.join(n), t).expect("write policy");
+        }
+        let cfg = dir.path().join("memscale.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let port = free_port();
+        let audit = dir.path().join("audit.jsonl");
+        let log = dir.path().join("memscale.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_memscale"));
+        cmd.arg("--log-format").arg("plain").arg("run").arg("--config").arg(&cfg).arg("--policies").arg(&pdir);
+        cmd.arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--audit-log").arg(&audit);
+        for h in hosts {
+            cmd.arg("--connect").arg(h.connect_arg());
+        }
+        cmd.args(extra);
+        let logf = std::fs::File::create(&log).expect("log");
+        cmd.stdout(Stdio::null()).stderr(logf);
+        let child = cmd.spawn().expect("spawn memscale");
+        let d = Daemon { child, port, dir, audit, log };
+        d.wait_until("the API answers", 30, || d.get("/v1/status").is_some());
+        d
+    }
+
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    /// GET a path of the API; the JSON body when the status is 200.
+    pub fn get(&self, path: &str) -> Option<Value> {
+        let (code, body) = self.request("GET", path, None, None)?;
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let body = body.unwrap_or("");
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let code = out.split_whitespace().nth(1)?.parse().ok()?;
+        let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+        Some((code, body))
+    }
+
+    pub fn guest(&self, name: &str) -> Option<Value> {
+        self.get(&format!("/v1/guests/{name}"))
+    }
+
+    pub fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Poll `f` once a second until it holds; panic with the daemon's log after `secs`.
+    pub fn wait_until(&self, what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(secs) {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("timed out after {secs}s waiting for {what}\n--- memscale log (tail) ---\n{}", tail(&self.log_text(), 60));
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A size from the API or audit (exact bytes) in MiB, rounded down.
+pub fn mib(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0) / (1024 * 1024)
+}
+
+/// Exact bytes.
+pub fn bytes(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// Every recorded resize stayed inside the envelope recorded with it.
+pub fn assert_resizes_inside_envelope(records: &[Value]) -> usize {
+    let mut n = 0;
+    for r in records.iter().filter(|r| r["kind"] != "hold") {
+        n += 1;
+        let (after, floor, ceiling) = (bytes(&r["after"]), bytes(&r["floor"]), bytes(&r["ceiling"]));
+        assert!(floor > 0 && ceiling >= floor, "record without an envelope: {r}");
+        assert!(after >= floor && after <= ceiling, "resize outside the envelope: {r}");
+    }
+    n
+}

@@ -1,0 +1,190 @@
+//! End-to-end: the control loop against real QEMU guests under private libvirtds.
+//! See `tests/common` for the harness; nothing is mocked.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+/// Faster than the shipped default so the tests take a minute, not ten.
+const FAST: &str = r#"
+[[policy]]
+name = "fast"
+[policy.memory]
+headroom = "192MiB"
+shrink_cooldown = "8s"
+window = "12s"
+shrink_interval = "2s"
+shrink_rate = "256MiB/s"
+"#;
+
+const CONFIG: &str = "interval = \"1s\"\nstats_period = 1\ndriver_grace = \"12s\"\n";
+
+fn audit_for<'a>(records: &'a [serde_json::Value], guest: &str) -> Vec<&'a serde_json::Value> {
+    records.iter().filter(|r| r["guest"] == guest).collect()
+}
+
+/// A climb of 1.2 GiB past boot size at 25 MiB/s: memscale grows the guest in time, and the
+/// same guest with nobody managing it is OOM-killed (the test can fail).
+#[test]
+fn fast_climb_is_met_and_unmanaged_twin_ooms() {
+    let managed = Host::up("lgrow", 21);
+    let control = Host::up("lctl", 22);
+    let opts = ["--mem", "512", "--vmem", "2048", "--stats-period", "1", "--demand", "10:1700@25"];
+    let g = managed.guest("climb", &opts);
+    let c = control.guest("climb", &opts);
+    let d = Daemon::start(&[&managed], &[("fast.toml", FAST)], CONFIG, &[]);
+    g.wait_boot();
+    c.wait_boot();
+    let t0 = Instant::now();
+    let mut peak = 0;
+    d.wait_until("the managed guest to hold 1700 MiB", 240, || {
+        assert!(g.oom().is_none(), "managed guest hit OOM: {:?}\n{}", g.oom(), tail(&d.log_text(), 40));
+        let s = g.stat();
+        peak = peak.max(s.demand_mib);
+        s.demand_mib >= 1700
+    });
+    // it stays met for a while
+    std::thread::sleep(Duration::from_secs(8));
+    let s = g.stat();
+    assert_eq!(s.oom_kill, 0, "no OOM kill in the managed guest");
+    assert!(g.oom().is_none(), "console of the managed guest: {:?}", g.oom());
+    assert!(s.demand_mib >= 1700, "demand met: {s:?}");
+    assert!(g.current_mib() >= 1700, "allocation covers demand: {} MiB", g.current_mib());
+    // the unmanaged twin cannot hold it
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c.oom().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let oom = c.oom();
+    assert!(oom.is_some(), "the unmanaged guest should have run out of memory (demand {} MiB)", c.stat().demand_mib);
+    let records = d.audit();
+    let mine = audit_for(&records, "climb");
+    let grows = mine.iter().filter(|r| r["kind"] == "grow").count();
+    assert!(grows >= 1, "grew at least once: {mine:?}");
+    assert!(mine.iter().any(|r| r["method"].as_str().unwrap_or("").contains("virtio-mem")));
+    assert!(assert_resizes_inside_envelope(&records) >= 1);
+    eprintln!("climb met in {:?}; unmanaged twin: {}", t0.elapsed(), oom.unwrap_or_default());
+}
+
+/// Plain libvirt guest booted with 1 GiB, defined at 512 MiB (the floor), 1 GiB of
+/// virtio-mem above: grows through the balloon then virtio-mem, shrinks back to the floor
+/// when idle (virtio-mem first, then balloon), and grows again when demand returns.
+#[test]
+fn idle_guest_shrinks_to_floor_and_grows_again() {
+    let h = Host::up("lidle", 23);
+    let g = h.guest("idle", &["--mem", "1024", "--current", "512", "--vmem", "1024", "--stats-period", "1"]);
+    let d = Daemon::start(&[&h], &[("fast.toml", FAST)], CONFIG, &[]);
+    g.wait_boot();
+    d.wait_until("the envelope to be known", 60, || {
+        d.guest("idle").is_some_and(|v| mib(&v["envelope"]["floor"]) == 512 && mib(&v["envelope"]["ceiling"]) == 2048)
+    });
+    g.demand(1100, 100);
+    d.wait_until("growth past boot size", 120, || g.current_mib() >= 1100 + 150);
+    g.demand(40, 0);
+    d.wait_until("shrink to the floor", 150, || g.current_mib() <= 512 + 8);
+    let records = d.audit();
+    let shrinks: Vec<_> = audit_for(&records, "idle").into_iter().filter(|r| r["kind"] == "shrink").collect();
+    assert!(!shrinks.is_empty());
+    assert!(shrinks.iter().any(|r| r["method"].as_str().unwrap_or("").contains("virtio-mem")), "unplugged: {shrinks:?}");
+    assert!(shrinks.iter().any(|r| r["method"].as_str().unwrap_or("").contains("balloon")), "ballooned: {shrinks:?}");
+    assert!(shrinks.iter().all(|r| r["reason"]["reason"] == "idle"), "{shrinks:?}");
+    // demand returns
+    g.demand(700, 100);
+    d.wait_until("growth again", 120, || g.current_mib() >= 700 + 100 && g.stat().demand_mib >= 700);
+    assert!(g.oom().is_none(), "no OOM: {:?}", g.oom());
+    assert!(assert_resizes_inside_envelope(&d.audit()) >= 3);
+}
+
+/// A guest without a balloon driver and a guest whose driver is unloaded mid-run are never
+/// resized, and the API and audit say why.
+#[test]
+fn driverless_and_stale_guests_are_held() {
+    let h = Host::up("lhold", 24);
+    let nodrv = h.guest("nodrv", &["--mem", "512", "--vmem", "512", "--no-balloon-driver", "--demand", "5:300"]);
+    let stale = h.guest("stale", &["--mem", "512", "--vmem", "1024", "--stats-period", "1"]);
+    let d = Daemon::start(&[&h], &[("fast.toml", FAST)], CONFIG, &[]);
+    nodrv.wait_boot();
+    stale.wait_boot();
+    d.wait_until("nodrv reported as no-driver", 90, || d.guest("nodrv").is_some_and(|v| v["state"] == "no-driver"));
+    stale.demand(500, 0);
+    d.wait_until("stale guest grows while healthy", 90, || stale.current_mib() > 700);
+    d.wait_until("stale guest settles", 60, || d.guest("stale").is_some_and(|v| v["state"] == "ok"));
+    let size_before = stale.current_mib();
+    assert!(stale.rmmod_balloon().contains("ok"), "balloon driver unloaded");
+    // what the frozen stats would now justify: a large shrink (and later growth)
+    stale.demand(20, 0);
+    let t_frozen = common_now();
+    d.wait_until("stale guest reported as stale", 60, || d.guest("stale").is_some_and(|v| v["state"] == "stale"));
+    std::thread::sleep(Duration::from_secs(15));
+    let v = d.guest("stale").expect("guest");
+    assert_eq!(v["state"], "stale", "{v}");
+    assert!(v["why"].as_str().unwrap_or("").contains("stale"), "{v}");
+    let records = d.audit();
+    let resized_after: Vec<_> = audit_for(&records, "stale")
+        .into_iter()
+        .filter(|r| r["kind"] != "hold" && r["time"].as_f64().unwrap_or(0.0) > t_frozen)
+        .collect();
+    assert!(resized_after.is_empty(), "resized on stale data: {resized_after:?}");
+    assert!(stale.current_mib().abs_diff(size_before) <= 8, "size unchanged");
+    let nd = audit_for(&records, "nodrv");
+    assert!(nd.iter().all(|r| r["kind"] == "hold"), "driverless guest never resized: {nd:?}");
+    assert!(nd.iter().any(|r| r["reason"]["reason"] == "no-driver"), "{nd:?}");
+    let m = d.request("GET", "/metrics", None, None).expect("metrics").1;
+    assert!(m.contains("memscale_guest_state{guest=\"nodrv\",host=\"lhold\",state=\"no_driver\"} 1"), "{m}");
+    assert!(m.contains("memscale_guest_state{guest=\"stale\",host=\"lhold\",state=\"stale\"} 1"));
+}
+
+fn common_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Demand held in tmpfs (shmem) is demand, not reclaimable cache: a guest shrunk below its
+/// boot size (an explicit Xen-style floor) keeps room for it. Nova guests get their floor and
+/// ceiling from the flavor, and older Nova from the configured catalog.
+#[test]
+fn tmpfs_demand_and_nova_envelopes() {
+    let h = Host::up("lnova", 25);
+    let shm = h.guest("shm", &["--mem", "1536", "--vmem", "0", "--stats-period", "1"]);
+    let nova = h.guest("nova", &["--mem", "512", "--vmem", "1024", "--stats-period", "1", "--nova", "m1.flex:512:1024"]);
+    let old = h.guest("novaold", &["--mem", "512", "--vmem", "1024", "--stats-period", "1", "--nova-old", "m1.cat"]);
+    let policies = [
+        ("fast.toml", FAST),
+        ("shm.toml", "[[policy]]\nname = \"xen-floor\"\npriority = 10\n[policy.match]\nnames = [\"shm\"]\n[policy.memory]\nheadroom = \"192MiB\"\nmin_free = \"96MiB\"\nfloor_below_base = \"256MiB\"\nshrink_cooldown = \"5s\"\nwindow = \"10s\"\nshrink_interval = \"2s\"\nshrink_rate = \"256MiB/s\"\n"),
+    ];
+    let config = format!("{CONFIG}[flavors.\"m1.cat\"]\nmemory = \"512MiB\"\nmem_max = \"768MiB\"\n");
+    let d = Daemon::start(&[&h], &policies, &config, &[]);
+    shm.wait_boot();
+    nova.wait_boot();
+    old.wait_boot();
+    shm.demand(600, 0);
+    nova.demand(800, 50);
+    d.wait_until("shm shrinks and settles", 150, || {
+        shm.stat().demand_mib >= 600
+            && d.guest("shm").is_some_and(|v| v["state"] == "ok" && mib(&v["current"]) < 1200)
+    });
+    std::thread::sleep(Duration::from_secs(12));
+    let s = shm.stat();
+    let cur = shm.current_mib();
+    assert!(cur >= 600 + 96, "tmpfs demand kept: size {cur} MiB for 600 MiB of tmpfs");
+    assert!(cur < 1200, "but the idle rest was reclaimed: {cur} MiB");
+    assert!(s.memavail_kib >= 64 * 1024, "guest still has room: {s:?}");
+    assert!(shm.oom().is_none(), "{:?}", shm.oom());
+    let records = d.audit();
+    for r in audit_for(&records, "shm").iter().filter(|r| r["kind"] == "shrink") {
+        assert!(mib(&r["inputs"]["need"]) >= 600, "tmpfs counted as need: {r}");
+        assert_eq!(r["policy"], "xen-floor");
+    }
+    // Nova: floor = flavor RAM, ceiling = hw:mem_max_mb (below what the devices allow)
+    d.wait_until("nova at its ceiling", 120, || nova.current_mib() >= 1020);
+    let v = d.guest("nova").expect("nova");
+    assert_eq!(v["envelope"]["source"], "nova");
+    assert_eq!(mib(&v["envelope"]["floor"]), 512);
+    assert_eq!(mib(&v["envelope"]["ceiling"]), 1024);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(nova.current_mib() <= 1024, "never beyond the ceiling");
+    let v = d.guest("novaold").expect("novaold");
+    assert_eq!(v["envelope"]["source"], "nova-catalog", "{v}");
+    assert_eq!(mib(&v["envelope"]["ceiling"]), 768);
+    assert!(assert_resizes_inside_envelope(&d.audit()) >= 2);
+}

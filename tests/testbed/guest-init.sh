@@ -1,0 +1,106 @@
+#!/bin/busybox sh
+# /init of the test guest: load the virtio drivers, then hold a memory demand in a tmpfs
+# (tmpfs pages cannot be reclaimed without swap, so they are real demand) and report once a
+# second on the console. Demand comes from the kernel command line schedule
+# memscale.demand=T:MIB[@RATE],... and from the control port ttyS1 ("demand MIB [RATE]",
+# "rmmod-balloon", "status").
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs -o size=16m tmpfs /run
+CMDLINE=$(cat /proc/cmdline)
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci; do
+  insmod /lib/modules/$m.ko 2>/dev/null
+done
+case " $CMDLINE " in
+  *" memscale.noballoon=1 "*) echo "MEVENT balloon driver not loaded" ;;
+  *) insmod /lib/modules/virtio_balloon.ko ;;
+esac
+insmod /lib/modules/virtio_mem.ko 2>/dev/null
+mount -t tmpfs -o size=64g,mode=0755 tmpfs /hog
+echo "0 0" > /run/demand
+# The reporter and the control loop must outlive any OOM kill of the writers.
+echo -1000 > /proc/self/oom_score_adj
+
+SCHED=""
+for w in $CMDLINE; do
+  case $w in memscale.demand=*) SCHED=${w#memscale.demand=} ;; esac
+done
+
+control() {
+  stty -F /dev/ttyS1 raw -echo 2>/dev/null
+  while true; do
+    while read -r cmd a b; do
+      cmd=$(echo "$cmd" | tr -d '\r')
+      case $cmd in
+        demand) echo "$a ${b:-0}" > /run/demand.new && mv /run/demand.new /run/demand; echo "ok demand $a ${b:-0}" ;;
+        rmmod-balloon) if rmmod virtio_balloon; then echo "ok rmmod-balloon"; echo "MEVENT balloon driver unloaded" > /dev/console; else echo "err rmmod-balloon"; fi ;;
+        status) cat /run/mstat 2>/dev/null ;;
+        "") ;;
+        *) echo "err unknown $cmd" ;;
+      esac
+    done < /dev/ttyS1 > /dev/ttyS1
+    sleep 1
+  done
+}
+[ -e /dev/ttyS1 ] && control &
+
+CHUNK=4
+n=0            # chunks held
+applied=""     # schedule entries already applied
+budget=0       # MiB the rate allows to add now
+cs() { tr -d . < /proc/uptime | cut -d' ' -f1; }
+start=$(cs)
+last=$start
+lastprint=0
+while true; do
+  now=$(cs)
+  t=$(( (now - start) / 100 ))
+  # schedule: apply each entry once when its time has come
+  i=0
+  for e in $(echo "$SCHED" | tr ',' ' '); do
+    i=$((i + 1))
+    at=${e%%:*}; rest=${e#*:}; mib=${rest%@*}; rate=0
+    case $rest in *@*) rate=${rest#*@} ;; esac
+    case " $applied " in *" $i "*) continue ;; esac
+    if [ "$t" -ge "$at" ]; then echo "$mib $rate" > /run/demand; applied="$applied $i"; fi
+  done
+  read target rate < /run/demand
+  held=$((n * CHUNK))
+  # The rate is kept over wall time, however long each write takes under emulation.
+  if [ "$rate" -gt 0 ]; then
+    budget=$((budget + rate * (now - last) / 100))
+    [ "$budget" -gt $((rate * 2)) ] && budget=$((rate * 2))
+  else
+    budget=1000000
+  fi
+  last=$now
+  if [ "$held" -lt "$target" ]; then
+    while [ "$held" -lt "$target" ] && [ "$budget" -ge "$CHUNK" -o "$rate" -eq 0 ]; do
+      if dd if=/dev/zero of=/hog/c$n bs=1M count=$CHUNK 2>/dev/null; then
+        n=$((n + 1)); held=$((n * CHUNK)); budget=$((budget - CHUNK))
+      else
+        rm -f /hog/c$n; break
+      fi
+    done
+  elif [ "$held" -gt "$target" ]; then
+    budget=0
+    k=$(( (held - target) / CHUNK ))
+    while [ "$k" -gt 0 ] && [ "$n" -gt 0 ]; do n=$((n - 1)); rm -f /hog/c$n; k=$((k - 1)); done
+  else
+    budget=0
+  fi
+  if [ $((now - lastprint)) -ge 100 ]; then
+    lastprint=$now
+    mt=$(awk '/^MemTotal:/{print $2}' /proc/meminfo)
+    ma=$(awk '/^MemAvailable:/{print $2}' /proc/meminfo)
+    mf=$(awk '/^MemFree:/{print $2}' /proc/meminfo)
+    oom=$(awk '/^oom_kill /{print $2}' /proc/vmstat)
+    line="MSTAT t=$t demand_mib=$((n * CHUNK)) target_mib=$target memtotal_kib=$mt memavail_kib=$ma memfree_kib=$mf oom_kill=${oom:-0}"
+    echo "$line" > /run/mstat
+    echo "$line"
+  fi
+  sleep 0.25
+done

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Test guests on a test bed host: tiny TCG guests booting the test bed kernel and initramfs.
+#   guest.sh define HOST NAME [options]   write the XML, define, and with --start start it
+#     --mem MiB (boot RAM, default 512)  --current MiB (balloon at start, the plain-libvirt floor)
+#      --vmem MiB (virtio-mem size, 0 = none, default 1024)
+#     --block MiB (default 2)  --numa N (default 1)  --vcpus N (default 1)  --slots N (default 4)
+#     --stats-period S (default 2; 0 = no <stats>)  --no-balloon-driver  --no-balloon-device
+#     --nova FLAVOR:MEM_MIB[:MAX_MIB]  --nova-old FLAVOR  --nova-project NAME
+#     --demand SCHEDULE (T:MIB[@RATE],...)  --cmdline "extra args"  --start
+#   guest.sh xml HOST NAME [options]      print the XML only
+#   guest.sh demand HOST NAME MIB [RATE]  drive the demand generator over the control port
+#   guest.sh rmmod-balloon HOST NAME      unload the balloon driver inside the guest
+#   guest.sh stat HOST NAME               the last MSTAT line of the console
+#   guest.sh oom HOST NAME                exit 0 (and print it) if the console shows an OOM kill or panic
+#   guest.sh wait-boot HOST NAME [SECS]   wait for the first MSTAT line
+#   guest.sh console HOST NAME            path of the console log
+#   guest.sh destroy HOST NAME
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+console() { echo "$HOSTS/$1/log/qemu/$2.console.log"; }
+ctl_sock() { echo "$HOSTS/$1/lib/qemu/$2.ctl.sock"; }
+
+xml() {
+  local host=$1 name=$2; shift 2
+  local mem=512 cur="" vmem=1024 block=2 numa=1 vcpus=1 slots=4 period=2 noballoon=0 nodevice=0
+  local nova="" novaold="" project="demo" demand="" extra=""
+  while (($#)); do
+    case $1 in
+      --mem) mem=$2; shift ;;
+      --current) cur=$2; shift ;;
+      --vmem) vmem=$2; shift ;;
+      --block) block=$2; shift ;;
+      --numa) numa=$2; shift ;;
+      --vcpus) vcpus=$2; shift ;;
+      --slots) slots=$2; shift ;;
+      --stats-period) period=$2; shift ;;
+      --no-balloon-driver) noballoon=1 ;;
+      --no-balloon-device) nodevice=1 ;;
+      --nova) nova=$2; shift ;;
+      --nova-old) novaold=$2; shift ;;
+      --nova-project) project=$2; shift ;;
+      --demand) demand=$2; shift ;;
+      --cmdline) extra=$2; shift ;;
+      --start) ;;
+      *) die "unknown option $1" ;;
+    esac
+    shift
+  done
+  local total=$((mem + vmem)) maxmem=$((mem + vmem + 4096))
+  local cells="" devs="" i cpu0 cpu1 per=$((vcpus / numa))
+  ((per >= 1)) || die "--vcpus must be at least --numa"
+  for ((i = 0; i < numa; i++)); do
+    cpu0=$((i * per)); cpu1=$((cpu0 + per - 1))
+    cells+="<cell id='$i' cpus='$cpu0-$cpu1' memory='$((mem / numa))' unit='MiB'/>"
+    if ((vmem > 0)); then
+      devs+="<memory model='virtio-mem'><target><size unit='MiB'>$((vmem / numa))</size><node>$i</node><block unit='MiB'>$block</block><requested unit='MiB'>0</requested></target></memory>"
+    fi
+  done
+  local cmd="console=ttyS0 quiet memhp_default_state=online_movable panic=0 $extra"
+  ((noballoon)) && cmd+=" memscale.noballoon=1"
+  [[ -n $demand ]] && cmd+=" memscale.demand=$demand"
+  local stats=""; ((period > 0)) && stats="<stats period='$period'/>"
+  local balloon="<memballoon model='virtio'>$stats</memballoon>"
+  ((nodevice)) && balloon="<memballoon model='none'/>"
+  local meta=""
+  if [[ -n $nova ]]; then
+    IFS=: read -r fl fm fx <<<"$nova"
+    local specs=""
+    [[ -n ${fx:-} ]] && specs="<nova:extraSpecs><nova:extraSpec name=\"hw:mem_max_mb\">$fx</nova:extraSpec><nova:extraSpec name=\"hw:numa_nodes\">$numa</nova:extraSpec></nova:extraSpecs>"
+    meta="<metadata><nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\"><nova:package version=\"32.0.0\"/><nova:name>$name</nova:name><nova:flavor name=\"$fl\" id=\"$(cat /proc/sys/kernel/random/uuid)\"><nova:memory>$fm</nova:memory><nova:disk>1</nova:disk><nova:swap>0</nova:swap><nova:ephemeral>0</nova:ephemeral><nova:vcpus>$vcpus</nova:vcpus>$specs</nova:flavor><nova:owner><nova:user uuid=\"u-1\">demo</nova:user><nova:project uuid=\"p-1\">$project</nova:project></nova:owner></nova:instance></metadata>"
+  elif [[ -n $novaold ]]; then
+    meta="<metadata><nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\"><nova:name>$name</nova:name><nova:flavor name=\"$novaold\"/><nova:owner><nova:user uuid=\"u-1\">demo</nova:user><nova:project uuid=\"p-1\">$project</nova:project></nova:owner></nova:instance></metadata>"
+  fi
+  cat <<XML
+<domain type='qemu'>
+  <name>$name</name>
+  $meta
+  <maxMemory slots='$slots' unit='MiB'>$maxmem</maxMemory>
+  <memory unit='MiB'>$total</memory>
+  <currentMemory unit='MiB'>${cur:-$mem}</currentMemory>
+  <vcpu placement='static'>$vcpus</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>$CACHE/vmlinuz</kernel><initrd>$CACHE/initrd.gz</initrd>
+    <cmdline>$cmd</cmdline></os>
+  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model><numa>$cells</numa></cpu>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='file'><source path='/var/log/libvirt/qemu/$name.console.log'/><target port='0'/></serial>
+    <serial type='unix'><source mode='bind' path='/var/lib/libvirt/qemu/$name.ctl.sock'/><target port='1'/></serial>
+    <console type='file'><source path='/var/log/libvirt/qemu/$name.console.log'/><target type='serial' port='0'/></console>
+    $balloon
+    $devs
+  </devices>
+</domain>
+XML
+}
+
+send() { # HOST NAME LINE: one command over the control port, print the reply line
+  local s; s=$(ctl_sock "$1" "$2")
+  [[ -S $s ]] || die "no control socket for $2 on $1"
+  printf '%s\n' "$3" | timeout 5 socat -t2 - "UNIX-CONNECT:$s" | head -1
+}
+
+case ${1:-} in
+  xml) shift; xml "$@" ;;
+  define)
+    shift; host=$1 name=$2
+    f=$HOSTS/$host/$name.xml
+    xml "$@" > "$f"
+    vsh "$host" define "$f" >/dev/null
+    if [[ " $* " == *" --start "* ]]; then
+      mkdir -p "$HOSTS/$host/log/qemu"; : > "$(console "$host" "$name")"
+      vsh "$host" start "$name" >/dev/null
+    fi
+    echo "$name" ;;
+  demand) send "$2" "$3" "demand $4 ${5:-0}" ;;
+  rmmod-balloon) send "$2" "$3" "rmmod-balloon" ;;
+  stat) grep -a '^MSTAT' "$(console "$2" "$3")" 2>/dev/null | tail -1 ;;
+  oom) grep -a -m1 -E 'Out of memory|oom-kill|Killed process|Kernel panic|invoked oom-killer' "$(console "$2" "$3")" ;;
+  wait-boot)
+    for _ in $(seq 1 $((${4:-60} * 5))); do
+      grep -aq '^MSTAT' "$(console "$2" "$3")" 2>/dev/null && exit 0
+      sleep 0.2
+    done
+    die "guest $3 on $2 did not boot" ;;
+  console) console "$2" "$3" ;;
+  destroy) vsh "$2" destroy "$3" >/dev/null 2>&1 || true; vsh "$2" undefine "$3" >/dev/null 2>&1 || true ;;
+  -h|--help|"") sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) die "unknown command $1 (see --help)" ;;
+esac

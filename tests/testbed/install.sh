@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install what the test bed needs, idempotently: Debian packages, a guest kernel, and a tiny
+# busybox initramfs with the virtio modules and the demand generator. Fast when all is there.
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+if [[ ${1:-} == --help ]]; then echo "usage: install.sh [--extra PKG...]"; exit 0; fi
+PKGS=(qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev busybox-static cpio kmod iproute2 socat pkg-config xz-utils)
+if [[ ${1:-} == --extra ]]; then shift; PKGS+=("$@"); fi
+missing=()
+for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  echo "testbed: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+mkdir -p "$CACHE"
+MODS=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_balloon virtio_mem)
+if [[ ! -s $CACHE/vmlinuz || ! -d $CACHE/modules ]]; then
+  find_pkg() { apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' | awk '{print $1}' | sort -V | tail -1; }
+  pkg=$(find_pkg)
+  if [[ -z $pkg ]]; then apt-get update -qq; pkg=$(find_pkg); fi
+  [[ -n $pkg ]] || die "no linux-image-6.1.0-*-cloud-amd64 package found"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq "$pkg" >/dev/null 2>&1) || die "cannot download $pkg"
+  dpkg -x "$tmp"/*.deb "$tmp/x"
+  rm -rf "$CACHE/modules"; mkdir -p "$CACHE/modules"
+  for m in "${MODS[@]}"; do
+    f=$(find "$tmp/x/lib/modules" -name "$m.ko*" | head -1)
+    [[ -n $f ]] || die "module $m not in $pkg"
+    case $f in
+      *.xz) xz -dc "$f" > "$CACHE/modules/$m.ko" ;;
+      *) cp "$f" "$CACHE/modules/$m.ko" ;;
+    esac
+  done
+  cp "$tmp"/x/boot/vmlinuz-* "$CACHE/vmlinuz.new" && mv "$CACHE/vmlinuz.new" "$CACHE/vmlinuz"
+  echo "$pkg" > "$CACHE/kernel-package"
+  rm -rf "$tmp"
+fi
+# The initramfs: rebuilt only when the init script or the module set changed.
+sum=$( (cat "$HERE/guest-init.sh"; printf '%s\n' "${MODS[@]}"; cat "$CACHE/kernel-package") | sha256sum | cut -c1-16)
+if [[ ! -s $CACHE/initrd.gz || $(cat "$CACHE/initrd.sum" 2>/dev/null) != "$sum" ]]; then
+  root=$(mktemp -d)
+  mkdir -p "$root"/{bin,sbin,proc,sys,dev,run,tmp,hog,lib/modules}
+  cp /bin/busybox "$root/bin/busybox"
+  cp "$HERE/guest-init.sh" "$root/init"; chmod +x "$root/init"
+  cp "$CACHE"/modules/*.ko "$root/lib/modules/"
+  (cd "$root" && find . | cpio -o -H newc 2>/dev/null | gzip -9) > "$CACHE/initrd.gz.new"
+  mv "$CACHE/initrd.gz.new" "$CACHE/initrd.gz"
+  echo "$sum" > "$CACHE/initrd.sum"
+  rm -rf "$root"
+fi
+echo "kernel=$CACHE/vmlinuz"
+echo "initrd=$CACHE/initrd.gz"
