@@ -47,8 +47,14 @@ pub fn ops(env: &Envelope, now: &Parts, target: Bytes) -> Result<Vec<Op>, PlanEr
         let cur = now.vmem.get(i).copied().unwrap_or(Bytes(0));
         let w = want.vmem.get(i).copied().unwrap_or(Bytes(0));
         if cur != w {
-            let alias = slot.alias.clone().ok_or(PlanError::NoAlias { node: slot.node })?;
-            vmem.push(Op::VirtioMem { alias, requested: w });
+            let alias = slot
+                .alias
+                .clone()
+                .ok_or(PlanError::NoAlias { node: slot.node })?;
+            vmem.push(Op::VirtioMem {
+                alias,
+                requested: w,
+            });
         }
     }
     Ok(if target >= now.total() {
@@ -63,7 +69,10 @@ pub fn method_label(ops: &[Op]) -> String {
     let mut m: Vec<Method> = ops.iter().map(Op::method).collect();
     m.sort();
     m.dedup();
-    m.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("+")
+    m.iter()
+        .map(|m| m.to_string())
+        .collect::<Vec<_>>()
+        .join("+")
 }
 
 #[cfg(test)]
@@ -74,14 +83,29 @@ mod tests {
 
     #[test]
     fn grow_deflates_first_shrink_unplugs_first() {
-        let e = Envelope::from_spec(&DomainSpec::parse(crate::domain::tests::NOVA_XML).unwrap(), &FlavorCatalog::new()).unwrap();
+        let e = Envelope::from_spec(
+            &DomainSpec::parse(crate::domain::tests::NOVA_XML).unwrap(),
+            &FlavorCatalog::new(),
+        )
+        .unwrap();
         let now = Parts {
             balloon: Bytes::from_mib(1000),
             vmem: vec![Bytes(0), Bytes(0)],
         };
         let o = ops(&e, &now, Bytes::from_mib(2048)).unwrap();
-        assert_eq!(o[0], Op::Balloon { target: Bytes::from_mib(1024) });
-        assert_eq!(o[1], Op::VirtioMem { alias: "virtiomem0".into(), requested: Bytes::from_mib(512) });
+        assert_eq!(
+            o[0],
+            Op::Balloon {
+                target: Bytes::from_mib(1024)
+            }
+        );
+        assert_eq!(
+            o[1],
+            Op::VirtioMem {
+                alias: "virtiomem0".into(),
+                requested: Bytes::from_mib(512)
+            }
+        );
         assert_eq!(o.len(), 3);
         assert_eq!(method_label(&o), "balloon+virtio-mem");
         let now = Parts {
@@ -91,7 +115,13 @@ mod tests {
         let o = ops(&e, &now, Bytes::from_mib(1024)).unwrap();
         assert!(matches!(o[0], Op::VirtioMem { .. }));
         assert_eq!(o.len(), 2);
-        assert!(ops(&e, &now, Bytes::from_mib(1025)).is_err(), "misaligned NUMA split refused");
-        assert!(ops(&e, &now, Bytes::from_mib(9000)).is_err(), "beyond ceiling refused");
+        assert!(
+            ops(&e, &now, Bytes::from_mib(1025)).is_err(),
+            "misaligned NUMA split refused"
+        );
+        assert!(
+            ops(&e, &now, Bytes::from_mib(9000)).is_err(),
+            "beyond ceiling refused"
+        );
     }
 }

@@ -22,7 +22,10 @@ type Resp = Response<Full<HBytes>>;
 fn json_resp(code: StatusCode, v: &serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(HBytes::from(v.to_string())));
     *r.status_mut() = code;
-    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -32,11 +35,16 @@ pub fn error(code: StatusCode, msg: &str) -> Resp {
 
 fn all_guests(s: &Shared) -> Vec<GuestView> {
     let hosts = s.hosts.read().unwrap_or_else(|p| p.into_inner());
-    hosts.values().flat_map(|h| h.guests.iter().cloned()).collect()
+    hosts
+        .values()
+        .flat_map(|h| h.guests.iter().cloned())
+        .collect()
 }
 
 fn find_guest(s: &Shared, name: &str) -> Option<GuestView> {
-    all_guests(s).into_iter().find(|g| g.name == name || g.uuid == name)
+    all_guests(s)
+        .into_iter()
+        .find(|g| g.name == name || g.uuid == name)
 }
 
 pub fn status(s: &Shared) -> serde_json::Value {
@@ -51,7 +59,11 @@ pub fn status(s: &Shared) -> serde_json::Value {
             })
         })
         .collect();
-    let pol = s.policy_status.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let pol = s
+        .policy_status
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": epoch_now() - s.started,
@@ -69,7 +81,12 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
     // Read (and bound) any body, so an oversized one is refused before anything else.
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body over {MAX_BODY} bytes")),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body over {MAX_BODY} bytes"),
+            );
+        }
     };
     let _ = body;
     let (route, resp) = match (method, parts.as_slice()) {
@@ -82,7 +99,9 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
             ("metrics", r)
         }
         (Method::GET, ["v1", "status"]) => ("status", json_resp(StatusCode::OK, &status(&s))),
-        (Method::GET, ["v1", "guests"]) => ("guests", json_resp(StatusCode::OK, &json!(all_guests(&s)))),
+        (Method::GET, ["v1", "guests"]) => {
+            ("guests", json_resp(StatusCode::OK, &json!(all_guests(&s))))
+        }
         (Method::GET, ["v1", "guests", name]) => (
             "guest",
             match find_guest(&s, name) {
@@ -95,18 +114,36 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
                 None => error(StatusCode::NOT_FOUND, &format!("no guest named {name:?}")),
             },
         ),
-        (Method::GET, ["v1", "decisions"]) => ("decisions", json_resp(StatusCode::OK, &json!(s.audit.recent(None, 500)))),
-        (_, ["metrics"]) | (_, ["v1", "status"]) | (_, ["v1", "guests"]) | (_, ["v1", "guests", _]) | (_, ["v1", "decisions"]) => {
-            ("other", error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
-        }
-        _ => ("other", error(StatusCode::NOT_FOUND, &format!("no route {path:?}"))),
+        (Method::GET, ["v1", "decisions"]) => (
+            "decisions",
+            json_resp(StatusCode::OK, &json!(s.audit.recent(None, 500))),
+        ),
+        (_, ["metrics"])
+        | (_, ["v1", "status"])
+        | (_, ["v1", "guests"])
+        | (_, ["v1", "guests", _])
+        | (_, ["v1", "decisions"]) => (
+            "other",
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        ),
+        _ => (
+            "other",
+            error(StatusCode::NOT_FOUND, &format!("no route {path:?}")),
+        ),
     };
-    s.metrics.api_requests.with_label_values(&[route, resp.status().as_str()]).inc();
+    s.metrics
+        .api_requests
+        .with_label_values(&[route, resp.status().as_str()])
+        .inc();
     resp
 }
 
 /// Serve until shutdown.
-pub async fn serve(s: Arc<Shared>, addr: SocketAddr, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+pub async fn serve(
+    s: Arc<Shared>,
+    addr: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "api listening");
     loop {

@@ -54,7 +54,12 @@ pub struct Audit {
 impl Audit {
     pub fn new(cap: usize, path: Option<PathBuf>) -> std::io::Result<Audit> {
         let file = match &path {
-            Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
             None => None,
         };
         Ok(Audit {

@@ -17,7 +17,11 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_RUNTIME: i32 = 3;
 
 #[derive(Parser, Debug)]
-#[command(name = "memscale", version, about = "Sizes virtual machines' memory automatically, within each guest's envelope.")]
+#[command(
+    name = "memscale",
+    version,
+    about = "Sizes virtual machines' memory automatically, within each guest's envelope."
+)]
 pub struct Cli {
     /// Log format: human on a terminal, plain lines for journald, or JSON.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
@@ -40,6 +44,35 @@ pub enum Command {
     Run(RunArgs),
     /// Validate the config and policy files without running.
     Check(CheckArgs),
+    /// Show the guests a running daemon manages.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Address of the daemon's API.
+    #[arg(long, default_value = "127.0.0.1:9847")]
+    pub api: SocketAddr,
+    /// Print the JSON the API gave.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn status(a: &StatusArgs) -> i32 {
+    match crate::client::request(a.api, "GET", "/v1/guests", None, None) {
+        Ok(v) if a.json => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            0
+        }
+        Ok(v) => {
+            print!("{}", crate::client::status_table(&v));
+            0
+        }
+        Err(e) => {
+            eprintln!("memscale: {e}");
+            EXIT_RUNTIME
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -81,7 +114,9 @@ pub fn init_logging(fmt: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("MEMSCALE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let fmt = match fmt {
         LogFormat::Auto if std::io::stderr().is_terminal() => LogFormat::Human,
         LogFormat::Auto => LogFormat::Plain,
@@ -149,12 +184,22 @@ pub fn check(a: &CheckArgs) -> i32 {
         }
     }
     let mut files = Vec::new();
-    let paths = if a.paths.is_empty() { dir.into_iter().collect() } else { a.paths.clone() };
+    let paths = if a.paths.is_empty() {
+        dir.into_iter().collect()
+    } else {
+        a.paths.clone()
+    };
     for p in &paths {
         if p.is_dir() {
             match policy::parse::policy_files(p) {
                 Ok(f) => files.extend(f),
-                Err(e) => diags.push(Diag { path: p.display().to_string(), line: 1, col: 1, severity: Severity::Error, message: format!("cannot read directory: {e}") }),
+                Err(e) => diags.push(Diag {
+                    path: p.display().to_string(),
+                    line: 1,
+                    col: 1,
+                    severity: Severity::Error,
+                    message: format!("cannot read directory: {e}"),
+                }),
             }
         } else {
             files.push(p.clone());
@@ -163,9 +208,15 @@ pub fn check(a: &CheckArgs) -> i32 {
     let (set, d) = policy::load_files(&files, 1);
     diags.extend(d);
     print_diags(&diags);
-    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     if errors > 0 {
-        eprintln!("{errors} error(s) in {} file(s)", files.len() + usize::from(a.config.is_some()));
+        eprintln!(
+            "{errors} error(s) in {} file(s)",
+            files.len() + usize::from(a.config.is_some())
+        );
         return EXIT_INVALID;
     }
     let n = set.map(|s| s.policies.len()).unwrap_or(0);
@@ -202,7 +253,12 @@ pub async fn run(a: RunArgs) -> i32 {
     let hosts: Vec<(HostConfig, Arc<dyn Hypervisor>)> = config
         .hosts
         .iter()
-        .map(|h| (h.clone(), Arc::new(LibvirtHost::new(&h.uri)) as Arc<dyn Hypervisor>))
+        .map(|h| {
+            (
+                h.clone(),
+                Arc::new(LibvirtHost::new(&h.uri)) as Arc<dyn Hypervisor>,
+            )
+        })
         .collect();
     tracing::info!(hosts = hosts.len(), dry_run = config.dry_run, interval = %config.interval, "memscale starting");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -237,7 +293,10 @@ pub async fn run(a: RunArgs) -> i32 {
 
 async fn wait_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut t), Ok(mut i)) => {
             tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
         }

@@ -115,7 +115,8 @@ impl Config {
 
     pub fn parse(shown: &str, text: &str) -> Result<Config, Vec<Diag>> {
         let c: Config = toml::from_str(text).map_err(|e| {
-            let (line, col) = crate::policy::parse::line_col(text, e.span().map(|s| s.start).unwrap_or(0));
+            let (line, col) =
+                crate::policy::parse::line_col(text, e.span().map(|s| s.start).unwrap_or(0));
             vec![Diag {
                 path: shown.to_string(),
                 line,
@@ -134,14 +135,25 @@ impl Config {
                 message: m,
             })
         };
-        if c.interval.0 < std::time::Duration::from_millis(100) || c.interval.0 > std::time::Duration::from_secs(600) {
-            err(format!("interval {} is out of range 100ms to 10m", c.interval));
+        if c.interval.0 < std::time::Duration::from_millis(100)
+            || c.interval.0 > std::time::Duration::from_secs(600)
+        {
+            err(format!(
+                "interval {} is out of range 100ms to 10m",
+                c.interval
+            ));
         }
         if c.stats_period == 0 || c.stats_period > 300 {
-            err(format!("stats_period {} is out of range 1 to 300", c.stats_period));
+            err(format!(
+                "stats_period {} is out of range 1 to 300",
+                c.stats_period
+            ));
         }
         if c.audit_ring == 0 || c.audit_ring > 1_000_000 {
-            err(format!("audit_ring {} is out of range 1 to 1000000", c.audit_ring));
+            err(format!(
+                "audit_ring {} is out of range 1 to 1000000",
+                c.audit_ring
+            ));
         }
         let mut seen = std::collections::HashSet::new();
         for h in &c.hosts {
@@ -151,7 +163,12 @@ impl Config {
             if let Some(cap) = h.capacity
                 && cap <= h.reserve
             {
-                err(format!("host {:?}: capacity {} is not above its reserve {}", h.label(), cap, h.reserve));
+                err(format!(
+                    "host {:?}: capacity {} is not above its reserve {}",
+                    h.label(),
+                    cap,
+                    h.reserve
+                ));
             }
         }
         if diags.is_empty() { Ok(c) } else { Err(diags) }
@@ -173,8 +190,14 @@ mod tests {
         assert_eq!(c.hosts[0].capacity, Some(Bytes::from_gib(16)));
         assert_eq!(c.flavors["m1.small"].mem_max, Some(Bytes::from_gib(4)));
         let h = HostConfig::from_arg("a=qemu+unix:///system?socket=/x");
-        assert_eq!((h.label(), h.uri.as_str()), ("a".to_string(), "qemu+unix:///system?socket=/x"));
-        assert_eq!(HostConfig::from_arg("qemu:///system?x=y").label(), "qemu:///system?x=y");
+        assert_eq!(
+            (h.label(), h.uri.as_str()),
+            ("a".to_string(), "qemu+unix:///system?socket=/x")
+        );
+        assert_eq!(
+            HostConfig::from_arg("qemu:///system?x=y").label(),
+            "qemu:///system?x=y"
+        );
         let e = Config::parse("c.toml", "intervall = \"2s\"\n").unwrap_err();
         assert_eq!((e[0].line, e[0].col), (1, 1));
         assert!(e[0].message.contains("unknown field"), "{e:?}");

@@ -284,11 +284,14 @@ fn parse_nova(inst: roxmltree::Node) -> Result<NovaMeta, DomainError> {
 }
 
 fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, name: &str) -> Option<roxmltree::Node<'a, 'i>> {
-    n.children().find(|c| c.is_element() && c.tag_name().name() == name)
+    n.children()
+        .find(|c| c.is_element() && c.tag_name().name() == name)
 }
 
 fn child_text(n: roxmltree::Node, name: &str) -> Option<String> {
-    child(n, name).and_then(|c| c.text()).map(|t| t.trim().to_string())
+    child(n, name)
+        .and_then(|c| c.text())
+        .map(|t| t.trim().to_string())
 }
 
 fn number(n: roxmltree::Node, what: &str) -> Result<u64, DomainError> {
@@ -402,7 +405,10 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_garbage_and_bad_units() {
-        assert!(matches!(DomainSpec::parse("<domain"), Err(DomainError::Xml(_))));
+        assert!(matches!(
+            DomainSpec::parse("<domain"),
+            Err(DomainError::Xml(_))
+        ));
         assert!(matches!(
             DomainSpec::parse("<domain><name>x</name></domain>"),
             Err(DomainError::Missing("memory"))
@@ -416,7 +422,11 @@ pub(crate) mod tests {
 
 /// The XML of one virtio-mem device of a live domain, found by alias, with its requested size
 /// replaced: what `virDomainUpdateDeviceFlags` takes (as `virsh update-memory-device` does).
-pub fn virtio_mem_update_xml(live_xml: &str, alias: &str, requested: Bytes) -> Result<String, DomainError> {
+pub fn virtio_mem_update_xml(
+    live_xml: &str,
+    alias: &str,
+    requested: Bytes,
+) -> Result<String, DomainError> {
     let doc = roxmltree::Document::parse(live_xml).map_err(|e| DomainError::Xml(e.to_string()))?;
     let dev = doc
         .descendants()
@@ -425,7 +435,9 @@ pub fn virtio_mem_update_xml(live_xml: &str, alias: &str, requested: Bytes) -> R
                 && n.attribute("model") == Some("virtio-mem")
                 && child(*n, "alias").and_then(|a| a.attribute("name")) == Some(alias)
         })
-        .ok_or(DomainError::Missing("memory model='virtio-mem' with that alias"))?;
+        .ok_or(DomainError::Missing(
+            "memory model='virtio-mem' with that alias",
+        ))?;
     let range = dev.range();
     let text = &live_xml[range.clone()];
     let new_req = format!("<requested unit='KiB'>{}</requested>", requested.kib());

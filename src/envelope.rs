@@ -203,7 +203,10 @@ fn nova_page_size(v: &str) -> Option<Bytes> {
 impl Envelope {
     /// The envelope of a guest from its persistent definition (`<currentMemory>` there is what
     /// the operator gave it, not what memscale last set) and the flavor catalog.
-    pub fn from_spec(spec: &DomainSpec, catalog: &FlavorCatalog) -> Result<Envelope, EnvelopeError> {
+    pub fn from_spec(
+        spec: &DomainSpec,
+        catalog: &FlavorCatalog,
+    ) -> Result<Envelope, EnvelopeError> {
         let mut notes = Vec::new();
         let base = spec.base_memory();
         let mut numa_nodes = spec.numa.len().max(1) as u32;
@@ -263,12 +266,12 @@ impl Envelope {
         let (mut floor, mut ceiling, source) = match &spec.nova {
             Some(nova) => {
                 let (flavor_mem, mem_max, source) = match nova.memory {
-                    Some(m) => (m, spec_mib(&nova.extra_specs, "hw:mem_max_mb")?, Source::Nova),
-                    None => match nova
-                        .flavor_name
-                        .as_ref()
-                        .and_then(|f| catalog.get(f))
-                    {
+                    Some(m) => (
+                        m,
+                        spec_mib(&nova.extra_specs, "hw:mem_max_mb")?,
+                        Source::Nova,
+                    ),
+                    None => match nova.flavor_name.as_ref().and_then(|f| catalog.get(f)) {
                         Some(f) => (f.memory, f.mem_max, Source::NovaCatalog),
                         None => {
                             notes.push(Note::UnknownFlavor {
@@ -409,7 +412,7 @@ impl Envelope {
             return self.balloon && size.align_down(BALLOON_STEP) == size || size == self.base;
         }
         let v = size.saturating_sub(self.base);
-        self.vmem_step.0 != 0 && v.0 % self.vmem_step.0 == 0 && v <= self.vmem_max()
+        self.vmem_step.0 != 0 && v.0.is_multiple_of(self.vmem_step.0) && v <= self.vmem_max()
     }
 
     /// The smallest realizable size at or above `t`, clamped into the envelope.
@@ -435,8 +438,15 @@ impl Envelope {
         let t = t.min(self.ceiling);
         let r = if t >= self.base && self.vmem_step.0 != 0 {
             let top = self.ceiling.saturating_sub(self.base);
-            let cap = if top.0 == 0 { Bytes(0) } else { top.align_down(self.vmem_step) };
-            self.base + t.saturating_sub(self.base).align_down(self.vmem_step).min(cap)
+            let cap = if top.0 == 0 {
+                Bytes(0)
+            } else {
+                top.align_down(self.vmem_step)
+            };
+            self.base
+                + t.saturating_sub(self.base)
+                    .align_down(self.vmem_step)
+                    .min(cap)
         } else if t >= self.base {
             self.base
         } else if self.balloon {
@@ -444,7 +454,11 @@ impl Envelope {
         } else {
             self.base
         };
-        if r < self.floor { self.realize_up(self.floor) } else { r }
+        if r < self.floor {
+            self.realize_up(self.floor)
+        } else {
+            r
+        }
     }
 
     /// Balloon and virtio-mem parts of a realizable size: the balloon fills up to boot RAM
@@ -515,7 +529,10 @@ mod tests {
         assert_eq!(e.methods(), vec![Method::Balloon, Method::VirtioMem]);
         // balloon-only range below boot size when the definition boots smaller
         let e = Envelope::from_spec(&plain(1024, 512, &[]), &FlavorCatalog::new()).unwrap();
-        assert_eq!((e.floor, e.ceiling), (Bytes::from_mib(512), Bytes::from_mib(1024)));
+        assert_eq!(
+            (e.floor, e.ceiling),
+            (Bytes::from_mib(512), Bytes::from_mib(1024))
+        );
     }
 
     #[test]
@@ -540,7 +557,8 @@ mod tests {
             r#"<nova:extraSpec name="hw:mem_max_mb">3072</nova:extraSpec>"#,
             "",
         );
-        let e = Envelope::from_spec(&DomainSpec::parse(&xml).unwrap(), &FlavorCatalog::new()).unwrap();
+        let e =
+            Envelope::from_spec(&DomainSpec::parse(&xml).unwrap(), &FlavorCatalog::new()).unwrap();
         assert_eq!(e.floor, e.ceiling);
         assert!(e.notes.contains(&Note::NoEnvelope));
     }
@@ -548,9 +566,16 @@ mod tests {
     #[test]
     fn ceiling_clamped_and_catalog() {
         let xml = NOVA_XML.replace(">3072<", ">9999<");
-        let e = Envelope::from_spec(&DomainSpec::parse(&xml).unwrap(), &FlavorCatalog::new()).unwrap();
+        let e =
+            Envelope::from_spec(&DomainSpec::parse(&xml).unwrap(), &FlavorCatalog::new()).unwrap();
         assert_eq!(e.ceiling, Bytes::from_mib(4096));
-        assert!(matches!(e.notes[0], Note::CeilingClamped { asked_mib: 9999, .. }));
+        assert!(matches!(
+            e.notes[0],
+            Note::CeilingClamped {
+                asked_mib: 9999,
+                ..
+            }
+        ));
 
         let mut d = DomainSpec::parse(NOVA_XML).unwrap();
         let nova = d.nova.as_mut().unwrap();
@@ -584,7 +609,11 @@ mod tests {
         d.hugepage_size = Some(Bytes::from_gib(1));
         let e = Envelope::from_spec(&d, &FlavorCatalog::new()).unwrap();
         assert!(e.vmem.is_empty());
-        assert!(e.notes.iter().any(|n| matches!(n, Note::HugepagesNoVirtioMem { .. })));
+        assert!(
+            e.notes
+                .iter()
+                .any(|n| matches!(n, Note::HugepagesNoVirtioMem { .. }))
+        );
         assert!(e.notes.contains(&Note::NoMethod));
     }
 

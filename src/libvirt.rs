@@ -211,12 +211,14 @@ impl Hypervisor for LibvirtHost {
                 let name = cstr(unsafe { sys::virDomainGetName(rec.dom) });
                 let mut buf = [0 as c_char; 80];
                 // SAFETY: VIR_UUID_STRING_BUFLEN is 37; the buffer is larger.
-                let uuid = if unsafe { sys::virDomainGetUUIDString(rec.dom, buf.as_mut_ptr()) } == 0 {
+                let uuid = if unsafe { sys::virDomainGetUUIDString(rec.dom, buf.as_mut_ptr()) } == 0
+                {
                     cstr(buf.as_ptr())
                 } else {
                     String::new()
                 };
-                let params: &[sys::virTypedParameter] = if rec.params.is_null() || rec.nparams <= 0 {
+                let params: &[sys::virTypedParameter] = if rec.params.is_null() || rec.nparams <= 0
+                {
                     &[]
                 } else {
                     // SAFETY: libvirt gives `nparams` parameters at `params`.
@@ -229,21 +231,30 @@ impl Hypervisor for LibvirtHost {
     }
 
     fn domain_xml(&self, uuid: &str, inactive: bool) -> Result<String, HvError> {
-        let flags = if inactive { sys::VIR_DOMAIN_XML_INACTIVE } else { 0 };
+        let flags = if inactive {
+            sys::VIR_DOMAIN_XML_INACTIVE
+        } else {
+            0
+        };
         self.on_guest(uuid, |d| d.xml_desc(flags))
     }
 
     fn set_balloon(&self, uuid: &str, target: Bytes) -> Result<(), HvError> {
-        self.on_guest(uuid, |d| d.set_memory_flags(target.kib(), sys::VIR_DOMAIN_MEM_LIVE))
+        self.on_guest(uuid, |d| {
+            d.set_memory_flags(target.kib(), sys::VIR_DOMAIN_MEM_LIVE)
+        })
     }
 
     fn set_virtio_mem(&self, uuid: &str, alias: &str, requested: Bytes) -> Result<(), HvError> {
         let live = self.domain_xml(uuid, false)?;
-        let dev = domain::virtio_mem_update_xml(&live, alias, requested).map_err(|e| HvError::Guest {
-            guest: uuid.to_string(),
-            message: e.to_string(),
-        })?;
-        self.on_guest(uuid, |d| d.update_device_flags(&dev, sys::VIR_DOMAIN_AFFECT_LIVE))
+        let dev =
+            domain::virtio_mem_update_xml(&live, alias, requested).map_err(|e| HvError::Guest {
+                guest: uuid.to_string(),
+                message: e.to_string(),
+            })?;
+        self.on_guest(uuid, |d| {
+            d.update_device_flags(&dev, sys::VIR_DOMAIN_AFFECT_LIVE)
+        })
     }
 
     fn set_stats_period(&self, uuid: &str, seconds: u32) -> Result<(), HvError> {

@@ -13,7 +13,11 @@ fn main() {
     cli::init_logging(cli.log_format);
     let code = match cli.command {
         Command::Check(a) => cli::check(&a),
-        Command::Run(a) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Command::Status(a) => cli::status(&a),
+        Command::Run(a) => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt.block_on(cli::run(a)),
             Err(e) => {
                 eprintln!("memscale: cannot start the runtime: {e}");

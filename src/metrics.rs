@@ -2,8 +2,8 @@
 //! `memscale_` prefix, guest names as the only high-cardinality label.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -54,13 +54,24 @@ impl Metrics {
             up: reg(&r, IntCounter::new("memscale_ticks_total", "Host ticks run since start.").expect("metric")),
             registry: r,
         };
-        m.build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.build
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         m
     }
 
     /// Forget every series of a guest that is gone.
     pub fn forget_guest(&self, host: &str, guest: &str) {
-        for kind in ["current", "target", "floor", "ceiling", "used", "available", "caches", "free"] {
+        for kind in [
+            "current",
+            "target",
+            "floor",
+            "ceiling",
+            "used",
+            "available",
+            "caches",
+            "free",
+        ] {
             let _ = self.guest_bytes.remove_label_values(&[host, guest, kind]);
         }
         let _ = self.guest_stats_age.remove_label_values(&[host, guest]);
@@ -87,5 +98,34 @@ impl Default for Metrics {
 }
 
 pub const STATES: [&str; 9] = [
-    "ok", "starting", "no_driver", "stale", "held", "pinned", "resizing", "not_running", "no_envelope",
+    "ok",
+    "starting",
+    "no_driver",
+    "stale",
+    "held",
+    "pinned",
+    "resizing",
+    "not_running",
+    "no_envelope",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_registers_and_renders() {
+        let m = Metrics::new();
+        m.guest_bytes
+            .with_label_values(&["h", "g", "current"])
+            .set(1.0);
+        m.guest_state.with_label_values(&["h", "g", "ok"]).set(1);
+        let text = m.render();
+        assert!(
+            text.contains("memscale_guest_memory_bytes{guest=\"g\",host=\"h\",kind=\"current\"} 1")
+        );
+        assert!(text.contains("memscale_build_info{version="));
+        m.forget_guest("h", "g");
+        assert!(!m.render().contains("guest=\"g\""));
+    }
+}

@@ -72,52 +72,103 @@ pub enum Kind {
 #[serde(tag = "reason", rename_all = "kebab-case")]
 pub enum Reason {
     /// Predicted MemAvailable is below the grow threshold.
-    Short { available: Bytes, threshold: Bytes },
+    Short {
+        available: Bytes,
+        threshold: Bytes,
+    },
     /// The guest is swapping in faster than the policy allows.
-    Swapping { bytes_per_sec: u64 },
+    Swapping {
+        bytes_per_sec: u64,
+    },
     /// MemAvailable stayed above the shrink threshold over the window.
-    Idle { available: Bytes, threshold: Bytes },
+    Idle {
+        available: Bytes,
+        threshold: Bytes,
+    },
     BelowFloor,
     AboveCeiling,
     /// Nothing to do: MemAvailable is between the thresholds.
-    InBand { available: Bytes },
+    InBand {
+        available: Bytes,
+    },
     /// The guest wants more than its ceiling.
-    AtCeiling { wanted: Bytes },
-    GrowCooldown { seconds_left: f64 },
-    ShrinkCooldown { seconds_left: f64 },
+    AtCeiling {
+        wanted: Bytes,
+    },
+    GrowCooldown {
+        seconds_left: f64,
+    },
+    ShrinkCooldown {
+        seconds_left: f64,
+    },
     /// The change would be smaller than `min_change`.
-    SmallChange { change: Bytes },
+    SmallChange {
+        change: Bytes,
+    },
     NoSamples,
     // Holds decided outside the planner, kept here so every decision has one reason type.
     NoDriver,
-    Stale { age_seconds: f64 },
+    Stale {
+        age_seconds: f64,
+    },
     ResizeInProgress,
-    Unconverged { target: Bytes, actual: Bytes },
+    Unconverged {
+        target: Bytes,
+        actual: Bytes,
+    },
     Pinned,
-    NotRunning { state: String },
+    NotRunning {
+        state: String,
+    },
     NoMethod,
-    BadEnvelope { message: String },
-    HostError { message: String },
+    BadEnvelope {
+        message: String,
+    },
+    HostError {
+        message: String,
+    },
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::Short { available, threshold } => write!(f, "short: predicted available {available} below {threshold}"),
-            Reason::Swapping { bytes_per_sec } => write!(f, "swapping in at {}/s", Bytes(*bytes_per_sec)),
-            Reason::Idle { available, threshold } => write!(f, "idle: available {available} above {threshold} over the window"),
+            Reason::Short {
+                available,
+                threshold,
+            } => write!(
+                f,
+                "short: predicted available {available} below {threshold}"
+            ),
+            Reason::Swapping { bytes_per_sec } => {
+                write!(f, "swapping in at {}/s", Bytes(*bytes_per_sec))
+            }
+            Reason::Idle {
+                available,
+                threshold,
+            } => write!(
+                f,
+                "idle: available {available} above {threshold} over the window"
+            ),
             Reason::BelowFloor => f.write_str("below floor"),
             Reason::AboveCeiling => f.write_str("above ceiling"),
             Reason::InBand { available } => write!(f, "in band: available {available}"),
             Reason::AtCeiling { wanted } => write!(f, "at ceiling: wants {wanted}"),
-            Reason::GrowCooldown { seconds_left } => write!(f, "grow cooldown: {seconds_left:.0}s left"),
-            Reason::ShrinkCooldown { seconds_left } => write!(f, "shrink cooldown: {seconds_left:.0}s left"),
+            Reason::GrowCooldown { seconds_left } => {
+                write!(f, "grow cooldown: {seconds_left:.0}s left")
+            }
+            Reason::ShrinkCooldown { seconds_left } => {
+                write!(f, "shrink cooldown: {seconds_left:.0}s left")
+            }
             Reason::SmallChange { change } => write!(f, "change of {change} too small"),
             Reason::NoSamples => f.write_str("no stats yet"),
             Reason::NoDriver => f.write_str("no balloon driver: guest never reported stats"),
-            Reason::Stale { age_seconds } => write!(f, "stale stats: last update {age_seconds:.0}s ago"),
+            Reason::Stale { age_seconds } => {
+                write!(f, "stale stats: last update {age_seconds:.0}s ago")
+            }
             Reason::ResizeInProgress => f.write_str("resize in progress"),
-            Reason::Unconverged { target, actual } => write!(f, "resize did not converge: asked {target}, has {actual}"),
+            Reason::Unconverged { target, actual } => {
+                write!(f, "resize did not converge: asked {target}, has {actual}")
+            }
             Reason::Pinned => f.write_str("pinned by operator"),
             Reason::NotRunning { state } => write!(f, "not running: {state}"),
             Reason::NoMethod => f.write_str("no resize method: no balloon and no virtio-mem"),
@@ -223,7 +274,11 @@ fn percentile(samples: &[Sample], p: f64) -> Bytes {
     }
     let mut d = Data::new(v);
     let q = d.quantile(p.clamp(0.0, 1.0));
-    if q.is_finite() && q > 0.0 { Bytes(q as u64) } else { Bytes(0) }
+    if q.is_finite() && q > 0.0 {
+        Bytes(q as u64)
+    } else {
+        Bytes(0)
+    }
 }
 
 fn since(now: f64, t: Option<f64>) -> f64 {
@@ -239,8 +294,7 @@ pub fn plan(i: &Input) -> Decision {
         return Decision::hold(size, Reason::NoSamples);
     };
     let need = last.need();
-    let used = need;
-    let headroom = k.headroom.max(used.scale(k.headroom_pct.fraction()));
+    let headroom = k.headroom.max(need.scale(k.headroom_pct.fraction()));
     // A starved guest reports need clipped at its allocation, so its "trend" would only echo
     // our own growth: fit the trend to samples that still had memory to spare.
     // Only the latest unbroken run counts: a jump across a starved spell is a step, not a trend.
@@ -254,13 +308,19 @@ pub fn plan(i: &Input) -> Decision {
     recent.reverse();
     // A climb must show in most steps between reports: a jump followed by a plateau is a step,
     // and extrapolating it would overshoot.
-    let rising = recent.windows(2).filter(|w| w[1].need() > w[0].need()).count();
+    let rising = recent
+        .windows(2)
+        .filter(|w| w[1].need() > w[0].need())
+        .count();
     let slope = if recent.len() >= 3 && rising * 5 >= (recent.len() - 1) * 3 {
         trend(&recent).max(0.0)
     } else {
         0.0
     };
-    let predicted = need + Bytes(0).max(Bytes((slope * k.predict.as_secs_f64()).min(1e15) as u64));
+    // The trend buys lead time, not a new size: a burst that stops must not leave the guest
+    // with more than twice its headroom on top of what it uses.
+    let ahead = Bytes((slope * k.predict.as_secs_f64()).clamp(0.0, 1e15) as u64);
+    let predicted = need + ahead.min(headroom.scale(2.0));
     let window: Vec<Sample> = i
         .samples
         .iter()
@@ -346,10 +406,19 @@ pub fn plan(i: &Input) -> Decision {
 
     let avail_window = size.saturating_sub(need_window);
     let shrink_threshold = headroom.scale(k.shrink_at.fraction());
-    if avail_window > shrink_threshold && size > env.floor {
+    // Idle means idle over the whole window: a guest seen for less than that (just booted, or
+    // just adopted) is not shrunk yet.
+    let covered = i
+        .samples
+        .first()
+        .is_some_and(|s| s.at <= i.now - k.window.as_secs_f64() * 0.9);
+    if avail_window > shrink_threshold && size > env.floor && covered {
         // A growth made on a predicted trend is only proven wrong once the trend window has
         // passed: shrinking earlier would undo it on the very data that caused it.
-        let cooldown = k.shrink_cooldown.as_secs_f64().max(k.trend_window.as_secs_f64());
+        let cooldown = k
+            .shrink_cooldown
+            .as_secs_f64()
+            .max(k.trend_window.as_secs_f64());
         let since_grow = since(i.now, i.history.last_grow);
         if since_grow < cooldown {
             d.reason = Reason::ShrinkCooldown {
@@ -370,7 +439,9 @@ pub fn plan(i: &Input) -> Decision {
             step = step.min(k.max_shrink_step);
         }
         if k.shrink_rate.per_sec().0 > 0 {
-            let dt = since_shrink.min(k.window.as_secs_f64()).max(k.shrink_interval.as_secs_f64());
+            let dt = since_shrink
+                .min(k.window.as_secs_f64())
+                .max(k.shrink_interval.as_secs_f64());
             step = step.min(k.shrink_rate.over(dt));
         }
         // Round up: the granularity never takes a guest below its need plus headroom.

@@ -182,7 +182,7 @@ impl fmt::Display for Bytes {
         let b = self.0;
         for (unit, m) in [("TiB", TIB), ("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
             if b >= m {
-                if b % m == 0 {
+                if b.is_multiple_of(m) {
                     return write!(f, "{}{}", b / m, unit);
                 }
                 if m >= MIB {
@@ -291,13 +291,13 @@ impl Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             write!(f, "{}ms", ms)
         } else {
             let s = ms / 1000;
-            if s != 0 && s % 3600 == 0 {
+            if s != 0 && s.is_multiple_of(3600) {
                 write!(f, "{}h", s / 3600)
-            } else if s != 0 && s % 60 == 0 {
+            } else if s != 0 && s.is_multiple_of(60) {
                 write!(f, "{}m", s / 60)
             } else {
                 write!(f, "{}s", s)
@@ -486,9 +486,6 @@ mod rate_tests {
             Rate::parse("64MiB"),
             Err(UnitError::MissingRateUnit(_))
         ));
-        assert_eq!(
-            Rate(Bytes::from_mib(10)).over(2.5),
-            Bytes::from_mib(25)
-        );
+        assert_eq!(Rate(Bytes::from_mib(10)).over(2.5), Bytes::from_mib(25));
     }
 }

@@ -92,7 +92,10 @@ pub fn live_parts(spec: &DomainSpec, current: Option<Bytes>) -> Parts {
         .sum();
     let total = current.unwrap_or(spec.current_memory);
     Parts {
-        balloon: total.saturating_sub(plugged).align_up(Bytes(MIB)).min(spec.base_memory()),
+        balloon: total
+            .saturating_sub(plugged)
+            .align_up(Bytes(MIB))
+            .min(spec.base_memory()),
         vmem,
     }
 }
@@ -135,7 +138,12 @@ impl Guest {
 
     /// Take the live and persistent definitions: the persistent `<currentMemory>` is the
     /// operator's floor, the live one only says where memscale (or anyone) last left it.
-    pub fn set_definition(&mut self, live: DomainSpec, inactive: Option<DomainSpec>, flavors: &FlavorCatalog) {
+    pub fn set_definition(
+        &mut self,
+        live: DomainSpec,
+        inactive: Option<DomainSpec>,
+        flavors: &FlavorCatalog,
+    ) {
         let mut env_spec = live.clone();
         if let Some(i) = &inactive {
             env_spec.current_memory = i.current_memory;
@@ -244,14 +252,28 @@ impl Guest {
                 self.held_until = now + cfg.unconverged_hold.as_secs_f64();
                 self.settled_at = now;
                 self.needs_xml = true;
-                return hold(Health::Held, Reason::Unconverged { target, actual: size }, self);
+                return hold(
+                    Health::Held,
+                    Reason::Unconverged {
+                        target,
+                        actual: size,
+                    },
+                    self,
+                );
             } else {
                 return hold(Health::Resizing, Reason::ResizeInProgress, self);
             }
         }
         if now < self.held_until {
             let target = self.last.as_ref().map(|d| d.target).unwrap_or(size);
-            return hold(Health::Held, Reason::Unconverged { target, actual: size }, self);
+            return hold(
+                Health::Held,
+                Reason::Unconverged {
+                    target,
+                    actual: size,
+                },
+                self,
+            );
         }
         if stats.last_update == 0 {
             if now - self.first_seen > cfg.driver_grace.as_secs_f64() {

@@ -40,7 +40,9 @@ impl Host {
         f: impl FnOnce(&dyn Hypervisor) -> Result<T, HvError> + Send + 'static,
     ) -> Result<T, HvError> {
         if self.busy.swap(true, Ordering::SeqCst) {
-            return Err(HvError::Other(format!("{what}: an earlier call to this host has not returned")));
+            return Err(HvError::Other(format!(
+                "{what}: an earlier call to this host has not returned"
+            )));
         }
         let hv = self.hv.clone();
         let busy = self.busy.clone();
@@ -52,12 +54,18 @@ impl Host {
         match tokio::time::timeout(deadline, task).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => Err(HvError::Other(format!("{what}: {e}"))),
-            Err(_) => Err(HvError::Other(format!("{what}: no answer within {deadline:?}"))),
+            Err(_) => Err(HvError::Other(format!(
+                "{what}: no answer within {deadline:?}"
+            ))),
         }
     }
 
     fn count_error(&self, shared: &Shared, call: &str) {
-        shared.metrics.libvirt_errors.with_label_values(&[&self.label, call]).inc();
+        shared
+            .metrics
+            .libvirt_errors
+            .with_label_values(&[&self.label, call])
+            .inc();
     }
 }
 
@@ -95,7 +103,11 @@ pub(super) async fn host_loop(
         let t0 = Instant::now();
         let ok = tick(&mut host, &shared).await;
         let took = t0.elapsed();
-        shared.metrics.loop_seconds.with_label_values(&[&label]).observe(took.as_secs_f64());
+        shared
+            .metrics
+            .loop_seconds
+            .with_label_values(&[&label])
+            .observe(took.as_secs_f64());
         shared.metrics.up.inc();
         if ok && !announced {
             announced = true;
@@ -150,7 +162,10 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
     if host.capacity.is_none() {
         host.capacity = match host.cfg.capacity {
             Some(c) => Some(c),
-            None => host.call("node_info", deadline, |h| h.host_memory()).await.ok(),
+            None => host
+                .call("node_info", deadline, |h| h.host_memory())
+                .await
+                .ok(),
         };
     }
     let now = epoch_now();
@@ -164,18 +179,33 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
             Guest::new(&s.name, &uuid, now)
         });
         g.observe(s, now);
-        let running = g.stats.as_ref().is_some_and(|s| s.state == crate::hypervisor::RunState::Running);
+        let running = g
+            .stats
+            .as_ref()
+            .is_some_and(|s| s.state == crate::hypervisor::RunState::Running);
         if g.needs_xml && running {
             refresh_definition(host, shared, &uuid, deadline).await;
         }
-        let Some(g) = host.guests.get_mut(&uuid) else { continue };
-        let period_missing = g.spec.as_ref().is_some_and(|s| s.balloon_device && s.stats_period.unwrap_or(0) == 0);
+        let Some(g) = host.guests.get_mut(&uuid) else {
+            continue;
+        };
+        let period_missing = g
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.balloon_device && s.stats_period.unwrap_or(0) == 0);
         if running && period_missing && !g.period_set {
             g.period_set = true;
             let period = shared.config.stats_period;
             let u = uuid.clone();
-            match host.call("set_stats_period", deadline, move |h| h.set_stats_period(&u, period)).await {
-                Ok(()) => tracing::info!(host = %host.label, guest = %g_name(host, &uuid), period, "stats period set"),
+            match host
+                .call("set_stats_period", deadline, move |h| {
+                    h.set_stats_period(&u, period)
+                })
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(host = %host.label, guest = %g_name(host, &uuid), period, "stats period set")
+                }
                 Err(e) => {
                     host.count_error(shared, "set_stats_period");
                     tracing::warn!(host = %host.label, guest = %g_name(host, &uuid), error = %e, "cannot set stats period");
@@ -184,7 +214,12 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
         }
         decide_and_act(host, shared, &uuid, &policies, now, deadline).await;
     }
-    let gone: Vec<String> = host.guests.keys().filter(|u| !seen.contains(u)).cloned().collect();
+    let gone: Vec<String> = host
+        .guests
+        .keys()
+        .filter(|u| !seen.contains(u))
+        .cloned()
+        .collect();
     for u in gone {
         if let Some(g) = host.guests.remove(&u) {
             tracing::info!(host = %host.label, guest = %g.name, "guest gone");
@@ -196,7 +231,10 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
 }
 
 fn g_name(host: &Host, uuid: &str) -> String {
-    host.guests.get(uuid).map(|g| g.name.clone()).unwrap_or_default()
+    host.guests
+        .get(uuid)
+        .map(|g| g.name.clone())
+        .unwrap_or_default()
 }
 
 async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadline: Duration) {
@@ -209,7 +247,9 @@ async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadli
             Ok((live, inactive))
         })
         .await;
-    let Some(g) = host.guests.get_mut(uuid) else { return };
+    let Some(g) = host.guests.get_mut(uuid) else {
+        return;
+    };
     match xmls {
         Ok((live, inactive)) => match DomainSpec::parse(&live) {
             Ok(spec) => {
@@ -225,7 +265,11 @@ async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadli
             }
         },
         Err(e) => {
-            shared.metrics.libvirt_errors.with_label_values(&[&host.label, "domain_xml"]).inc();
+            shared
+                .metrics
+                .libvirt_errors
+                .with_label_values(&[&host.label, "domain_xml"])
+                .inc();
             tracing::warn!(host = %host.label, guest = %g.name, error = %e, "cannot read definition");
         }
     }
@@ -240,7 +284,9 @@ async fn decide_and_act(
     deadline: Duration,
 ) {
     let label = host.label.clone();
-    let Some(g) = host.guests.get_mut(uuid) else { return };
+    let Some(g) = host.guests.get_mut(uuid) else {
+        return;
+    };
     let tags = g.spec.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
     let nova = g.spec.as_ref().and_then(|s| s.nova.clone());
     let labels = crate::policy::GuestLabels {
@@ -253,11 +299,18 @@ async fn decide_and_act(
     let before = g.current();
     let decision = g.decide(now, &policy, &shared.config);
     let dry = shared.dry_run || policy.dry_run;
-    let env = g.envelope.as_ref().ok().map(|e| e.limited(&policy.knobs.limits()));
+    let env = g
+        .envelope
+        .as_ref()
+        .ok()
+        .map(|e| e.limited(&policy.knobs.limits()));
     let mut result = "held".to_string();
     let mut method = None;
     if decision.kind != Kind::Hold {
-        match env.as_ref().map(|e| actuator::ops(e, &g.parts, decision.target)) {
+        match env
+            .as_ref()
+            .map(|e| actuator::ops(e, &g.parts, decision.target))
+        {
             Some(Ok(ops)) => {
                 let m = actuator::method_label(&ops);
                 method = Some(m.clone());
@@ -266,11 +319,25 @@ async fn decide_and_act(
                 } else {
                     result = execute(host, shared, uuid, &ops, deadline).await;
                 }
-                let Some(g) = host.guests.get_mut(uuid) else { return };
-                let dir = if decision.kind == Kind::Grow { "grow" } else { "shrink" };
-                shared.metrics.resizes.with_label_values(&[dir, &m, result.split(':').next().unwrap_or("failed")]).inc();
+                let Some(g) = host.guests.get_mut(uuid) else {
+                    return;
+                };
+                let dir = if decision.kind == Kind::Grow {
+                    "grow"
+                } else {
+                    "shrink"
+                };
+                shared
+                    .metrics
+                    .resizes
+                    .with_label_values(&[dir, &m, result.split(':').next().unwrap_or("failed")])
+                    .inc();
                 if result == "applied" {
-                    shared.metrics.bytes_moved.with_label_values(&[dir]).inc_by(decision.target.delta(before).unsigned_abs() as u64);
+                    shared
+                        .metrics
+                        .bytes_moved
+                        .with_label_values(&[dir])
+                        .inc_by(decision.target.delta(before).unsigned_abs() as u64);
                     g.pending = Some(Pending {
                         kind: decision.kind,
                         before,
@@ -290,15 +357,25 @@ async fn decide_and_act(
             }
             Some(Err(e)) => {
                 result = format!("failed: {e}");
-                shared.metrics.resizes.with_label_values(&["plan", "none", "failed"]).inc();
+                shared
+                    .metrics
+                    .resizes
+                    .with_label_values(&["plan", "none", "failed"])
+                    .inc();
             }
             None => result = "failed: no envelope".into(),
         }
     }
-    let Some(g) = host.guests.get_mut(uuid) else { return };
+    let Some(g) = host.guests.get_mut(uuid) else {
+        return;
+    };
     let label_changed = g.last_reason_label != decision.reason.label();
     if decision.kind == Kind::Hold && label_changed {
-        shared.metrics.holds.with_label_values(&[decision.reason.label()]).inc();
+        shared
+            .metrics
+            .holds
+            .with_label_values(&[decision.reason.label()])
+            .inc();
     }
     if decision.kind != Kind::Hold || label_changed {
         let why = decision.reason.to_string();
@@ -346,7 +423,13 @@ async fn decide_and_act(
 }
 
 /// Run the operations in order; stop at the first failure.
-async fn execute(host: &mut Host, shared: &Shared, uuid: &str, ops: &[Op], deadline: Duration) -> String {
+async fn execute(
+    host: &mut Host,
+    shared: &Shared,
+    uuid: &str,
+    ops: &[Op],
+    deadline: Duration,
+) -> String {
     for op in ops {
         let u = uuid.to_string();
         let o = op.clone();
@@ -362,7 +445,11 @@ async fn execute(host: &mut Host, shared: &Shared, uuid: &str, ops: &[Op], deadl
                     match op {
                         Op::Balloon { target } => g.parts.balloon = *target,
                         Op::VirtioMem { alias, requested } => {
-                            let idx = g.envelope.as_ref().ok().and_then(|e| e.vmem.iter().position(|s| s.alias.as_deref() == Some(alias)));
+                            let idx = g.envelope.as_ref().ok().and_then(|e| {
+                                e.vmem
+                                    .iter()
+                                    .position(|s| s.alias.as_deref() == Some(alias))
+                            });
                             if let Some(i) = idx
                                 && let Some(p) = g.parts.vmem.get_mut(i)
                             {
@@ -397,10 +484,23 @@ fn publish(host: &Host, shared: &Shared, now: f64) {
             project: nova.as_ref().and_then(|n| n.project.as_deref()),
             tags: &tags,
         });
-        let env = g.envelope.as_ref().ok().map(|e| e.limited(&pol.knobs.limits()));
+        let env = g
+            .envelope
+            .as_ref()
+            .ok()
+            .map(|e| e.limited(&pol.knobs.limits()));
         let current = g.current();
-        committed = committed + g.pending.as_ref().map(|p| p.target.max(current)).unwrap_or(current);
-        let target = g.pending.as_ref().map(|p| p.target).or(g.last.as_ref().map(|d| d.target)).unwrap_or(current);
+        committed = committed
+            + g.pending
+                .as_ref()
+                .map(|p| p.target.max(current))
+                .unwrap_or(current);
+        let target = g
+            .pending
+            .as_ref()
+            .map(|p| p.target)
+            .or(g.last.as_ref().map(|d| d.target))
+            .unwrap_or(current);
         let total = st.and_then(|s| s.guest.total);
         let avail = st.and_then(|s| s.guest.usable);
         let used = match (total, avail) {
@@ -433,7 +533,9 @@ fn publish(host: &Host, shared: &Shared, now: f64) {
         };
         let gl = |k: &str, v: Option<Bytes>| {
             if let Some(v) = v {
-                m.guest_bytes.with_label_values(&[&host.label, &g.name, k]).set(v.0 as f64);
+                m.guest_bytes
+                    .with_label_values(&[&host.label, &g.name, k])
+                    .set(v.0 as f64);
             }
         };
         gl("current", Some(current));
@@ -445,10 +547,14 @@ fn publish(host: &Host, shared: &Shared, now: f64) {
         gl("caches", view.caches);
         gl("free", view.free);
         if let Some(a) = view.stats_age_seconds {
-            m.guest_stats_age.with_label_values(&[&host.label, &g.name]).set(a);
+            m.guest_stats_age
+                .with_label_values(&[&host.label, &g.name])
+                .set(a);
         }
         for s in crate::metrics::STATES {
-            m.guest_state.with_label_values(&[&host.label, &g.name, s]).set(i64::from(s == g.health.label()));
+            m.guest_state
+                .with_label_values(&[&host.label, &g.name, s])
+                .set(i64::from(s == g.health.label()));
         }
         let bad = m.hostile.with_label_values(&[&host.label, &g.name]);
         if bad.get() < g.hostile {
@@ -458,11 +564,20 @@ fn publish(host: &Host, shared: &Shared, now: f64) {
     }
     guests.sort_by(|a, b| a.name.cmp(&b.name));
     let capacity = host.capacity.unwrap_or_default();
-    let hb = |k: &str, v: Bytes| m.host_bytes.with_label_values(&[&host.label, k]).set(v.0 as f64);
+    let hb = |k: &str, v: Bytes| {
+        m.host_bytes
+            .with_label_values(&[&host.label, k])
+            .set(v.0 as f64)
+    };
     hb("capacity", capacity);
     hb("reserve", host.cfg.reserve);
     hb("committed", committed);
-    hb("free", capacity.saturating_sub(host.cfg.reserve).saturating_sub(committed));
+    hb(
+        "free",
+        capacity
+            .saturating_sub(host.cfg.reserve)
+            .saturating_sub(committed),
+    );
     let view = HostView {
         name: host.label.clone(),
         uri: host.cfg.uri.clone(),
@@ -474,6 +589,9 @@ fn publish(host: &Host, shared: &Shared, now: f64) {
         last_tick: now,
         guests,
     };
-    shared.hosts.write().unwrap_or_else(|p| p.into_inner()).insert(host.label.clone(), view);
+    shared
+        .hosts
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(host.label.clone(), view);
 }
-

@@ -110,7 +110,10 @@ impl Shared {
     }
 
     pub fn policy_set(&self) -> Arc<PolicySet> {
-        self.policies.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Re-read the policy directory; swap only a valid set. Returns whether it was taken.
@@ -124,7 +127,10 @@ impl Shared {
             Some(set) => {
                 let generation = set.generation;
                 let names: Vec<String> = set.policies.iter().map(|p| p.name.clone()).collect();
-                *self.policy_status.write().unwrap_or_else(|p| p.into_inner()) = policy_status(&set, &diags, true);
+                *self
+                    .policy_status
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = policy_status(&set, &diags, true);
                 *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
                 self.metrics.reloads.with_label_values(&["ok"]).inc();
                 self.metrics.policy_generation.set(generation as i64);
@@ -132,11 +138,22 @@ impl Shared {
                 true
             }
             None => {
-                let mut st = self.policy_status.write().unwrap_or_else(|p| p.into_inner());
-                st.errors = diags.iter().filter(|d| d.severity == policy::Severity::Error).map(|d| d.to_string()).collect();
+                let mut st = self
+                    .policy_status
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner());
+                st.errors = diags
+                    .iter()
+                    .filter(|d| d.severity == policy::Severity::Error)
+                    .map(|d| d.to_string())
+                    .collect();
                 st.last_reload = epoch_now();
                 self.metrics.reloads.with_label_values(&["error"]).inc();
-                tracing::error!(generation = current.generation, errors = st.errors.len(), "policy reload refused: the previous set stays in force");
+                tracing::error!(
+                    generation = current.generation,
+                    errors = st.errors.len(),
+                    "policy reload refused: the previous set stays in force"
+                );
                 false
             }
         }

@@ -188,27 +188,53 @@ fn swapping_guest_grows() {
 }
 
 fn arb_env() -> impl Strategy<Value = Envelope> {
-    (128u64..2048, 0u64..2048, 0u64..4096, prop::sample::select(vec![2u64, 4, 128]), 1u64..3)
+    (
+        128u64..2048,
+        0u64..2048,
+        0u64..4096,
+        prop::sample::select(vec![2u64, 4, 128]),
+        1u64..3,
+    )
         .prop_map(|(floor, extra, vmem, block, nodes)| {
             let base = floor + extra;
-            env(floor, base, vmem / (block * nodes) * block * nodes, block, nodes)
+            env(
+                floor,
+                base,
+                vmem / (block * nodes) * block * nodes,
+                block,
+                nodes,
+            )
         })
 }
 
 fn arb_knobs() -> impl Strategy<Value = Knobs> {
-    (32u64..1024, 0u64..30, 10u64..90, 150u64..400, 0u64..64, 0u64..60, 0u64..120, 0u64..2).prop_map(
-        |(head, pct, grow, shrink, minfree, cool, rate, max)| Knobs {
-            headroom: Bytes::from_mib(head),
-            headroom_pct: crate::units::Percent(pct as f64 / 100.0),
-            grow_at: crate::units::Percent(grow as f64 / 100.0),
-            shrink_at: crate::units::Percent(shrink as f64 / 100.0),
-            min_free: Bytes::from_mib(minfree.min(head)),
-            shrink_cooldown: crate::units::Dur::secs(cool),
-            shrink_rate: crate::units::Rate(Bytes::from_mib(rate)),
-            max: if max == 1 { Some(Bytes::from_mib(1500)) } else { None },
-            ..Knobs::default()
-        },
+    (
+        32u64..1024,
+        0u64..30,
+        10u64..90,
+        150u64..400,
+        0u64..64,
+        0u64..60,
+        0u64..120,
+        0u64..2,
     )
+        .prop_map(
+            |(head, pct, grow, shrink, minfree, cool, rate, max)| Knobs {
+                headroom: Bytes::from_mib(head),
+                headroom_pct: crate::units::Percent(pct as f64 / 100.0),
+                grow_at: crate::units::Percent(grow as f64 / 100.0),
+                shrink_at: crate::units::Percent(shrink as f64 / 100.0),
+                min_free: Bytes::from_mib(minfree.min(head)),
+                shrink_cooldown: crate::units::Dur::secs(cool),
+                shrink_rate: crate::units::Rate(Bytes::from_mib(rate)),
+                max: if max == 1 {
+                    Some(Bytes::from_mib(1500))
+                } else {
+                    None
+                },
+                ..Knobs::default()
+            },
+        )
 }
 
 proptest! {
@@ -291,4 +317,3 @@ fn limits_are_respected_by_plan() {
     assert_eq!(d.reason, Reason::AboveCeiling);
     assert_eq!(d.target, Bytes::from_mib(1024));
 }
-

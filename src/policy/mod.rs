@@ -75,7 +75,7 @@ impl Default for Knobs {
             grow_at: Percent(0.60),
             shrink_at: Percent(2.0),
             min_free: Bytes::from_mib(96),
-            predict: Dur::secs(8),
+            predict: Dur::secs(5),
             trend_window: Dur::secs(10),
             window: Dur::secs(60),
             percentile: Percent(0.95),
@@ -131,7 +131,12 @@ pub struct Selector {
 }
 
 impl Selector {
-    pub fn new(names: Vec<String>, flavors: Vec<String>, projects: Vec<String>, tags: Vec<String>) -> Result<Selector, String> {
+    pub fn new(
+        names: Vec<String>,
+        flavors: Vec<String>,
+        projects: Vec<String>,
+        tags: Vec<String>,
+    ) -> Result<Selector, String> {
         let mut globs = Vec::new();
         for n in &names {
             globs.push(
@@ -153,9 +158,11 @@ impl Selector {
     pub fn matches(&self, g: &GuestLabels) -> bool {
         (self.globs.is_empty() || self.globs.iter().any(|m| m.is_match(g.name)))
             && (self.flavors.is_empty()
-                || g.flavor.is_some_and(|f| self.flavors.iter().any(|x| x == f)))
+                || g.flavor
+                    .is_some_and(|f| self.flavors.iter().any(|x| x == f)))
             && (self.projects.is_empty()
-                || g.project.is_some_and(|p| self.projects.iter().any(|x| x == p)))
+                || g.project
+                    .is_some_and(|p| self.projects.iter().any(|x| x == p)))
             && (self.tags.is_empty() || g.tags.iter().any(|t| self.tags.contains(t)))
     }
 
@@ -248,7 +255,10 @@ impl PolicySet {
 
     /// Every policy matching a guest, winner first, for `check --explain`.
     pub fn candidates(&self, g: &GuestLabels) -> Vec<&Policy> {
-        self.policies.iter().filter(|p| p.selector.matches(g)).collect()
+        self.policies
+            .iter()
+            .filter(|p| p.selector.matches(g))
+            .collect()
     }
 
     pub fn get(&self, name: &str) -> Option<&Policy> {
@@ -279,7 +289,10 @@ mod tests {
             ..Policy::builtin()
         };
         let set = PolicySet::new(
-            vec![mk("all", 0, sel(&["*"], &[])), mk("db", 10, sel(&["db-*"], &[]))],
+            vec![
+                mk("all", 0, sel(&["*"], &[])),
+                mk("db", 10, sel(&["db-*"], &[])),
+            ],
             vec![],
             1,
         );

@@ -34,7 +34,11 @@ impl fmt::Display for Diag {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}:{}: {}: {}", self.path, self.line, self.col, sev, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.path, self.line, self.col, sev, self.message
+        )
     }
 }
 
@@ -65,17 +69,28 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..text.floor_char_boundary(offset)];
     let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }
 
-type Entry<'a, 'i> = (&'a Spanned<std::borrow::Cow<'i, str>>, &'a Spanned<DeValue<'i>>);
+type Entry<'a, 'i> = (
+    &'a Spanned<std::borrow::Cow<'i, str>>,
+    &'a Spanned<DeValue<'i>>,
+);
 
 fn string(ctx: &mut Ctx, key: &str, v: &Spanned<DeValue>) -> Option<String> {
     match v.get_ref() {
         DeValue::String(s) => Some(s.to_string()),
         other => {
-            ctx.err(v.span(), format!("{key}: expected a string, found {}", other.type_str()));
+            ctx.err(
+                v.span(),
+                format!("{key}: expected a string, found {}", other.type_str()),
+            );
             None
         }
     }
@@ -83,17 +98,18 @@ fn string(ctx: &mut Ctx, key: &str, v: &Spanned<DeValue>) -> Option<String> {
 
 fn integer(ctx: &mut Ctx, key: &str, v: &Spanned<DeValue>) -> Option<i64> {
     match v.get_ref() {
-        DeValue::Integer(i) => {
-            match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    ctx.err(v.span(), format!("{key}: integer out of range"));
-                    None
-                }
+        DeValue::Integer(i) => match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                ctx.err(v.span(), format!("{key}: integer out of range"));
+                None
             }
-        }
+        },
         other => {
-            ctx.err(v.span(), format!("{key}: expected an integer, found {}", other.type_str()));
+            ctx.err(
+                v.span(),
+                format!("{key}: expected an integer, found {}", other.type_str()),
+            );
             None
         }
     }
@@ -103,7 +119,10 @@ fn boolean(ctx: &mut Ctx, key: &str, v: &Spanned<DeValue>) -> Option<bool> {
     match v.get_ref() {
         DeValue::Boolean(b) => Some(*b),
         other => {
-            ctx.err(v.span(), format!("{key}: expected true or false, found {}", other.type_str()));
+            ctx.err(
+                v.span(),
+                format!("{key}: expected true or false, found {}", other.type_str()),
+            );
             None
         }
     }
@@ -120,7 +139,13 @@ fn strings(ctx: &mut Ctx, key: &str, v: &Spanned<DeValue>) -> Option<Vec<String>
             Some(out)
         }
         other => {
-            ctx.err(v.span(), format!("{key}: expected a list of strings, found {}", other.type_str()));
+            ctx.err(
+                v.span(),
+                format!(
+                    "{key}: expected a list of strings, found {}",
+                    other.type_str()
+                ),
+            );
             None
         }
     }
@@ -139,13 +164,22 @@ fn unit<T: PartialOrd + fmt::Display + Copy>(
         DeValue::Integer(i) => i.as_str().to_string(),
         DeValue::Float(f) => f.as_str().to_string(),
         other => {
-            ctx.err(v.span(), format!("{key}: expected a quoted value with a unit, found {}", other.type_str()));
+            ctx.err(
+                v.span(),
+                format!(
+                    "{key}: expected a quoted value with a unit, found {}",
+                    other.type_str()
+                ),
+            );
             return None;
         }
     };
     match parse(&s) {
         Ok(x) if x < range.0 || x > range.1 => {
-            ctx.err(v.span(), format!("{key}: {x} is out of range {} to {}", range.0, range.1));
+            ctx.err(
+                v.span(),
+                format!("{key}: {x} is out of range {} to {}", range.0, range.1),
+            );
             None
         }
         Ok(x) => Some(x),
@@ -157,10 +191,31 @@ fn unit<T: PartialOrd + fmt::Display + Copy>(
 }
 
 const KNOBS: &[&str] = &[
-    "headroom", "headroom_pct", "grow_at", "shrink_at", "min_free", "predict", "trend_window",
-    "window", "percentile", "grow_rate", "shrink_rate", "max_grow_step", "max_shrink_step",
-    "grow_cooldown", "shrink_cooldown", "shrink_interval", "min_change", "swap_grow", "min", "max",
-    "floor_below_base", "methods", "numa_balance", "shares", "stale_after",
+    "headroom",
+    "headroom_pct",
+    "grow_at",
+    "shrink_at",
+    "min_free",
+    "predict",
+    "trend_window",
+    "window",
+    "percentile",
+    "grow_rate",
+    "shrink_rate",
+    "max_grow_step",
+    "max_shrink_step",
+    "grow_cooldown",
+    "shrink_cooldown",
+    "shrink_interval",
+    "min_change",
+    "swap_grow",
+    "min",
+    "max",
+    "floor_below_base",
+    "methods",
+    "numa_balance",
+    "shares",
+    "stale_after",
 ];
 
 fn unknown(ctx: &mut Ctx, k: &Spanned<std::borrow::Cow<str>>, table: &str, known: &[&str]) {
@@ -198,7 +253,8 @@ fn parse_knobs(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Knobs {
         spans.insert(name.to_string(), v.span());
         let b = |ctx: &mut Ctx, lo, hi| unit(ctx, name, v, Bytes::parse, (lo, hi));
         let d = |ctx: &mut Ctx, hi| unit(ctx, name, v, Dur::parse, (Dur::secs(0), hi));
-        let p = |ctx: &mut Ctx, lo, hi| unit(ctx, name, v, Percent::parse, (Percent(lo), Percent(hi)));
+        let p =
+            |ctx: &mut Ctx, lo, hi| unit(ctx, name, v, Percent::parse, (Percent(lo), Percent(hi)));
         let r = |ctx: &mut Ctx| unit(ctx, name, v, Rate::parse, (Rate(Bytes(0)), Rate(big)));
         match name {
             "headroom" => k.headroom = b(ctx, Bytes::from_mib(16), big).unwrap_or(k.headroom),
@@ -229,7 +285,9 @@ fn parse_knobs(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Knobs {
             "shrink_interval" => {
                 k.shrink_interval = d(ctx, Dur::secs(86400)).unwrap_or(k.shrink_interval)
             }
-            "min_change" => k.min_change = b(ctx, Bytes(0), Bytes::from_gib(64)).unwrap_or(k.min_change),
+            "min_change" => {
+                k.min_change = b(ctx, Bytes(0), Bytes::from_gib(64)).unwrap_or(k.min_change)
+            }
             "swap_grow" => k.swap_grow = r(ctx).unwrap_or(k.swap_grow),
             "min" => k.min = b(ctx, Bytes::from_mib(64), big).or(k.min),
             "max" => k.max = b(ctx, Bytes::from_mib(64), big).or(k.max),
@@ -268,7 +326,10 @@ fn parse_knobs(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Knobs {
                     if (1..=1_000_000).contains(&n) {
                         k.shares = n as u32;
                     } else {
-                        ctx.err(v.span(), format!("shares: {n} is out of range 1 to 1000000"));
+                        ctx.err(
+                            v.span(),
+                            format!("shares: {n} is out of range 1 to 1000000"),
+                        );
                     }
                 }
             }
@@ -280,14 +341,23 @@ fn parse_knobs(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Knobs {
     let at = |n: &str| spans.get(n).cloned().unwrap_or(span.clone());
     if k.shrink_at.0 <= k.grow_at.0 {
         let s = at("shrink_at");
-        ctx.err(s, format!("shrink threshold {} must be above grow threshold {}", k.shrink_at, k.grow_at));
+        ctx.err(
+            s,
+            format!(
+                "shrink threshold {} must be above grow threshold {}",
+                k.shrink_at, k.grow_at
+            ),
+        );
     } else if k.shrink_at.0 <= 1.0 {
         let s = at("shrink_at");
         ctx.err(s, format!("shrink threshold {} must be above 100% of the headroom, or every growth would be undone", k.shrink_at));
     }
     if k.min_free > k.headroom {
         let s = at("min_free");
-        ctx.err(s, format!("min_free {} is above headroom {}", k.min_free, k.headroom));
+        ctx.err(
+            s,
+            format!("min_free {} is above headroom {}", k.min_free, k.headroom),
+        );
     }
     if let (Some(min), Some(max)) = (k.min, k.max)
         && min > max
@@ -299,11 +369,17 @@ fn parse_knobs(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Knobs {
         && fb > min
     {
         let s = at("floor_below_base");
-        ctx.err(s, format!("floor_below_base {fb} is above min {min}: it would never apply"));
+        ctx.err(
+            s,
+            format!("floor_below_base {fb} is above min {min}: it would never apply"),
+        );
     }
     if !k.numa_balance {
         let s = at("numa_balance");
-        ctx.err(s, "numa_balance = false is not supported: per-node devices always move together");
+        ctx.err(
+            s,
+            "numa_balance = false is not supported: per-node devices always move together",
+        );
     }
     k
 }
@@ -316,7 +392,11 @@ fn parse_policy(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Option<Policy
     let mut knobs = Knobs::default();
     let (mut names, mut flavors, mut projects, mut tags) = (vec![], vec![], vec![], vec![]);
     let mut sel_span = span.clone();
-    let errors_before = ctx.diags.iter().filter(|d| d.severity == Severity::Error).count();
+    let errors_before = ctx
+        .diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     for (k, v) in t.iter() {
         let e: Entry = (k, v);
         match e.0.get_ref().as_ref() {
@@ -334,17 +414,33 @@ fn parse_policy(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Option<Policy
                             "flavors" | "flavor" => flavors = list,
                             "projects" | "project" => projects = list,
                             "tags" | "tag" => tags = list,
-                            _ => unknown(ctx, mk, "[policy.match]", &["names", "flavors", "projects", "tags"]),
+                            _ => unknown(
+                                ctx,
+                                mk,
+                                "[policy.match]",
+                                &["names", "flavors", "projects", "tags"],
+                            ),
                         }
                     }
                 }
-                other => ctx.err(v.span(), format!("match: expected a table, found {}", other.type_str())),
+                other => ctx.err(
+                    v.span(),
+                    format!("match: expected a table, found {}", other.type_str()),
+                ),
             },
             "memory" => match v.get_ref() {
                 DeValue::Table(m) => knobs = parse_knobs(ctx, m, v.span()),
-                other => ctx.err(v.span(), format!("memory: expected a table, found {}", other.type_str())),
+                other => ctx.err(
+                    v.span(),
+                    format!("memory: expected a table, found {}", other.type_str()),
+                ),
             },
-            _ => unknown(ctx, k, "[[policy]]", &["name", "priority", "dry_run", "match", "memory"]),
+            _ => unknown(
+                ctx,
+                k,
+                "[[policy]]",
+                &["name", "priority", "dry_run", "match", "memory"],
+            ),
         }
     }
     let Some(name) = name else {
@@ -362,7 +458,11 @@ fn parse_policy(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Option<Policy
             return None;
         }
     };
-    let errors_after = ctx.diags.iter().filter(|d| d.severity == Severity::Error).count();
+    let errors_after = ctx
+        .diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     if errors_after > errors_before {
         return None;
     }
@@ -386,7 +486,12 @@ pub fn parse_policy_text(path: &str, text: &str) -> (Vec<Policy>, Vec<Diag>) {
     let (doc, errors) = DeTable::parse_recoverable(text);
     for e in &errors {
         let span = e.span().unwrap_or(0..0);
-        let msg = e.message().lines().next().unwrap_or("syntax error").to_string();
+        let msg = e
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("syntax error")
+            .to_string();
         ctx.err(span, format!("syntax: {msg}"));
     }
     let mut out = Vec::new();
@@ -395,7 +500,12 @@ pub fn parse_policy_text(path: &str, text: &str) -> (Vec<Policy>, Vec<Diag>) {
     }
     for (k, v) in doc.get_ref().iter() {
         if k.get_ref().as_ref() != "policy" {
-            unknown(&mut ctx, k, "the file (only [[policy]] tables belong here)", &["policy"]);
+            unknown(
+                &mut ctx,
+                k,
+                "the file (only [[policy]] tables belong here)",
+                &["policy"],
+            );
             continue;
         }
         match v.get_ref() {
@@ -407,15 +517,27 @@ pub fn parse_policy_text(path: &str, text: &str) -> (Vec<Policy>, Vec<Diag>) {
                                 out.push(pol);
                             }
                         }
-                        other => ctx.err(p.span(), format!("policy: expected a table, found {}", other.type_str())),
+                        other => ctx.err(
+                            p.span(),
+                            format!("policy: expected a table, found {}", other.type_str()),
+                        ),
                     }
                 }
             }
             DeValue::Table(t) => {
-                ctx.err(k.span(), "write [[policy]] (an array of tables), not [policy]");
+                ctx.err(
+                    k.span(),
+                    "write [[policy]] (an array of tables), not [policy]",
+                );
                 let _ = t;
             }
-            other => ctx.err(v.span(), format!("policy: expected [[policy]] tables, found {}", other.type_str())),
+            other => ctx.err(
+                v.span(),
+                format!(
+                    "policy: expected [[policy]] tables, found {}",
+                    other.type_str()
+                ),
+            ),
         }
     }
     (out, ctx.diags)
@@ -457,7 +579,10 @@ pub fn load_files(paths: &[PathBuf], generation: u64) -> (Option<PolicySet>, Vec
                 message,
             };
             if a.name == b.name {
-                diags.push(mk(format!("policy {:?} is defined twice (first at {})", b.name, a.origin)));
+                diags.push(mk(format!(
+                    "policy {:?} is defined twice (first at {})",
+                    b.name, a.origin
+                )));
             } else if a.priority == b.priority && a.selector.may_overlap(&b.selector) {
                 diags.push(mk(format!(
                     "policies {:?} and {:?} (at {}) may match the same guests at the same priority {}: give one a higher priority or narrow its match",
@@ -467,7 +592,13 @@ pub fn load_files(paths: &[PathBuf], generation: u64) -> (Option<PolicySet>, Vec
         }
     }
     let ok = !diags.iter().any(|d| d.severity == Severity::Error);
-    let set = ok.then(|| PolicySet::new(all.into_iter().map(|(p, _)| p).collect(), paths.to_vec(), generation));
+    let set = ok.then(|| {
+        PolicySet::new(
+            all.into_iter().map(|(p, _)| p).collect(),
+            paths.to_vec(),
+            generation,
+        )
+    });
     (set, diags)
 }
 
@@ -527,10 +658,23 @@ methods = ["balloon"]
         let (p, d) = parse_policy_text("bad.toml", text);
         assert!(p.is_empty());
         let shown: Vec<String> = d.iter().map(|d| d.to_string()).collect();
-        assert!(shown[0].starts_with("bad.toml:4:1: error: unknown key \"headrom\""), "{shown:?}");
+        assert!(
+            shown[0].starts_with("bad.toml:4:1: error: unknown key \"headrom\""),
+            "{shown:?}"
+        );
         assert!(shown[0].contains("did you mean \"headroom\""));
-        assert!(shown.iter().any(|s| s.starts_with("bad.toml:5:12: error: min_free: missing unit")), "{shown:?}");
-        assert!(shown.iter().any(|s| s.starts_with("bad.toml:7:13: error: shrink threshold")), "{shown:?}");
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("bad.toml:5:12: error: min_free: missing unit")),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.starts_with("bad.toml:7:13: error: shrink threshold")),
+            "{shown:?}"
+        );
     }
 
     #[test]
@@ -540,7 +684,10 @@ methods = ["balloon"]
         std::fs::write(&a, "[[policy]]\nname=\"a\"\n[policy.match]\nnames=[\"web-*\"]\n[[policy]]\nname=\"b\"\n[policy.match]\nnames=[\"web-1\"]\n").unwrap();
         let (set, d) = load_dir(dir.path(), 1);
         assert!(set.is_none());
-        assert!(d[0].to_string().contains("may match the same guests"), "{d:?}");
+        assert!(
+            d[0].to_string().contains("may match the same guests"),
+            "{d:?}"
+        );
         assert_eq!(d[0].line, 5);
     }
 

@@ -51,7 +51,9 @@ impl Host {
     pub fn up(name: &str, index: u32) -> Host {
         install();
         // a leftover from an interrupted run would hold the name
-        let _ = Command::new(testbed().join("host.sh")).args(["down", name]).output();
+        let _ = Command::new(testbed().join("host.sh"))
+            .args(["down", name])
+            .output();
         let out = sh("host.sh", &["up", name, &index.to_string()]);
         let get = |k: &str| {
             out.lines()
@@ -86,7 +88,9 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let _ = Command::new(testbed().join("host.sh")).args(["down", &self.name]).output();
+        let _ = Command::new(testbed().join("host.sh"))
+            .args(["down", &self.name])
+            .output();
     }
 }
 
@@ -111,7 +115,16 @@ impl Guest {
         sh("guest.sh", &["wait-boot", &self.host, &self.name, "90"]);
     }
     pub fn demand(&self, mib: u64, rate: u64) {
-        sh("guest.sh", &["demand", &self.host, &self.name, &mib.to_string(), &rate.to_string()]);
+        sh(
+            "guest.sh",
+            &[
+                "demand",
+                &self.host,
+                &self.name,
+                &mib.to_string(),
+                &rate.to_string(),
+            ],
+        );
     }
     pub fn rmmod_balloon(&self) -> String {
         sh("guest.sh", &["rmmod-balloon", &self.host, &self.name])
@@ -141,7 +154,9 @@ impl Guest {
             .args(["oom", &self.host, &self.name])
             .output()
             .expect("guest.sh oom");
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
     /// The hypervisor's view: `balloon.current` in MiB.
     pub fn current_mib(&self) -> u64 {
@@ -156,14 +171,34 @@ impl Guest {
             .map(|k| k / 1024)
             .unwrap_or(0)
     }
+    /// Sum of the virtio-mem devices' requested sizes in the live definition, MiB.
+    pub fn vmem_requested_mib(&self) -> u64 {
+        let out = Command::new("virsh")
+            .args(["-q", "-c", &self.uri, "dumpxml", &self.name])
+            .output()
+            .expect("virsh dumpxml");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("<requested unit='KiB'>"))
+            .filter_map(|l| l.strip_suffix("</requested>"))
+            .filter_map(|v| v.parse::<u64>().ok())
+            .sum::<u64>()
+            / 1024
+    }
     pub fn is_running(&self) -> bool {
-        let out = Command::new("virsh").args(["-q", "-c", &self.uri, "domstate", &self.name]).output().expect("virsh");
+        let out = Command::new("virsh")
+            .args(["-q", "-c", &self.uri, "domstate", &self.name])
+            .output()
+            .expect("virsh");
         String::from_utf8_lossy(&out.stdout).trim() == "running"
     }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
 
 /// The real daemon, killed on drop.
@@ -178,7 +213,12 @@ pub struct Daemon {
 impl Daemon {
     /// Start `memscale run` on these hosts, with policy files given as (name, text) and
     /// extra flags.
-    pub fn start(hosts: &[&Host], policies: &[(&str, &str)], config: &str, extra: &[&str]) -> Daemon {
+    pub fn start(
+        hosts: &[&Host],
+        policies: &[(&str, &str)],
+        config: &str,
+        extra: &[&str],
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let pdir = dir.path().join("policies");
         std::fs::create_dir_all(&pdir).expect("mkdir");
@@ -191,8 +231,17 @@ impl Daemon {
         let audit = dir.path().join("audit.jsonl");
         let log = dir.path().join("memscale.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_memscale"));
-        cmd.arg("--log-format").arg("plain").arg("run").arg("--config").arg(&cfg).arg("--policies").arg(&pdir);
-        cmd.arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--audit-log").arg(&audit);
+        cmd.arg("--log-format")
+            .arg("plain")
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--policies")
+            .arg(&pdir);
+        cmd.arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--audit-log")
+            .arg(&audit);
         for h in hosts {
             cmd.arg("--connect").arg(h.connect_arg());
         }
@@ -200,7 +249,13 @@ impl Daemon {
         let logf = std::fs::File::create(&log).expect("log");
         cmd.stdout(Stdio::null()).stderr(logf);
         let child = cmd.spawn().expect("spawn memscale");
-        let d = Daemon { child, port, dir, audit, log };
+        let d = Daemon {
+            child,
+            port,
+            dir,
+            audit,
+            log,
+        };
         d.wait_until("the API answers", 30, || d.get("/v1/status").is_some());
         d
     }
@@ -212,19 +267,32 @@ impl Daemon {
     /// GET a path of the API; the JSON body when the status is 200.
     pub fn get(&self, path: &str) -> Option<Value> {
         let (code, body) = self.request("GET", path, None, None)?;
-        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
     }
 
-    pub fn request(&self, method: &str, path: &str, body: Option<&str>, token: Option<&str>) -> Option<(u16, String)> {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> Option<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         let body = body.unwrap_or("");
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         let code = out.split_whitespace().nth(1)?.parse().ok()?;
-        let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
         Some((code, body))
     }
 
@@ -253,7 +321,10 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        panic!("timed out after {secs}s waiting for {what}\n--- memscale log (tail) ---\n{}", tail(&self.log_text(), 60));
+        panic!(
+            "timed out after {secs}s waiting for {what}\n--- memscale log (tail) ---\n{}",
+            tail(&self.log_text(), 60)
+        );
     }
 
     pub fn signal(&self, sig: i32) {
@@ -289,9 +360,16 @@ pub fn assert_resizes_inside_envelope(records: &[Value]) -> usize {
     let mut n = 0;
     for r in records.iter().filter(|r| r["kind"] != "hold") {
         n += 1;
-        let (after, floor, ceiling) = (bytes(&r["after"]), bytes(&r["floor"]), bytes(&r["ceiling"]));
-        assert!(floor > 0 && ceiling >= floor, "record without an envelope: {r}");
-        assert!(after >= floor && after <= ceiling, "resize outside the envelope: {r}");
+        let (after, floor, ceiling) =
+            (bytes(&r["after"]), bytes(&r["floor"]), bytes(&r["ceiling"]));
+        assert!(
+            floor > 0 && ceiling >= floor,
+            "record without an envelope: {r}"
+        );
+        assert!(
+            after >= floor && after <= ceiling,
+            "resize outside the envelope: {r}"
+        );
     }
     n
 }

@@ -101,7 +101,8 @@ XML
 send() { # HOST NAME LINE: one command over the control port, print the reply line
   local s; s=$(ctl_sock "$1" "$2")
   [[ -S $s ]] || die "no control socket for $2 on $1"
-  printf '%s\n' "$3" | timeout 5 socat -t2 - "UNIX-CONNECT:$s" | head -1
+  # QEMU drops the connection at our end-of-file, so keep writing side open until the reply.
+  { printf '%s\n' "$3"; sleep 3; } | timeout 6 socat - "UNIX-CONNECT:$s" | head -1
 }
 
 case ${1:-} in

@@ -70,7 +70,7 @@ CONF
     hostname 'msh-$name'
     virtlogd -d
     libvirtd -d --listen
-  " >"$d/start.log" 2>&1 || { cat "$d/start.log" >&2; die "cannot start host $name"; }
+  " 9>&- >"$d/start.log" 2>&1 || { cat "$d/start.log" >&2; die "cannot start host $name"; }
   for _ in $(seq 1 100); do
     if virsh -q -c "$(host_uri "$name")" version >/dev/null 2>&1; then print_uris "$name"; return; fi
     sleep 0.2
@@ -115,6 +115,11 @@ down() {
     ip link del "$BRIDGE"
   fi
 }
+
+# Hosts share the bridge: one change at a time.
+mkdir -p "$STATE"
+exec 9>"$STATE/.lock"
+case ${1:-} in up|down|down-all) flock 9 ;; esac
 
 case ${1:-} in
   up) [[ $# -eq 3 ]] || die "usage: host.sh up NAME INDEX"; up "$2" "$3" ;;

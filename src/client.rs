@@ -1,0 +1,112 @@
+//! A small client of the daemon's API for the CLI (`memscale status`): plain HTTP/1.1 over a
+//! TCP connection to the loopback address, no extra dependencies.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach memscale at {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad answer from memscale: {0}")]
+    Bad(String),
+    #[error("memscale answered {code}: {message}")]
+    Status { code: u16, message: String },
+}
+
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Result<Value, ClientError> {
+    let conn = |source| ClientError::Connect { addr, source };
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(conn)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(conn)?;
+    let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(conn)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).map_err(conn)?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| ClientError::Bad("no header end".into()))?;
+    let code: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| ClientError::Bad("no status code".into()))?;
+    let v: Value = serde_json::from_str(body).map_err(|e| ClientError::Bad(e.to_string()))?;
+    if code >= 400 {
+        let message = v["error"].as_str().unwrap_or("").to_string();
+        return Err(ClientError::Status { code, message });
+    }
+    Ok(v)
+}
+
+fn mib(v: &Value) -> String {
+    match v.as_u64() {
+        Some(b) => format!("{}", b / (1024 * 1024)),
+        None => "-".into(),
+    }
+}
+
+/// The guests as a table, one line each.
+pub fn status_table(guests: &Value) -> String {
+    let mut out = format!(
+        "{:<14} {:<8} {:<11} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>5}  {}\n",
+        "GUEST",
+        "HOST",
+        "STATE",
+        "SIZE",
+        "TARGET",
+        "FLOOR",
+        "CEIL",
+        "USED",
+        "AVAIL",
+        "AGE",
+        "LAST DECISION"
+    );
+    for g in guests.as_array().map(|a| a.as_slice()).unwrap_or(&[]) {
+        let age = g["stats_age_seconds"]
+            .as_f64()
+            .map(|a| format!("{a:.0}s"))
+            .unwrap_or_else(|| "-".into());
+        let last = match g["last_decision"]["kind"].as_str() {
+            Some(k) => format!("{k}: {}", g["why"].as_str().unwrap_or("")),
+            None => String::new(),
+        };
+        out.push_str(&format!(
+            "{:<14} {:<8} {:<11} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>5}  {}\n",
+            g["name"].as_str().unwrap_or("?"),
+            g["host"].as_str().unwrap_or("?"),
+            g["state"].as_str().unwrap_or("?"),
+            mib(&g["current"]),
+            mib(&g["target"]),
+            mib(&g["envelope"]["floor"]),
+            mib(&g["envelope"]["ceiling"]),
+            mib(&g["used"]),
+            mib(&g["available"]),
+            age,
+            last
+        ));
+    }
+    out.push_str("(sizes in MiB)\n");
+    out
+}

@@ -1,0 +1,73 @@
+//! The binary's command line: exit codes and messages of `check`, usage errors, version.
+
+use std::process::Command;
+
+fn memscale(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_memscale"))
+        .args(args)
+        .output()
+        .expect("run memscale");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn shipped_policies_pass_check() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let (code, out, err) = memscale(&["check", dir]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok:"), "{out}");
+}
+
+#[test]
+fn broken_policy_fails_with_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "[[policy]]\nname = \"x\"\n[policy.memory]\nheadroom = \"256\"\nshrinkat = \"150%\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = memscale(&["check", p.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let shown = p.display().to_string();
+    assert!(
+        err.contains(&format!("{shown}:4:12: error: headroom: missing unit")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{shown}:5:1: error: unknown key \"shrinkat\"")),
+        "{err}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_and_version_works() {
+    let (code, _, err) = memscale(&["run", "--no-such-flag"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, out, _) = memscale(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("memscale "), "{out}");
+    let (code, out, _) = memscale(&["run", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--connect"));
+}
+
+#[test]
+fn bad_config_at_start_exits_1_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = dir.path().join("memscale.toml");
+    std::fs::write(&c, "interval = \"fast\"\n").unwrap();
+    let (code, _, err) = memscale(&[
+        "run",
+        "--config",
+        c.to_str().unwrap(),
+        "--connect",
+        "test:///default",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("memscale.toml:1:12"), "{err}");
+}
