@@ -181,10 +181,9 @@ impl Selector {
                         || (is_glob(a) && is_glob(b))
                 })
             });
-        names
-            && lists(&self.flavors, &o.flavors)
-            && lists(&self.projects, &o.projects)
-            && lists(&self.tags, &o.tags)
+        // A guest has one flavor and one project but may carry many tags: two tag lists can
+        // both match one guest even when they share no tag.
+        names && lists(&self.flavors, &o.flavors) && lists(&self.projects, &o.projects)
     }
 }
 
@@ -313,5 +312,10 @@ mod tests {
         assert!(!sel(&["db-1"], &[]).may_overlap(&sel(&["web-1"], &[])));
         assert!(!sel(&[], &["a"]).may_overlap(&sel(&[], &["b"])));
         assert!(sel(&[], &["a"]).may_overlap(&sel(&["x"], &[])));
+        let tag = |t: &str| Selector::new(vec![], vec![], vec![], vec![t.to_string()]).unwrap();
+        assert!(
+            tag("db").may_overlap(&tag("dev")),
+            "a guest may carry both tags"
+        );
     }
 }
