@@ -108,6 +108,18 @@ pub struct CheckArgs {
     pub config: Option<PathBuf>,
     /// Policy files or directories (default: the config's policy directory).
     pub paths: Vec<PathBuf>,
+    /// Say which policy a guest of this name gets, and which others match it.
+    #[arg(long, value_name = "GUEST")]
+    pub explain: Option<String>,
+    /// With --explain: the guest's Nova flavor.
+    #[arg(long, requires = "explain")]
+    pub flavor: Option<String>,
+    /// With --explain: the guest's Nova project.
+    #[arg(long, requires = "explain")]
+    pub project: Option<String>,
+    /// With --explain: a tag of the guest (repeatable).
+    #[arg(long, requires = "explain")]
+    pub tag: Vec<String>,
 }
 
 pub fn init_logging(fmt: LogFormat) {
@@ -219,8 +231,32 @@ pub fn check(a: &CheckArgs) -> i32 {
         );
         return EXIT_INVALID;
     }
-    let n = set.map(|s| s.policies.len()).unwrap_or(0);
-    println!("ok: {n} policies in {} file(s)", files.len());
+    let set = set.unwrap_or_default();
+    if let Some(name) = &a.explain {
+        let g = policy::GuestLabels {
+            name,
+            flavor: a.flavor.as_deref(),
+            project: a.project.as_deref(),
+            tags: &a.tag,
+        };
+        let win = set.select(&g);
+        println!(
+            "{name}: policy {:?} (priority {}, {})",
+            win.name, win.priority, win.origin
+        );
+        for p in set.candidates(&g).iter().skip(1) {
+            println!(
+                "  also matches {:?} (priority {}, {}), which loses",
+                p.name, p.priority, p.origin
+            );
+        }
+        return 0;
+    }
+    println!(
+        "ok: {} policies in {} file(s)",
+        set.policies.len(),
+        files.len()
+    );
     0
 }
 

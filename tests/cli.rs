@@ -71,3 +71,17 @@ fn bad_config_at_start_exits_1_and_touches_nothing() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("memscale.toml:1:12"), "{err}");
 }
+
+#[test]
+fn explain_names_the_winner_and_the_losers() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let (code, out, err) = memscale(&["check", dir, "--explain", "pg-1", "--tag", "db"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("pg-1: policy \"conservative\" (priority 30"),
+        "{out}"
+    );
+    assert!(out.contains("also matches \"default\""), "{out}");
+    let (_, out, _) = memscale(&["check", dir, "--explain", "web-1"]);
+    assert!(out.starts_with("web-1: policy \"default\""), "{out}");
+}

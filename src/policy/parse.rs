@@ -410,7 +410,17 @@ fn parse_policy(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Option<Policy
                         let key = mk.get_ref().as_ref();
                         let list = strings(ctx, key, mv).unwrap_or_default();
                         match key {
-                            "names" | "name" => names = list,
+                            "names" | "name" => {
+                                for n in &list {
+                                    if let Err(e) = globset::Glob::new(n) {
+                                        ctx.err(
+                                            mv.span(),
+                                            format!("bad name glob {n:?}: {}", e.kind()),
+                                        );
+                                    }
+                                }
+                                names = list
+                            }
                             "flavors" | "flavor" => flavors = list,
                             "projects" | "project" => projects = list,
                             "tags" | "tag" => tags = list,
@@ -451,13 +461,6 @@ fn parse_policy(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Option<Policy
         ctx.err(span, "policy name is empty");
         return None;
     }
-    let selector = match Selector::new(names, flavors, projects, tags) {
-        Ok(s) => s,
-        Err(e) => {
-            ctx.err(sel_span, e);
-            return None;
-        }
-    };
     let errors_after = ctx
         .diags
         .iter()
@@ -466,6 +469,13 @@ fn parse_policy(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Option<Policy
     if errors_after > errors_before {
         return None;
     }
+    let selector = match Selector::new(names, flavors, projects, tags) {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.err(sel_span, e);
+            return None;
+        }
+    };
     Some(Policy {
         name,
         priority,
