@@ -33,7 +33,7 @@ pub fn error(code: StatusCode, msg: &str) -> Resp {
     json_resp(code, &json!({ "error": msg }))
 }
 
-fn all_guests(s: &Shared) -> Vec<GuestView> {
+pub(crate) fn all_guests(s: &Shared) -> Vec<GuestView> {
     let hosts = s.hosts.read().unwrap_or_else(|p| p.into_inner());
     hosts
         .values()
@@ -48,6 +48,16 @@ fn find_guest(s: &Shared, name: &str) -> Option<GuestView> {
 }
 
 pub fn status(s: &Shared) -> serde_json::Value {
+    // A selector that matches no guest memscale knows of is most likely a typo. (Computed
+    // before taking the hosts lock below: the lock is not re-entrant.)
+    let set = s.policy_set();
+    let guests = all_guests(s);
+    let unmatched: Vec<&str> = set
+        .policies
+        .iter()
+        .filter(|p| !guests.iter().any(|g| p.selector.matches(&g.labels())))
+        .map(|p| p.name.as_str())
+        .collect();
     let hosts = s.hosts.read().unwrap_or_else(|p| p.into_inner());
     let hv: Vec<serde_json::Value> = hosts
         .values()
@@ -71,6 +81,7 @@ pub fn status(s: &Shared) -> serde_json::Value {
         "dry_run": s.dry_run,
         "hosts": hv,
         "policies": pol,
+        "unmatched_policies": unmatched,
     })
 }
 

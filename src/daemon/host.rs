@@ -530,6 +530,9 @@ fn publish(host: &Host, shared: &Shared, now: f64) {
             why: g.last.as_ref().map(|d| d.reason.to_string()),
             last_decision: g.last.clone(),
             bad_stats: g.hostile,
+            flavor: nova.as_ref().and_then(|n| n.flavor_name.clone()),
+            project: nova.as_ref().and_then(|n| n.project.clone()),
+            tags: tags.clone(),
         };
         let gl = |k: &str, v: Option<Bytes>| {
             if let Some(v) = v {

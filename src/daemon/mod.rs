@@ -51,6 +51,20 @@ pub struct GuestView {
     pub last_decision: Option<Decision>,
     pub why: Option<String>,
     pub bad_stats: u64,
+    pub flavor: Option<String>,
+    pub project: Option<String>,
+    pub tags: Vec<String>,
+}
+
+impl GuestView {
+    pub fn labels(&self) -> policy::GuestLabels<'_> {
+        policy::GuestLabels {
+            name: &self.name,
+            flavor: self.flavor.as_deref(),
+            project: self.project.as_deref(),
+            tags: &self.tags,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -135,6 +149,13 @@ impl Shared {
                 self.metrics.reloads.with_label_values(&["ok"]).inc();
                 self.metrics.policy_generation.set(generation as i64);
                 tracing::info!(generation, policies = ?names, "policies reloaded");
+                let guests = crate::api::all_guests(self);
+                for p in &self.policy_set().policies {
+                    if !guests.is_empty() && !guests.iter().any(|g| p.selector.matches(&g.labels()))
+                    {
+                        tracing::warn!(policy = %p.name, origin = %p.origin, "policy matches no known guest");
+                    }
+                }
                 true
             }
             None => {
