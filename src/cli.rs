@@ -280,7 +280,10 @@ pub async fn run(a: RunArgs) -> i32 {
         return EXIT_INVALID;
     };
     let shared = match Shared::new(config.clone(), set, &diags) {
-        Ok(s) => Arc::new(s),
+        Ok(mut s) => {
+            s.config_path = a.config.clone();
+            Arc::new(s)
+        }
         Err(e) => {
             eprintln!("memscale: cannot open the audit log: {e}");
             return EXIT_RUNTIME;

@@ -42,6 +42,13 @@ pub async fn watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 while rx.try_recv().is_ok() {}
                 tracing::info!(trigger = why, "reloading policies");
                 shared.reload_policies();
+                if why == "SIGHUP" {
+                    let refused = shared.config_changes_needing_restart();
+                    for r in &refused {
+                        tracing::warn!("{r}");
+                    }
+                    shared.policy_status.write().unwrap_or_else(|p| p.into_inner()).config_refused = refused;
+                }
             }
             _ = stop.changed() => if *stop.borrow() { return },
         }

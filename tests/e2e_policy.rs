@@ -99,6 +99,21 @@ fn policies_reload_live_and_bad_edits_keep_the_old_set() {
         "{}",
         tail(&d.log_text(), 20)
     );
+    // a config edit cannot change live: SIGHUP says so instead of pretending
+    std::fs::write(d.dir.path().join("memscale.toml"), "interval = \"2s\"\n")
+        .expect("write config");
+    d.signal(libc::SIGHUP);
+    d.wait_until("the config edit refused with a message", 10, || {
+        d.get("/v1/status").is_some_and(|s| {
+            s["policies"]["config_refused"].as_array().is_some_and(|e| {
+                e.iter().any(|x| {
+                    x.as_str()
+                        .unwrap_or("")
+                        .contains("interval changed; it cannot change live")
+                })
+            })
+        })
+    });
     assert!(g.oom().is_none());
     assert!(assert_resizes_inside_envelope(&d.audit()) >= 2);
 }

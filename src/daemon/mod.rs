@@ -89,10 +89,15 @@ pub struct PolicyStatus {
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
     pub last_reload: f64,
+    /// Config file edits seen on SIGHUP that only a restart applies.
+    pub config_refused: Vec<String>,
 }
 
 pub struct Shared {
     pub config: Config,
+    /// The config file the daemon started from, re-read on SIGHUP to report edits that need
+    /// a restart.
+    pub config_path: Option<std::path::PathBuf>,
     pub dry_run: bool,
     pub policies: RwLock<Arc<PolicySet>>,
     pub policy_status: RwLock<PolicyStatus>,
@@ -111,6 +116,7 @@ impl Shared {
         metrics.policy_generation.set(policies.generation as i64);
         let status = policy_status(&policies, diags, false);
         Ok(Shared {
+            config_path: None,
             dry_run: config.dry_run,
             config,
             policies: RwLock::new(Arc::new(policies)),
@@ -181,6 +187,49 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// On SIGHUP: the config file is not reloaded live. Say which edited settings wait for a
+    /// restart, so nobody believes they took effect.
+    pub fn config_changes_needing_restart(&self) -> Vec<String> {
+        let Some(path) = &self.config_path else {
+            return vec![];
+        };
+        let new = match Config::load(path) {
+            Ok(c) => c,
+            Err(d) => return d.iter().map(|d| d.to_string()).collect(),
+        };
+        let old = &self.config;
+        let mut out = Vec::new();
+        let mut diff = |name: &str, changed: bool| {
+            if changed {
+                out.push(format!(
+                    "{}: {name} changed; it cannot change live: restart memscale to apply it",
+                    path.display()
+                ));
+            }
+        };
+        diff("hosts", new.hosts != old.hosts);
+        diff("interval", new.interval != old.interval);
+        diff("stats_period", new.stats_period != old.stats_period);
+        diff("policies", new.policies != old.policies);
+        diff("listen", new.listen != old.listen);
+        diff("dry_run", new.dry_run != old.dry_run);
+        diff("audit_log", new.audit_log != old.audit_log);
+        diff("audit_ring", new.audit_ring != old.audit_ring);
+        diff(
+            "converge_timeout",
+            new.converge_timeout != old.converge_timeout,
+        );
+        diff(
+            "unconverged_hold",
+            new.unconverged_hold != old.unconverged_hold,
+        );
+        diff("driver_grace", new.driver_grace != old.driver_grace);
+        diff("flavors", new.flavors != old.flavors);
+        out
+    }
+}
+
 fn policy_status(set: &PolicySet, diags: &[Diag], reload: bool) -> PolicyStatus {
     PolicyStatus {
         generation: set.generation,
@@ -193,6 +242,7 @@ fn policy_status(set: &PolicySet, diags: &[Diag], reload: bool) -> PolicyStatus 
             .map(|d| d.to_string())
             .collect(),
         last_reload: if reload { epoch_now() } else { 0.0 },
+        config_refused: Vec::new(),
     }
 }
 
