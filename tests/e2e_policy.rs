@@ -117,3 +117,50 @@ fn policies_reload_live_and_bad_edits_keep_the_old_set() {
     assert!(g.oom().is_none());
     assert!(assert_resizes_inside_envelope(&d.audit()) >= 2);
 }
+
+/// `--dry-run`, and `dry_run = true` in a policy, decide and audit but never resize.
+#[test]
+fn dry_run_decides_but_never_resizes() {
+    let h = Host::up("ldry", 27);
+    let a = h.guest(
+        "dry1",
+        &["--mem", "512", "--vmem", "1024", "--stats-period", "1"],
+    );
+    let b = h.guest(
+        "dry2",
+        &["--mem", "512", "--vmem", "1024", "--stats-period", "1"],
+    );
+    a.wait_boot();
+    b.wait_boot();
+    // dry2 only by its policy; the daemon itself is live
+    let pol = "[[policy]]\nname = \"watch-only\"\npriority = 5\ndry_run = true\n[policy.match]\nnames = [\"dry2\"]\n[policy.memory]\nheadroom = \"192MiB\"\n";
+    let live = Daemon::start(&[&h], &[("w.toml", pol)], "interval = \"1s\"\n", &[]);
+    a.demand(380, 40);
+    b.demand(380, 40);
+    live.wait_until("dry1 grown for real", 90, || a.current_mib() > 600);
+    live.wait_until("dry2's growth decided", 60, || {
+        live.audit()
+            .iter()
+            .any(|r| r["guest"] == "dry2" && r["kind"] == "grow" && r["result"] == "dry-run")
+    });
+    assert_eq!(b.current_mib(), 512, "a dry-run policy never resizes");
+    assert_eq!(b.vmem_requested_mib(), 0);
+    live.wait_until("dry1 settled", 60, || {
+        live.guest("dry1")
+            .is_some_and(|v| v["state"] == "ok" && v["current"] == v["target"])
+    });
+    drop(live);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // the whole daemon in dry-run: nothing moves, decisions are still made and audited
+    let before = a.current_mib();
+    a.demand(700, 40);
+    let dry = Daemon::start(&[&h], &[], "interval = \"1s\"\n", &["--dry-run"]);
+    dry.wait_until("a dry-run growth decision", 90, || {
+        dry.audit()
+            .iter()
+            .any(|r| r["guest"] == "dry1" && r["kind"] == "grow" && r["dry_run"] == true)
+    });
+    assert!(dry.get("/v1/status").is_some_and(|s| s["dry_run"] == true));
+    assert_eq!(a.current_mib(), before, "nothing resized");
+    assert!(dry.audit().iter().all(|r| r["result"] != "applied"));
+}
