@@ -15,4 +15,4 @@ cargo clippy --all-targets -- -D warnings
 echo "== unit and property tests"
 cargo test --lib --bins
 echo "== end-to-end tests (real guests)"
-cargo test --tests -- --test-threads 2
+cargo test --test "*" -- --test-threads 2

@@ -214,22 +214,6 @@ impl Serialize for Bytes {
     }
 }
 
-impl<'de> Deserialize<'de> for Bytes {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        let v = StrOrNum::deserialize(d)?;
-        match v {
-            StrOrNum::S(s) => Bytes::parse(&s).map_err(serde::de::Error::custom),
-            StrOrNum::N(0) => Ok(Bytes(0)),
-            StrOrNum::N(n) => Err(serde::de::Error::custom(UnitError::MissingSizeUnit(
-                n.to_string(),
-            ))),
-            StrOrNum::F(f) => Err(serde::de::Error::custom(UnitError::MissingSizeUnit(
-                f.to_string(),
-            ))),
-        }
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum StrOrNum {
@@ -237,6 +221,37 @@ enum StrOrNum {
     N(i64),
     F(f64),
 }
+
+/// Values written with a unit in files: serialised as their text, read from a string, or from
+/// a bare number only when it is zero (so `window = 30` is an error, not thirty of something).
+macro_rules! text_with_unit {
+    ($ty:ty, $missing:ident, $zero:expr, serialize_text: $ser:tt) => {
+        text_with_unit!(@ser $ty, $ser);
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                match StrOrNum::deserialize(d)? {
+                    StrOrNum::S(s) => <$ty>::parse(&s).map_err(serde::de::Error::custom),
+                    StrOrNum::N(0) if $zero.is_some() => Ok($zero.unwrap_or_default()),
+                    StrOrNum::N(n) => Err(serde::de::Error::custom(UnitError::$missing(n.to_string()))),
+                    StrOrNum::F(f) => Err(serde::de::Error::custom(UnitError::$missing(f.to_string()))),
+                }
+            }
+        }
+    };
+    (@ser $ty:ty, true) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_string())
+            }
+        }
+    };
+    (@ser $ty:ty, false) => {};
+}
+
+text_with_unit!(Bytes, MissingSizeUnit, Some(Bytes(0)), serialize_text: false);
+text_with_unit!(Dur, MissingDurationUnit, Some(Dur(Duration::ZERO)), serialize_text: true);
+text_with_unit!(Rate, MissingRateUnit, Some(Rate(Bytes(0))), serialize_text: true);
+text_with_unit!(Percent, NotPercent, None::<Percent>, serialize_text: true);
 
 /// A duration written with a unit: `"500ms"`, `"30s"`, `"5m"`, `"1h"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -306,27 +321,6 @@ impl fmt::Display for Dur {
     }
 }
 
-impl Serialize for Dur {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
-        match StrOrNum::deserialize(d)? {
-            StrOrNum::S(s) => Dur::parse(&s).map_err(serde::de::Error::custom),
-            StrOrNum::N(0) => Ok(Dur(Duration::ZERO)),
-            StrOrNum::N(n) => Err(serde::de::Error::custom(UnitError::MissingDurationUnit(
-                n.to_string(),
-            ))),
-            StrOrNum::F(f) => Err(serde::de::Error::custom(UnitError::MissingDurationUnit(
-                f.to_string(),
-            ))),
-        }
-    }
-}
-
 /// A percentage written `"15%"`, kept as a fraction (0.15).
 #[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default)]
 pub struct Percent(pub f64);
@@ -352,26 +346,6 @@ impl fmt::Display for Percent {
             write!(f, "{}%", v.round() as i64)
         } else {
             write!(f, "{}%", v)
-        }
-    }
-}
-
-impl Serialize for Percent {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Percent {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Percent, D::Error> {
-        match StrOrNum::deserialize(d)? {
-            StrOrNum::S(s) => Percent::parse(&s).map_err(serde::de::Error::custom),
-            StrOrNum::N(n) => Err(serde::de::Error::custom(UnitError::NotPercent(
-                n.to_string(),
-            ))),
-            StrOrNum::F(f) => Err(serde::de::Error::custom(UnitError::NotPercent(
-                f.to_string(),
-            ))),
         }
     }
 }
@@ -452,27 +426,6 @@ impl Rate {
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/s", self.0)
-    }
-}
-
-impl Serialize for Rate {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Rate {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Rate, D::Error> {
-        match StrOrNum::deserialize(d)? {
-            StrOrNum::S(s) => Rate::parse(&s).map_err(serde::de::Error::custom),
-            StrOrNum::N(0) => Ok(Rate(Bytes(0))),
-            StrOrNum::N(n) => Err(serde::de::Error::custom(UnitError::MissingRateUnit(
-                n.to_string(),
-            ))),
-            StrOrNum::F(f) => Err(serde::de::Error::custom(UnitError::MissingRateUnit(
-                f.to_string(),
-            ))),
-        }
     }
 }
 
