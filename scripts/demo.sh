@@ -74,6 +74,6 @@ while :; do
   done
   echo
   echo "recent decisions:"
-  grep -E ' (grow|shrink) ' "$work/memscale.log" | tail -6 | sed 's/^ *INFO memscale::daemon::host: /  /' | cut -c1-160
+  { grep -E ' (grow|shrink) ' "$work/memscale.log" || true; } | tail -6 | sed 's/^ *INFO memscale::daemon::host: /  /' | cut -c1-160
   if ((duration > 0 && $(date +%s) - start >= duration)); then break; fi
 done

@@ -417,7 +417,15 @@ async fn decide_and_act(
         shared.audit.push(rec);
     }
     g.last_reason_label = decision.reason.label();
-    if !(decision.kind == Kind::Hold && matches!(decision.reason, Reason::ResizeInProgress)) {
+    // Transient holds (a resize landing, waiting for the first report after it) would hide
+    // the decision that matters from status.
+    let transient = decision.kind == Kind::Hold
+        && matches!(
+            decision.reason,
+            Reason::ResizeInProgress | Reason::NoSamples
+        )
+        && g.last.is_some();
+    if !transient {
         g.last = Some(decision);
     }
 }
