@@ -88,6 +88,7 @@ pub fn status(s: &Shared) -> serde_json::Value {
 async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let method = req.method().clone();
+    let headers = req.headers().clone();
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     // Read (and bound) any body, so an oversized one is refused before anything else.
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -99,7 +100,6 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
             );
         }
     };
-    let _ = body;
     let (route, resp) = match (method, parts.as_slice()) {
         (Method::GET, ["metrics"]) => {
             let mut r = Response::new(Full::new(HBytes::from(s.metrics.render())));
@@ -125,6 +125,9 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
                 None => error(StatusCode::NOT_FOUND, &format!("no guest named {name:?}")),
             },
         ),
+        (Method::POST, ["v1", "guests", name, action @ ("adjust" | "pin" | "unpin")]) => {
+            ("mutate", mutate(&s, &headers, name, action, &body))
+        }
         (Method::GET, ["v1", "decisions"]) => (
             "decisions",
             json_resp(StatusCode::OK, &json!(s.audit.recent(None, 500))),
@@ -133,6 +136,7 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
         | (_, ["v1", "status"])
         | (_, ["v1", "guests"])
         | (_, ["v1", "guests", _])
+        | (_, ["v1", "guests", _, "adjust" | "pin" | "unpin"])
         | (_, ["v1", "decisions"]) => (
             "other",
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
@@ -147,6 +151,149 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
         .with_label_values(&[route, resp.status().as_str()])
         .inc();
     resp
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdjustBody {
+    memory_mib: u64,
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(s: &Shared, headers: &hyper::HeaderMap) -> Result<(), Resp> {
+    let Some(token) = &s.api_token else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "changes through the API are off: set api_token_file in the config",
+        ));
+    };
+    let given = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => Err(error(StatusCode::UNAUTHORIZED, "missing bearer token")),
+        Some(t) if !same(t.trim().as_bytes(), token.as_bytes()) => {
+            Err(error(StatusCode::UNAUTHORIZED, "wrong bearer token"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+fn mutate(s: &Shared, headers: &hyper::HeaderMap, name: &str, action: &str, body: &[u8]) -> Resp {
+    if let Err(r) = authorized(s, headers) {
+        return r;
+    }
+    let Some(g) = find_guest(s, name) else {
+        return error(StatusCode::NOT_FOUND, &format!("no guest named {name:?}"));
+    };
+    let pins = |on: bool| {
+        let mut p = s.pins.write().unwrap_or_else(|p| p.into_inner());
+        if on {
+            p.insert(g.name.clone())
+        } else {
+            p.remove(&g.name)
+        }
+    };
+    match action {
+        "pin" => {
+            pins(true);
+            tracing::info!(guest = %g.name, "pinned by operator");
+            json_resp(StatusCode::OK, &json!({ "guest": g.name, "pinned": true }))
+        }
+        "unpin" => {
+            pins(false);
+            tracing::info!(guest = %g.name, "unpinned by operator");
+            json_resp(StatusCode::OK, &json!({ "guest": g.name, "pinned": false }))
+        }
+        _ => {
+            let req: AdjustBody = match serde_json::from_slice(body) {
+                Ok(b) => b,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("bad request body: {e}; expected {{\"memory_mib\": N}}"),
+                    );
+                }
+            };
+            if s.dry_run {
+                return error(
+                    StatusCode::CONFLICT,
+                    "memscale runs in dry-run mode: it resizes nothing",
+                );
+            }
+            let blocked = match g.state {
+                crate::daemon::guest::Health::NoDriver => {
+                    Some("the guest has no balloon driver: its memory cannot be managed")
+                }
+                crate::daemon::guest::Health::Stale => Some("the guest's statistics are stale"),
+                crate::daemon::guest::Health::NotRunning => Some("the guest is not running"),
+                crate::daemon::guest::Health::NoEnvelope => {
+                    Some("the guest has no envelope (no resize method or hot-add specs)")
+                }
+                crate::daemon::guest::Health::Starting => Some("the guest has not reported yet"),
+                _ => None,
+            };
+            if let Some(why) = blocked {
+                return error(StatusCode::CONFLICT, why);
+            }
+            let Some(env) = g.envelope else {
+                return error(StatusCode::CONFLICT, "the guest has no envelope");
+            };
+            let Some(want) = req.memory_mib.checked_mul(1 << 20).map(crate::units::Bytes) else {
+                return error(StatusCode::UNPROCESSABLE_ENTITY, "memory_mib is too large");
+            };
+            if want > env.ceiling {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &format!(
+                        "{} MiB is beyond the guest's ceiling of {} MiB",
+                        req.memory_mib,
+                        env.ceiling.mib()
+                    ),
+                );
+            }
+            if want < env.floor {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &format!(
+                        "{} MiB is below the guest's floor of {} MiB",
+                        req.memory_mib,
+                        env.floor.mib()
+                    ),
+                );
+            }
+            if !env.is_realizable(want) {
+                let (lo, hi) = (env.realize_down(want), env.realize_up(want));
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &format!(
+                        "{} MiB cannot be split evenly across the guest's {} NUMA node(s) at {} MiB steps: nearest valid sizes are {} MiB and {} MiB",
+                        req.memory_mib,
+                        env.numa_nodes.max(1),
+                        env.vmem_step.mib(),
+                        lo.mib(),
+                        hi.mib()
+                    ),
+                );
+            }
+            s.adjusts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(g.name.clone(), want);
+            // A manual size holds until the operator unpins the guest.
+            pins(true);
+            tracing::info!(guest = %g.name, memory_mib = req.memory_mib, "manual adjust queued; guest pinned");
+            json_resp(
+                StatusCode::ACCEPTED,
+                &json!({ "guest": g.name, "memory_mib": req.memory_mib, "queued": true, "pinned": true }),
+            )
+        }
+    }
 }
 
 /// Serve until shutdown.

@@ -46,6 +46,93 @@ pub enum Command {
     Check(CheckArgs),
     /// Show the guests a running daemon manages.
     Status(StatusArgs),
+    /// Resize a guest by hand, within its envelope (the guest is then pinned).
+    Adjust(AdjustArgs),
+    /// Exclude a guest from autoscaling.
+    Pin(PinArgs),
+    /// Return a guest to autoscaling.
+    Unpin(PinArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ApiArgs {
+    /// Address of the daemon's API.
+    #[arg(long, default_value = "127.0.0.1:9847")]
+    pub api: SocketAddr,
+    /// File holding the API's bearer token.
+    #[arg(long, default_value = "/etc/memscale/api-token")]
+    pub token_file: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AdjustArgs {
+    pub guest: String,
+    /// New size, with a unit: "4GiB", "1536MiB".
+    #[arg(long)]
+    pub memory: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PinArgs {
+    pub guest: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+fn token(a: &ApiArgs) -> Result<String, i32> {
+    std::fs::read_to_string(&a.token_file)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| {
+            eprintln!(
+                "memscale: {}: cannot read the API token: {e}",
+                a.token_file.display()
+            );
+            EXIT_USAGE
+        })
+}
+
+fn mutate(a: &ApiArgs, guest: &str, action: &str, body: Option<String>) -> i32 {
+    let t = match token(a) {
+        Ok(t) => t,
+        Err(c) => return c,
+    };
+    let path = format!("/v1/guests/{guest}/{action}");
+    match crate::client::request(a.api, "POST", &path, body.as_deref(), Some(&t)) {
+        Ok(v) => {
+            println!("{v}");
+            0
+        }
+        Err(e) => {
+            eprintln!("memscale: {e}");
+            if matches!(e, crate::client::ClientError::Status { .. }) {
+                EXIT_INVALID
+            } else {
+                EXIT_RUNTIME
+            }
+        }
+    }
+}
+
+pub fn adjust(a: &AdjustArgs) -> i32 {
+    let size = match crate::units::Bytes::parse(&a.memory) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("memscale: --memory: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    mutate(
+        &a.api,
+        &a.guest,
+        "adjust",
+        Some(format!("{{\"memory_mib\": {}}}", size.mib())),
+    )
+}
+
+pub fn pin(a: &PinArgs, on: bool) -> i32 {
+    mutate(&a.api, &a.guest, if on { "pin" } else { "unpin" }, None)
 }
 
 #[derive(clap::Args, Debug)]
@@ -282,6 +369,19 @@ pub async fn run(a: RunArgs) -> i32 {
     let shared = match Shared::new(config.clone(), set, &diags) {
         Ok(mut s) => {
             s.config_path = a.config.clone();
+            if let Some(f) = &config.api_token_file {
+                match std::fs::read_to_string(f) {
+                    Ok(t) if !t.trim().is_empty() => s.api_token = Some(t.trim().to_string()),
+                    Ok(_) => {
+                        eprintln!("memscale: {}: the API token file is empty", f.display());
+                        return EXIT_INVALID;
+                    }
+                    Err(e) => {
+                        eprintln!("memscale: {}: cannot read the API token: {e}", f.display());
+                        return EXIT_INVALID;
+                    }
+                }
+            }
             Arc::new(s)
         }
         Err(e) => {

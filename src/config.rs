@@ -66,6 +66,8 @@ pub struct Config {
     pub dry_run: bool,
     /// Where every decision is appended as one JSON line (none: only the in-memory ring).
     pub audit_log: Option<PathBuf>,
+    /// File holding the bearer token mutating API calls must present (none: they are refused).
+    pub api_token_file: Option<PathBuf>,
     /// How many decisions the in-memory ring keeps.
     pub audit_ring: usize,
     /// A resize that has not landed after this long is reported and the guest held.
@@ -88,6 +90,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9847)),
             dry_run: false,
             audit_log: None,
+            api_token_file: None,
             audit_ring: 10_000,
             converge_timeout: Dur::secs(30),
             unconverged_hold: Dur::secs(60),

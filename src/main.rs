@@ -14,6 +14,9 @@ fn main() {
     let code = match cli.command {
         Command::Check(a) => cli::check(&a),
         Command::Status(a) => cli::status(&a),
+        Command::Adjust(a) => cli::adjust(&a),
+        Command::Pin(a) => cli::pin(&a, true),
+        Command::Unpin(a) => cli::pin(&a, false),
         Command::Run(a) => match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

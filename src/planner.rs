@@ -117,6 +117,10 @@ pub enum Reason {
         actual: Bytes,
     },
     Pinned,
+    /// An operator asked for this size through the API.
+    Manual {
+        requested: Bytes,
+    },
     NotRunning {
         state: String,
     },
@@ -170,6 +174,7 @@ impl fmt::Display for Reason {
                 write!(f, "resize did not converge: asked {target}, has {actual}")
             }
             Reason::Pinned => f.write_str("pinned by operator"),
+            Reason::Manual { requested } => write!(f, "manual adjust to {requested} by operator"),
             Reason::NotRunning { state } => write!(f, "not running: {state}"),
             Reason::NoMethod => f.write_str("no resize method: no balloon and no virtio-mem"),
             Reason::BadEnvelope { message } => write!(f, "bad envelope: {message}"),
@@ -198,6 +203,7 @@ impl Reason {
             Reason::ResizeInProgress => "in_progress",
             Reason::Unconverged { .. } => "unconverged",
             Reason::Pinned => "pinned",
+            Reason::Manual { .. } => "manual",
             Reason::NotRunning { .. } => "not_running",
             Reason::NoMethod => "no_method",
             Reason::BadEnvelope { .. } => "bad_envelope",

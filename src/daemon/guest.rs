@@ -237,9 +237,6 @@ impl Guest {
         if env.notes.contains(&Note::NoMethod) {
             return hold(Health::NoEnvelope, Reason::NoMethod, self);
         }
-        if self.pinned {
-            return hold(Health::Pinned, Reason::Pinned, self);
-        }
         if let Some(p) = &self.pending {
             let (target, since) = (p.target, p.since);
             if size.delta(target).unsigned_abs() <= CONVERGE_TOLERANCE.0 as u128 {
@@ -263,6 +260,9 @@ impl Guest {
             } else {
                 return hold(Health::Resizing, Reason::ResizeInProgress, self);
             }
+        }
+        if self.pinned {
+            return hold(Health::Pinned, Reason::Pinned, self);
         }
         if now < self.held_until {
             let target = self.last.as_ref().map(|d| d.target).unwrap_or(size);

@@ -297,7 +297,32 @@ async fn decide_and_act(
     };
     let policy = policies.select(&labels).clone();
     let before = g.current();
-    let decision = g.decide(now, &policy, &shared.config);
+    g.pinned = shared
+        .pins
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&g.name);
+    let manual = shared
+        .adjusts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&g.name);
+    let mut decision = g.decide(now, &policy, &shared.config);
+    if let Some(requested) = manual {
+        // The API checked the request against the envelope; the actuator checks it again.
+        if g.pending.is_none() && requested != before {
+            decision = crate::planner::Decision {
+                kind: if requested > before {
+                    Kind::Grow
+                } else {
+                    Kind::Shrink
+                },
+                target: requested,
+                reason: Reason::Manual { requested },
+                ..crate::planner::Decision::hold(before, Reason::Manual { requested })
+            };
+        }
+    }
     let dry = shared.dry_run || policy.dry_run;
     let env = g
         .envelope

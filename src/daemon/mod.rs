@@ -105,6 +105,12 @@ pub struct Shared {
     pub metrics: Metrics,
     pub hosts: RwLock<BTreeMap<String, HostView>>,
     pub started: f64,
+    /// Operator requests from the API, taken by the host loops: pinned guests (by name) and
+    /// manual sizes waiting to be applied.
+    pub pins: RwLock<std::collections::BTreeSet<String>>,
+    pub adjusts: std::sync::Mutex<BTreeMap<String, Bytes>>,
+    /// Bearer token for mutating API calls (none: they are refused).
+    pub api_token: Option<String>,
     /// Set once every host has finished its first tick successfully.
     pub ready: watch::Sender<bool>,
 }
@@ -125,6 +131,9 @@ impl Shared {
             metrics,
             hosts: RwLock::new(BTreeMap::new()),
             started: epoch_now(),
+            pins: RwLock::new(Default::default()),
+            adjusts: std::sync::Mutex::new(BTreeMap::new()),
+            api_token: None,
             ready: watch::channel(false).0,
         })
     }
