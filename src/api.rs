@@ -164,9 +164,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(s: &Shared, headers: &hyper::HeaderMap) -> Result<(), Resp> {
+/// The refusal, if the request may not change anything.
+fn refusal(s: &Shared, headers: &hyper::HeaderMap) -> Option<Resp> {
     let Some(token) = &s.api_token else {
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "changes through the API are off: set api_token_file in the config",
         ));
@@ -176,16 +177,16 @@ fn authorized(s: &Shared, headers: &hyper::HeaderMap) -> Result<(), Resp> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        None => Err(error(StatusCode::UNAUTHORIZED, "missing bearer token")),
+        None => Some(error(StatusCode::UNAUTHORIZED, "missing bearer token")),
         Some(t) if !same(t.trim().as_bytes(), token.as_bytes()) => {
-            Err(error(StatusCode::UNAUTHORIZED, "wrong bearer token"))
+            Some(error(StatusCode::UNAUTHORIZED, "wrong bearer token"))
         }
-        Some(_) => Ok(()),
+        Some(_) => None,
     }
 }
 
 fn mutate(s: &Shared, headers: &hyper::HeaderMap, name: &str, action: &str, body: &[u8]) -> Resp {
-    if let Err(r) = authorized(s, headers) {
+    if let Some(r) = refusal(s, headers) {
         return r;
     }
     let Some(g) = find_guest(s, name) else {
