@@ -179,4 +179,26 @@ fn api_reads_refusals_adjust_and_pins() {
         "{m}"
     );
     assert!(assert_resizes_inside_envelope(&d.audit()) >= 1);
+    // Prometheus' own linter on the live exposition
+    let mut lint = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed by tests/testbed/install.sh");
+    {
+        use std::io::Write;
+        lint.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    }
+    let out = lint.wait_with_output().unwrap();
+    let problems = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && problems.trim().is_empty(),
+        "promtool check metrics: {problems}"
+    );
 }
