@@ -415,6 +415,7 @@ pub async fn run(a: RunArgs) -> i32 {
     };
     let reloader = tokio::spawn(crate::reload::watch(shared.clone(), stop_rx.clone()));
     let daemon = tokio::spawn(daemon::run(shared.clone(), hosts, stop_rx.clone()));
+    let notifier = tokio::spawn(crate::notify::run(shared.clone(), stop_rx.clone()));
     let code = wait_for_stop(&api).await;
     let _ = stop_tx.send(true);
     // A second signal forces the exit while the loops wind down.
@@ -425,6 +426,7 @@ pub async fn run(a: RunArgs) -> i32 {
     });
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), daemon).await;
     reloader.abort();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notifier).await;
     forced.abort();
     tracing::info!("memscale stopped");
     code

@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod hypervisor;
 pub mod libvirt;
 pub mod metrics;
+pub mod notify;
 pub mod planner;
 pub mod policy;
 pub mod reload;

@@ -102,6 +102,11 @@ pub(super) async fn host_loop(
         }
         let t0 = Instant::now();
         let ok = tick(&mut host, &shared).await;
+        shared
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(label.clone(), epoch_now());
         let took = t0.elapsed();
         shared
             .metrics

@@ -111,6 +111,8 @@ pub struct Shared {
     pub adjusts: std::sync::Mutex<BTreeMap<String, Bytes>>,
     /// Bearer token for mutating API calls (none: they are refused).
     pub api_token: Option<String>,
+    /// When each host loop last came round (epoch seconds), for the watchdog.
+    pub heartbeat: std::sync::Mutex<BTreeMap<String, f64>>,
     /// Set once every host has finished its first tick successfully.
     pub ready: watch::Sender<bool>,
 }
@@ -134,6 +136,7 @@ impl Shared {
             pins: RwLock::new(Default::default()),
             adjusts: std::sync::Mutex::new(BTreeMap::new()),
             api_token: None,
+            heartbeat: std::sync::Mutex::new(BTreeMap::new()),
             ready: watch::channel(false).0,
         })
     }

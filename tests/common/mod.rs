@@ -219,6 +219,17 @@ impl Daemon {
         config: &str,
         extra: &[&str],
     ) -> Daemon {
+        Daemon::start_env(hosts, policies, config, extra, &[])
+    }
+
+    /// As `start`, with extra environment variables for the daemon.
+    pub fn start_env(
+        hosts: &[&Host],
+        policies: &[(&str, &str)],
+        config: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let pdir = dir.path().join("policies");
         std::fs::create_dir_all(&pdir).expect("mkdir");
@@ -246,6 +257,9 @@ impl Daemon {
             cmd.arg("--connect").arg(h.connect_arg());
         }
         cmd.args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let logf = std::fs::File::create(&log).expect("log");
         cmd.stdout(Stdio::null()).stderr(logf);
         let child = cmd.spawn().expect("spawn memscale");
