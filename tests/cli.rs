@@ -85,3 +85,36 @@ fn explain_names_the_winner_and_the_losers() {
     let (_, out, _) = memscale(&["check", dir, "--explain", "web-1"]);
     assert!(out.starts_with("web-1: policy \"default\""), "{out}");
 }
+
+#[test]
+fn json_logs_are_json() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memscale"))
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--connect",
+            "test:///default",
+            "--policies",
+            "/nonexistent",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    for l in BufReader::new(err).lines().take(3) {
+        lines.push(l.unwrap());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
+    }
+}

@@ -46,6 +46,11 @@ fn api_reads_refusals_adjust_and_pins() {
     );
     let v = d.guest("api1").unwrap();
     assert_eq!(v["envelope"]["numa_nodes"], 2);
+    assert!(d.get("/v1/decisions").is_some_and(|v| {
+        v.as_array()
+            .is_some_and(|a| a.iter().any(|r| r["guest"] == "api1"))
+    }));
+    assert_eq!(d.request("GET", "/v1/nothing", None, None).unwrap().0, 404);
     assert!(v["decisions"].is_array());
     let before = g.current_mib();
 
