@@ -34,13 +34,14 @@ fn a_hung_host_stalls_only_itself() {
                 .is_some_and(|h| h.len() == 2 && h.iter().all(|h| h["connected"] == true))
         })
     });
-    let pid: i32 = std::fs::read_to_string(format!(
-        "/var/tmp/memscale-testbed/hosts/lfa/run/libvirtd.pid"
-    ))
-    .unwrap()
-    .trim()
-    .parse()
-    .unwrap();
+    let out = std::process::Command::new(testbed().join("host.sh"))
+        .args(["pid", "lfa"])
+        .output()
+        .expect("host.sh pid");
+    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("libvirtd pid");
     // SAFETY: stopping and continuing a libvirtd this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
     d.wait_until("the hung host's calls counted as errors", 30, || {
