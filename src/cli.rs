@@ -52,6 +52,8 @@ pub enum Command {
     Pin(PinArgs),
     /// Return a guest to autoscaling.
     Unpin(PinArgs),
+    /// Replay a recorded trace through policies and baselines, side by side.
+    Simulate(crate::sim::cmd::SimulateArgs),
 }
 
 #[derive(clap::Args, Debug)]

@@ -20,4 +20,6 @@ pub mod notify;
 pub mod planner;
 pub mod policy;
 pub mod reload;
+pub mod sim;
+pub mod trace;
 pub mod units;

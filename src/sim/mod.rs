@@ -1,0 +1,748 @@
+//! The replay simulator: recorded demand through the daemon's own planner, and through
+//! re-implementations of the policies memscale is measured against, side by side in one run.
+//!
+//! Each VM of the trace becomes a modelled guest: demand is the trace's (held constant between
+//! samples), the envelope runs from a floor (a fraction of the VM's capacity) to its ceiling
+//! (its largest capacity), resizes are realized at the method's granularity and land whole
+//! after a delay plus their size over the actuation speed. A controller (the planner with a
+//! policy, or a baseline) decides on a grid of ticks. Nothing here touches libvirt, the clock
+//! or the network.
+//!
+//! In host mode the VMs are packed onto hosts of a given size and overcommit; controllers that
+//! react to host memory (MoM, Proxmox) see the host, and host pressure is measured.
+//!
+//! Definitions of every metric are in `docs/simulation.md`.
+
+pub mod baselines;
+pub mod cmd;
+pub mod controllers;
+pub mod report;
+
+use crate::envelope::{Envelope, Source, VmemSlot};
+use crate::planner::Sample;
+use crate::trace::{Trace, VmTrace};
+use crate::units::{Bytes, GIB, MIB};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use controllers::{Baseline, Spec};
+
+/// How the guest is resized in the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestKind {
+    /// Boots at the floor; virtio-mem plugs blocks above it, the balloon below.
+    VirtioMem,
+    /// Boots at the ceiling; the balloon alone takes memory away (1 MiB steps).
+    Balloon,
+}
+
+/// The modelled guest and the decision grid.
+#[derive(Debug, Clone, Serialize)]
+pub struct Model {
+    /// Seconds between decisions.
+    pub interval: f64,
+    /// Floor as a fraction of the ceiling.
+    pub floor_fraction: f64,
+    pub guest: GuestKind,
+    /// virtio-mem block size.
+    pub block: Bytes,
+    /// Seconds from a request until memory starts moving.
+    pub delay: f64,
+    /// Bytes per second a growth moves (virtio-mem plug, balloon deflate).
+    pub grow_speed: f64,
+    /// Bytes per second a shrink moves (unplug, balloon inflate).
+    pub shrink_speed: f64,
+    /// Evaluate every controller on every tick, even when nothing can change (for checking
+    /// that skipping quiet ticks changes no result).
+    pub exact: bool,
+}
+
+impl Default for Model {
+    fn default() -> Model {
+        Model {
+            interval: 5.0,
+            floor_fraction: 0.25,
+            guest: GuestKind::VirtioMem,
+            block: Bytes::from_mib(2),
+            delay: 1.0,
+            grow_speed: GIB as f64,
+            shrink_speed: 256.0 * MIB as f64,
+            exact: false,
+        }
+    }
+}
+
+impl Model {
+    /// The envelope a trace VM gets.
+    pub fn envelope(&self, ceiling: Bytes) -> Envelope {
+        let ceiling = ceiling.align_down(Bytes(MIB)).max(Bytes(MIB));
+        let floor = ceiling
+            .scale(self.floor_fraction.clamp(0.0, 1.0))
+            .align_down(Bytes(MIB))
+            .max(Bytes(MIB));
+        match self.guest {
+            GuestKind::VirtioMem => {
+                let block = self.block.max(Bytes(MIB));
+                let room = ceiling.saturating_sub(floor).align_down(block);
+                Envelope {
+                    floor,
+                    ceiling: floor + room,
+                    base: floor,
+                    balloon: true,
+                    vmem: if room.0 > 0 {
+                        vec![VmemSlot {
+                            alias: None,
+                            node: None,
+                            size: room,
+                            block,
+                        }]
+                    } else {
+                        vec![]
+                    },
+                    vmem_step: if room.0 > 0 { block } else { Bytes(0) },
+                    numa_nodes: 1,
+                    source: Source::Libvirt,
+                    notes: vec![],
+                }
+            }
+            GuestKind::Balloon => Envelope {
+                floor,
+                ceiling,
+                base: ceiling,
+                balloon: true,
+                vmem: vec![],
+                vmem_step: Bytes(0),
+                numa_nodes: 1,
+                source: Source::Libvirt,
+                notes: vec![],
+            },
+        }
+    }
+
+    /// Seconds a resize from `from` to `to` takes to land.
+    pub fn lag(&self, from: Bytes, to: Bytes) -> f64 {
+        let speed = if to > from {
+            self.grow_speed
+        } else {
+            self.shrink_speed
+        };
+        self.delay + from.0.abs_diff(to.0) as f64 / speed.max(1.0)
+    }
+
+    fn tick_ceil(&self, t: f64) -> f64 {
+        (t / self.interval - 1e-9).ceil() * self.interval
+    }
+}
+
+/// Packing of the trace's VMs onto hosts.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostMode {
+    /// Memory of each host.
+    pub memory: Bytes,
+    /// Sum of the packed VMs' ceilings over host memory.
+    pub overcommit: f64,
+}
+
+/// What a controller sees of one guest on a tick.
+pub struct GuestView<'a> {
+    pub present: bool,
+    pub env: &'a Envelope,
+    /// The allocation now (landed).
+    pub size: Bytes,
+    /// What was last asked for (equal to `size` when nothing is under way).
+    pub target: Bytes,
+    pub resizing: bool,
+    /// The guest's statistics as the daemon would read them.
+    pub sample: Sample,
+    /// The guest's demand is above its allocation (what an OOM or thrashing would reveal).
+    pub pressured: bool,
+    /// The recorded future, for the oracle only.
+    pub trace: &'a VmTrace,
+}
+
+impl GuestView<'_> {
+    /// Largest demand over `[t0, t1]`: for the oracle, which knows the future.
+    pub fn max_demand(&self, t0: f64, t1: f64) -> Bytes {
+        let tr = self.trace;
+        let i = tr.times.partition_point(|&x| (x as f64) <= t0).max(1) - 1;
+        let mut m = 0u64;
+        for j in i..tr.times.len() {
+            if j > i && tr.times[j] as f64 > t1 {
+                break;
+            }
+            m = m.max(tr.demand[j]);
+        }
+        Bytes(m).min(self.env.ceiling)
+    }
+}
+
+/// What a controller sees of the host in host mode.
+#[derive(Debug, Clone, Copy)]
+pub struct HostView {
+    pub memory: Bytes,
+    /// Sum of the present guests' allocations.
+    pub used: Bytes,
+    pub guests: usize,
+}
+
+/// A policy or baseline driving one group of guests (a host, or one VM).
+pub trait Controller: Send {
+    /// Decide on this tick: push `(guest index, new target)` for each resize. Returns the
+    /// earliest time the controller must be asked again if no guest's demand or allocation
+    /// changes before then (`f64::INFINITY`: not until something changes).
+    fn tick(
+        &mut self,
+        now: f64,
+        guests: &[GuestView],
+        host: Option<&HostView>,
+        out: &mut Vec<(usize, Bytes)>,
+    ) -> f64;
+}
+
+/// Time-weighted sums for one run; merged across VMs and hosts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Acc {
+    pub vms: u64,
+    pub vm_seconds: f64,
+    /// ∫ ceiling dt and ∫ allocation dt, byte-seconds.
+    pub ceiling_bs: f64,
+    pub alloc_bs: f64,
+    pub demand_bs: f64,
+    pub pressure_seconds: f64,
+    pub shortfall_bs: f64,
+    pub pressure_events: u64,
+    pub resizes: u64,
+    /// Requests outside the envelope or not realizable (must stay 0).
+    pub envelope_violations: u64,
+    /// Lengths of pressure events, seconds.
+    #[serde(skip)]
+    pub event_lengths: Vec<f32>,
+    pub host_seconds: f64,
+    pub host_pressure_seconds: f64,
+    pub host_pressure_events: u64,
+    /// ∫ max(0, used − memory) dt over hosts, byte-seconds.
+    pub host_overflow_bs: f64,
+}
+
+impl Acc {
+    fn merge(&mut self, o: Acc) {
+        self.vms += o.vms;
+        self.vm_seconds += o.vm_seconds;
+        self.ceiling_bs += o.ceiling_bs;
+        self.alloc_bs += o.alloc_bs;
+        self.demand_bs += o.demand_bs;
+        self.pressure_seconds += o.pressure_seconds;
+        self.shortfall_bs += o.shortfall_bs;
+        self.pressure_events += o.pressure_events;
+        self.resizes += o.resizes;
+        self.envelope_violations += o.envelope_violations;
+        self.event_lengths.extend(o.event_lengths);
+        self.host_seconds += o.host_seconds;
+        self.host_pressure_seconds += o.host_pressure_seconds;
+        self.host_pressure_events += o.host_pressure_events;
+        self.host_overflow_bs += o.host_overflow_bs;
+    }
+}
+
+/// One point of a recorded VM timeline.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TimelinePoint {
+    pub t: f64,
+    pub demand: u64,
+    pub alloc: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timeline {
+    pub vm: String,
+    pub floor: u64,
+    pub ceiling: u64,
+    pub points: Vec<TimelinePoint>,
+}
+
+/// One policy's or baseline's figures, as `--json` prints them.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub name: String,
+    pub kind: &'static str,
+    pub reclaimed_pct: f64,
+    pub oracle_pct: Option<f64>,
+    pub pressure_time_pct: f64,
+    pub pressure_events_per_vm_day: f64,
+    pub shortfall_gib_h: f64,
+    pub resizes_per_vm_day: f64,
+    pub mean_allocation_pct: f64,
+    pub mean_demand_pct: f64,
+    pub pressure_event_p50_s: f64,
+    pub pressure_event_p99_s: f64,
+    pub envelope_violations: u64,
+    /// Decisions the run stands for: one per guest per interval.
+    pub decisions: u64,
+    pub vms: u64,
+    pub vm_days: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_pressure_time_pct: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_pressure_events_per_host_day: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_overflow_gib_h: Option<f64>,
+    #[serde(skip)]
+    pub acc: Acc,
+    #[serde(skip)]
+    pub timelines: Vec<Timeline>,
+}
+
+fn quantile(v: &mut [f32], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f32::total_cmp);
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    v[i.min(v.len() - 1)] as f64
+}
+
+impl RunResult {
+    fn from_acc(
+        name: String,
+        kind: &'static str,
+        mut a: Acc,
+        host_mode: bool,
+        interval: f64,
+    ) -> RunResult {
+        let days = a.vm_seconds / 86400.0;
+        let pct = |x: f64, of: f64| if of > 0.0 { 100.0 * x / of } else { 0.0 };
+        let per_day = |x: f64| if days > 0.0 { x / days } else { 0.0 };
+        let host_days = a.host_seconds / 86400.0;
+        let mut lens = std::mem::take(&mut a.event_lengths);
+        let p50 = quantile(&mut lens, 0.5);
+        let p99 = quantile(&mut lens, 0.99);
+        a.event_lengths = lens;
+        RunResult {
+            name,
+            kind,
+            reclaimed_pct: pct(a.ceiling_bs - a.alloc_bs, a.ceiling_bs),
+            oracle_pct: None,
+            pressure_time_pct: pct(a.pressure_seconds, a.vm_seconds),
+            pressure_events_per_vm_day: per_day(a.pressure_events as f64),
+            shortfall_gib_h: a.shortfall_bs / GIB as f64 / 3600.0,
+            resizes_per_vm_day: per_day(a.resizes as f64),
+            mean_allocation_pct: pct(a.alloc_bs, a.ceiling_bs),
+            mean_demand_pct: pct(a.demand_bs, a.ceiling_bs),
+            pressure_event_p50_s: p50,
+            pressure_event_p99_s: p99,
+            envelope_violations: a.envelope_violations,
+            decisions: (a.vm_seconds / interval) as u64,
+            vms: a.vms,
+            vm_days: days,
+            host_pressure_time_pct: host_mode.then(|| pct(a.host_pressure_seconds, a.host_seconds)),
+            host_pressure_events_per_host_day: host_mode.then(|| {
+                if host_days > 0.0 {
+                    a.host_pressure_events as f64 / host_days
+                } else {
+                    0.0
+                }
+            }),
+            host_overflow_gib_h: host_mode.then(|| a.host_overflow_bs / GIB as f64 / 3600.0),
+            acc: a,
+            timelines: vec![],
+        }
+    }
+}
+
+/// Everything one `simulate` run needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub model: Model,
+    pub host: Option<HostMode>,
+    /// VMs (by trace key) whose timelines are recorded for the report.
+    pub timeline_vms: Vec<String>,
+    /// Recorded span of each timeline, seconds from the VM's start.
+    pub timeline_span: f64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            model: Model::default(),
+            host: None,
+            timeline_vms: vec![],
+            timeline_span: 2.0 * 86400.0,
+        }
+    }
+}
+
+/// Groups of VM indexes simulated together: one per host in host mode, else one per VM.
+pub fn groups(trace: &Trace, host: Option<&HostMode>) -> Vec<Vec<usize>> {
+    let Some(h) = host else {
+        return (0..trace.vms.len()).map(|i| vec![i]).collect();
+    };
+    let budget = h.memory.0 as f64 * h.overcommit.max(0.01);
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut sum = 0f64;
+    for (i, vm) in trace.vms.iter().enumerate() {
+        let c = vm.ceiling.0 as f64;
+        match out.last_mut() {
+            Some(g) if sum + c <= budget => {
+                g.push(i);
+                sum += c;
+            }
+            _ => {
+                out.push(vec![i]);
+                sum = c;
+            }
+        }
+    }
+    out
+}
+
+/// The live state of one modelled guest.
+struct Guest<'a> {
+    tr: &'a VmTrace,
+    env: Envelope,
+    /// Index of the current trace point.
+    i: usize,
+    start: f64,
+    end: f64,
+    alloc: u64,
+    target: u64,
+    land: f64,
+    /// Integrated up to here.
+    t: f64,
+    in_pressure: bool,
+    pressure_since: f64,
+    timeline: Option<Timeline>,
+    timeline_end: f64,
+}
+
+impl<'a> Guest<'a> {
+    fn new(tr: &'a VmTrace, model: &Model, record: bool, span: f64) -> Guest<'a> {
+        let env = model.envelope(tr.ceiling);
+        let start = tr.start() as f64;
+        let ceiling = env.ceiling.0;
+        Guest {
+            tr,
+            i: 0,
+            start,
+            end: tr.end() as f64,
+            alloc: ceiling,
+            target: ceiling,
+            land: f64::INFINITY,
+            t: start,
+            in_pressure: false,
+            pressure_since: 0.0,
+            timeline: record.then(|| Timeline {
+                vm: tr.key.clone(),
+                floor: env.floor.0,
+                ceiling: env.ceiling.0,
+                points: vec![],
+            }),
+            timeline_end: start + span,
+            env,
+        }
+    }
+
+    /// Demand now, never above the modelled ceiling (which is the trace's, rounded down to
+    /// what the methods can reach).
+    fn demand(&self) -> u64 {
+        self.tr.demand[self.i].min(self.env.ceiling.0)
+    }
+
+    fn record(&mut self, at: f64) {
+        let (demand, alloc) = (self.demand(), self.alloc);
+        if let Some(tl) = &mut self.timeline
+            && at <= self.timeline_end
+        {
+            tl.points.push(TimelinePoint {
+                t: at - self.start,
+                demand,
+                alloc,
+            });
+        }
+    }
+
+    /// Account `[self.t, b)` at the current demand and allocation.
+    fn integrate(&mut self, b: f64, acc: &mut Acc) {
+        let b = b.min(self.end);
+        if b <= self.t {
+            return;
+        }
+        let dt = b - self.t;
+        let (d, a) = (self.demand(), self.alloc);
+        let ceiling = self.env.ceiling.0 as f64;
+        acc.vm_seconds += dt;
+        acc.ceiling_bs += ceiling * dt;
+        acc.alloc_bs += a as f64 * dt;
+        acc.demand_bs += d as f64 * dt;
+        if d > a {
+            if !self.in_pressure {
+                self.in_pressure = true;
+                self.pressure_since = self.t;
+                acc.pressure_events += 1;
+            }
+            acc.pressure_seconds += dt;
+            acc.shortfall_bs += (d - a) as f64 * dt;
+        } else if self.in_pressure {
+            self.in_pressure = false;
+            acc.event_lengths
+                .push((self.t - self.pressure_since) as f32);
+        }
+        self.t = b;
+    }
+
+    /// Apply every demand change and landing up to `t`, accounting as we go.
+    fn advance(&mut self, t: f64, acc: &mut Acc) {
+        loop {
+            let next_point = self
+                .tr
+                .times
+                .get(self.i + 1)
+                .map(|&x| x as f64)
+                .unwrap_or(f64::INFINITY);
+            let next = next_point.min(self.land);
+            if next > t {
+                break;
+            }
+            self.integrate(next, acc);
+            if self.land <= next_point {
+                self.alloc = self.target;
+                self.land = f64::INFINITY;
+            } else {
+                self.i += 1;
+            }
+            self.record(next);
+        }
+        self.integrate(t, acc);
+    }
+
+    fn finish(&mut self, acc: &mut Acc) {
+        self.advance(self.end, acc);
+        if self.in_pressure {
+            self.in_pressure = false;
+            acc.event_lengths
+                .push((self.end - self.pressure_since) as f32);
+        }
+    }
+
+    /// The next time this guest's demand or allocation changes.
+    fn next_change(&self) -> f64 {
+        let p = self
+            .tr
+            .times
+            .get(self.i + 1)
+            .map(|&x| x as f64)
+            .unwrap_or(f64::INFINITY);
+        p.min(self.land)
+    }
+
+    fn sample(&self, now: f64, interval: f64) -> Sample {
+        let (d, a) = (self.demand(), self.alloc);
+        Sample {
+            at: now,
+            size: Bytes(a),
+            total: Bytes(a),
+            available: Bytes(a.saturating_sub(d)),
+            // A guest short of memory thrashes: it swaps in its shortfall every interval.
+            swap_in_rate: d.saturating_sub(a) as f64 / interval,
+        }
+    }
+}
+
+/// Simulate one group of VMs under one controller.
+fn run_group(
+    trace: &Trace,
+    idx: &[usize],
+    ctl: &mut dyn Controller,
+    opts: &Options,
+    progress: &AtomicU64,
+) -> (Acc, Vec<Timeline>) {
+    let m = &opts.model;
+    let mut acc = Acc::default();
+    let mut gs: Vec<Guest> = idx
+        .iter()
+        .map(|&i| {
+            let tr = &trace.vms[i];
+            let rec = opts.timeline_vms.contains(&tr.key);
+            Guest::new(tr, m, rec, opts.timeline_span)
+        })
+        .collect();
+    acc.vms = gs.len() as u64;
+    let first = gs.iter().map(|g| g.start).fold(f64::INFINITY, f64::min);
+    let last = gs.iter().map(|g| g.end).fold(f64::NEG_INFINITY, f64::max);
+    let mut out = Vec::new();
+    let mut t = m.tick_ceil(first);
+    let mut host_in_pressure = false;
+    let mut reported = first;
+    for g in &mut gs {
+        g.record(g.start);
+    }
+    while t <= last {
+        for g in gs.iter_mut() {
+            if g.start <= t && g.t < g.end {
+                g.advance(t, &mut acc);
+            }
+        }
+        let views: Vec<GuestView> = gs
+            .iter()
+            .map(|g| {
+                let present = g.start <= t && t < g.end;
+                GuestView {
+                    present,
+                    env: &g.env,
+                    size: Bytes(g.alloc),
+                    target: Bytes(g.target),
+                    resizing: g.land.is_finite(),
+                    sample: g.sample(t, m.interval),
+                    pressured: g.demand() > g.alloc,
+                    trace: g.tr,
+                }
+            })
+            .collect();
+        let host = opts.host.as_ref().map(|h| HostView {
+            memory: h.memory,
+            used: Bytes(
+                views
+                    .iter()
+                    .filter(|v| v.present)
+                    .map(|v| v.size.0)
+                    .sum::<u64>(),
+            ),
+            guests: views.iter().filter(|v| v.present).count(),
+        });
+        out.clear();
+        let wake = ctl.tick(t, &views, host.as_ref(), &mut out);
+        drop(views);
+        for &(i, target) in &out {
+            let Some(g) = gs.get_mut(i) else { continue };
+            let mut target = target;
+            if !g.env.is_realizable(target) {
+                acc.envelope_violations += 1;
+                target = g.env.realize_up(target.min(g.env.ceiling));
+            }
+            if target.0 == g.target {
+                continue;
+            }
+            acc.resizes += 1;
+            g.target = target.0;
+            if target.0 == g.alloc {
+                g.land = f64::INFINITY;
+            } else {
+                g.land = t + m.lag(Bytes(g.alloc), target);
+            }
+        }
+        // Host accounting at tick resolution: the sum of allocations now, held to the next tick.
+        let next = if m.exact {
+            t + m.interval
+        } else {
+            let mut n = wake;
+            for g in &gs {
+                if g.t < g.end {
+                    n = n.min(g.next_change()).min(g.end);
+                    if g.start > t {
+                        n = n.min(g.start);
+                    }
+                }
+            }
+            m.tick_ceil(n.min(last)).max(t + m.interval)
+        };
+        if let (Some(h), Some(hv)) = (&opts.host, host) {
+            let dt = next.min(last) - t;
+            if dt > 0.0 {
+                acc.host_seconds += dt;
+                if hv.used > h.memory {
+                    if !host_in_pressure {
+                        acc.host_pressure_events += 1;
+                    }
+                    host_in_pressure = true;
+                    acc.host_pressure_seconds += dt;
+                    acc.host_overflow_bs += (hv.used.0 - h.memory.0) as f64 * dt;
+                } else {
+                    host_in_pressure = false;
+                }
+            }
+        }
+        if t - reported > 86400.0 {
+            progress.fetch_add(
+                idx.len() as u64 * ((t - reported) as u64),
+                Ordering::Relaxed,
+            );
+            reported = t;
+        }
+        t = next;
+    }
+    for g in &mut gs {
+        g.finish(&mut acc);
+    }
+    progress.fetch_add(
+        idx.len() as u64 * ((last - reported).max(0.0) as u64),
+        Ordering::Relaxed,
+    );
+    let tls = gs.into_iter().filter_map(|g| g.timeline).collect();
+    (acc, tls)
+}
+
+/// The work a whole run will do, in VM-seconds, for a progress bar.
+pub fn total_work(trace: &Trace, groups: &[Vec<usize>], runs: usize) -> u64 {
+    let per: u64 = groups
+        .iter()
+        .map(|g| {
+            let s = g.iter().map(|&i| trace.vms[i].start()).min().unwrap_or(0);
+            let e = g.iter().map(|&i| trace.vms[i].end()).max().unwrap_or(0);
+            g.len() as u64 * (e - s).max(0) as u64
+        })
+        .sum();
+    per * runs as u64
+}
+
+/// Run every spec over the trace, in parallel over (spec, group). `progress` counts
+/// VM-seconds simulated.
+pub fn run(trace: &Trace, specs: &[Spec], opts: &Options, progress: &AtomicU64) -> Vec<RunResult> {
+    let gs = groups(trace, opts.host.as_ref());
+    let jobs: Vec<(usize, usize)> = (0..specs.len())
+        .flat_map(|s| (0..gs.len()).map(move |g| (s, g)))
+        .collect();
+    let done: Vec<(usize, Acc, Vec<Timeline>)> = jobs
+        .par_iter()
+        .map(|&(s, g)| {
+            let mut ctl = specs[s].build(gs[g].len(), &opts.model);
+            let (acc, tl) = run_group(trace, &gs[g], ctl.as_mut(), opts, progress);
+            (s, acc, tl)
+        })
+        .collect();
+    let mut accs: Vec<Acc> = vec![Acc::default(); specs.len()];
+    let mut tls: Vec<Vec<Timeline>> = vec![vec![]; specs.len()];
+    for (s, a, tl) in done {
+        accs[s].merge(a);
+        tls[s].extend(tl);
+    }
+    let mut results: Vec<RunResult> = specs
+        .iter()
+        .zip(accs)
+        .zip(tls)
+        .map(|((s, a), tl)| {
+            let mut r = RunResult::from_acc(
+                s.name(),
+                s.kind(),
+                a,
+                opts.host.is_some(),
+                opts.model.interval,
+            );
+            r.timelines = tl;
+            r
+        })
+        .collect();
+    let oracle = results
+        .iter()
+        .find(|r| r.name == "oracle")
+        .map(|r| r.reclaimed_pct);
+    if let Some(o) = oracle.filter(|o| *o > 0.0) {
+        for r in &mut results {
+            r.oracle_pct = Some(100.0 * r.reclaimed_pct / o);
+        }
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+use super::*;
+use crate::policy::Policy;
+use crate::trace::{Defects, ReadOptions};
+use crate::units::GIB;
+
+pub(crate) fn sample20() -> Trace {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/traces/bitbrains-rnd-2013-07-sample20.csv.gz");
+    assert!(
+        p.exists(),
+        "CANNOT RUN: the shared trace {} is missing; CI keeps ../shared beside the clone",
+        p.display()
+    );
+    crate::trace::read_path(&p, &ReadOptions::default()).expect("sample20 reads")
+}
+
+/// A one-VM trace from (hours, demand GiB) steps, sampled every 300 s.
+pub(crate) fn steps(ceiling_gib: u64, steps: &[(f64, f64)]) -> Trace {
+    let mut times = Vec::new();
+    let mut demand = Vec::new();
+    let mut t = 1_000_000_020i64;
+    for &(hours, gib) in steps {
+        let n = (hours * 12.0).round() as usize;
+        for _ in 0..n {
+            times.push(t);
+            demand.push((gib * GIB as f64) as u64);
+            t += 300;
+        }
+    }
+    Trace {
+        name: "hand-made".into(),
+        vms: vec![VmTrace {
+            key: "hand/1".into(),
+            ceiling: Bytes::from_gib(ceiling_gib),
+            times,
+            demand,
+        }],
+        defects: Defects::default(),
+        period: 300.0,
+        rules: vec![],
+    }
+}
+
+pub(crate) fn default_policy() -> Spec {
+    let mut p = Policy::builtin();
+    p.name = "default".into();
+    Spec::Policy(Box::new(p))
+}
+
+pub(crate) fn run_one(trace: &Trace, spec: Spec, opts: &Options) -> RunResult {
+    let mut opts = opts.clone();
+    opts.timeline_vms = trace.vms.iter().map(|v| v.key.clone()).collect();
+    opts.timeline_span = f64::INFINITY;
+    let p = AtomicU64::new(0);
+    let mut r = run(trace, &[spec], &opts, &p);
+    r.remove(0)
+}
+
+/// The allocation at `hours` after the VM's start, from a recorded timeline.
+pub(crate) fn alloc_at(r: &RunResult, hours: f64) -> Bytes {
+    let t = hours * 3600.0;
+    let tl = &r.timelines[0];
+    let mut a = tl.points[0].alloc;
+    for p in &tl.points {
+        if p.t > t {
+            break;
+        }
+        a = p.alloc;
+    }
+    Bytes(a)
+}
+
+#[test]
+fn sample20_defects_are_counted() {
+    let t = sample20();
+    let d = &t.defects;
+    // Facts of the published file, cross-checked by hand (see the trace's README).
+    assert_eq!(d.rows, 161_432);
+    assert_eq!(d.malformed_rows, 0);
+    assert_eq!(d.zero_capacity_rows, 7_926);
+    assert_eq!(d.capacity_changed_vms, 7);
+    assert_eq!(d.short_vms, 1, "one VM has under 7 days of data");
+    assert!(d.gaps > 0);
+    assert_eq!(t.vms.len(), 19);
+    for vm in &t.vms {
+        assert!(
+            vm.times.windows(2).all(|w| w[0] < w[1]),
+            "{} sorted",
+            vm.key
+        );
+        assert!(vm.demand.iter().all(|&d| d <= vm.ceiling.0));
+    }
+    assert_eq!(t.period, 300.0);
+}
+
+#[test]
+fn skipping_quiet_ticks_changes_nothing() {
+    let mut t = sample20();
+    t.vms.truncate(6);
+    let specs = [
+        default_policy(),
+        Spec::Baseline(Baseline::Oracle),
+        Spec::Baseline(Baseline::Static),
+    ];
+    let fast = Options::default();
+    let mut exact = Options::default();
+    exact.model.exact = true;
+    let p = AtomicU64::new(0);
+    let a = run(&t, &specs, &fast, &p);
+    let b = run(&t, &specs, &exact, &p);
+    for (x, y) in a.iter().zip(&b) {
+        let close = |u: f64, v: f64| (u - v).abs() <= 1e-9 * u.abs().max(v.abs()).max(1.0);
+        assert_eq!(x.acc.resizes, y.acc.resizes, "{}", x.name);
+        assert_eq!(x.acc.pressure_events, y.acc.pressure_events, "{}", x.name);
+        assert!(close(x.acc.alloc_bs, y.acc.alloc_bs), "{}", x.name);
+        assert!(
+            close(x.acc.pressure_seconds, y.acc.pressure_seconds),
+            "{}",
+            x.name
+        );
+        assert!(close(x.acc.shortfall_bs, y.acc.shortfall_bs), "{}", x.name);
+    }
+    // And skipping does skip: the default policy ran.
+    assert!(a[0].acc.resizes > 0);
+}
+
+#[test]
+fn oracle_is_never_short_and_static_reclaims_nothing() {
+    let t = sample20();
+    let p = AtomicU64::new(0);
+    let r = run(
+        &t,
+        &[
+            Spec::Baseline(Baseline::Oracle),
+            Spec::Baseline(Baseline::Static),
+            default_policy(),
+        ],
+        &Options::default(),
+        &p,
+    );
+    let (oracle, stat, pol) = (&r[0], &r[1], &r[2]);
+    assert_eq!(oracle.acc.pressure_seconds, 0.0);
+    assert_eq!(oracle.acc.pressure_events, 0);
+    assert!(oracle.reclaimed_pct > 10.0, "{}", oracle.reclaimed_pct);
+    assert_eq!(stat.reclaimed_pct, 0.0);
+    assert_eq!(stat.acc.resizes, 0);
+    assert_eq!(stat.acc.pressure_seconds, 0.0);
+    assert_eq!(oracle.oracle_pct, Some(100.0));
+    // Nothing beats the physical limit.
+    assert!(pol.reclaimed_pct <= oracle.reclaimed_pct + 1e-9);
+    for x in &r {
+        assert_eq!(x.envelope_violations, 0, "{}", x.name);
+        assert!((x.vm_days - oracle.vm_days).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn default_policy_follows_a_step_inside_the_envelope() {
+    // 8 GiB VM, floor 2 GiB: idle at 1 GiB, a 5 GiB spell, idle again.
+    let t = steps(8, &[(2.0, 1.0), (1.0, 5.0), (2.0, 1.0)]);
+    let r = run_one(&t, default_policy(), &Options::default());
+    let floor = Bytes::from_gib(2);
+    assert_eq!(r.envelope_violations, 0);
+    assert_eq!(alloc_at(&r, 1.9), floor, "idle guest at its floor");
+    let busy = alloc_at(&r, 2.5);
+    assert!(
+        busy >= Bytes::from_gib(5) + Bytes::from_mib(256),
+        "grown to demand plus headroom: {busy}"
+    );
+    assert!(
+        busy <= Bytes::from_gib(6),
+        "not grown far beyond it: {busy}"
+    );
+    assert_eq!(alloc_at(&r, 4.9), floor, "shrunk back to the floor");
+    // The step up is met within a minute: one pressure event, short.
+    assert_eq!(r.acc.pressure_events, 1);
+    assert!(
+        r.acc.pressure_seconds > 0.0 && r.acc.pressure_seconds < 60.0,
+        "{}",
+        r.acc.pressure_seconds
+    );
+    let tl = &r.timelines[0];
+    for p in &tl.points {
+        assert!(p.alloc >= tl.floor && p.alloc <= tl.ceiling);
+    }
+}
+
+#[test]
+fn host_mode_packs_by_overcommit() {
+    let t = sample20();
+    let h = HostMode {
+        memory: Bytes::from_gib(16),
+        overcommit: 1.5,
+    };
+    let g = groups(&t, Some(&h));
+    let all: usize = g.iter().map(Vec::len).sum();
+    assert_eq!(all, t.vms.len());
+    for grp in &g {
+        let sum: u64 = grp.iter().map(|&i| t.vms[i].ceiling.0).sum();
+        assert!(grp.len() == 1 || sum as f64 <= 16.0 * GIB as f64 * 1.5);
+    }
+    assert!(g.len() > 1 && g.len() < t.vms.len());
+}
