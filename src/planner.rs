@@ -244,7 +244,7 @@ pub struct Input<'a> {
     pub knobs: &'a Knobs,
     /// The current allocation.
     pub size: Bytes,
-    /// Fresh samples, oldest first (the caller drops stale ones).
+    /// Fresh samples, oldest first (sorted by `at`; the caller drops stale ones).
     pub samples: &'a [Sample],
     pub history: History,
 }
@@ -274,10 +274,15 @@ fn trend(samples: &[Sample]) -> f64 {
 }
 
 fn percentile(samples: &[Sample], p: f64) -> Bytes {
-    let v: Vec<f64> = samples.iter().map(|s| s.need().0 as f64).collect();
-    if v.is_empty() {
+    let Some(first) = samples.first() else {
         return Bytes(0);
+    };
+    // A flat window (the common case) needs no sorting.
+    let n0 = first.need();
+    if samples.iter().all(|s| s.need() == n0) {
+        return n0;
     }
+    let v: Vec<f64> = samples.iter().map(|s| s.need().0 as f64).collect();
     let mut d = Data::new(v);
     let q = d.quantile(p.clamp(0.0, 1.0));
     if q.is_finite() && q > 0.0 {
@@ -304,14 +309,14 @@ pub fn plan(i: &Input) -> Decision {
     // A starved guest reports need clipped at its allocation, so its "trend" would only echo
     // our own growth: fit the trend to samples that still had memory to spare.
     // Only the latest unbroken run counts: a jump across a starved spell is a step, not a trend.
-    let mut recent: Vec<Sample> = i
+    let trend_from = i.now - k.trend_window.as_secs_f64();
+    let run = i
         .samples
         .iter()
         .rev()
-        .take_while(|s| s.at >= i.now - k.trend_window.as_secs_f64() && !s.saturated())
-        .copied()
-        .collect();
-    recent.reverse();
+        .take_while(|s| s.at >= trend_from && !s.saturated())
+        .count();
+    let recent = &i.samples[i.samples.len() - run..];
     // A climb must show in most steps between reports: a jump followed by a plateau is a step,
     // and extrapolating it would overshoot.
     let rising = recent
@@ -319,7 +324,7 @@ pub fn plan(i: &Input) -> Decision {
         .filter(|w| w[1].need() > w[0].need())
         .count();
     let slope = if recent.len() >= 3 && rising * 5 >= (recent.len() - 1) * 3 {
-        trend(&recent).max(0.0)
+        trend(recent).max(0.0)
     } else {
         0.0
     };
@@ -327,14 +332,10 @@ pub fn plan(i: &Input) -> Decision {
     // with more than twice its headroom on top of what it uses.
     let ahead = Bytes((slope * k.predict.as_secs_f64()).clamp(0.0, 1e15) as u64);
     let predicted = need + ahead.min(headroom.scale(2.0));
-    let window: Vec<Sample> = i
-        .samples
-        .iter()
-        .filter(|s| s.at >= i.now - k.window.as_secs_f64())
-        .copied()
-        .collect();
+    let window_from = i.now - k.window.as_secs_f64();
+    let window = &i.samples[i.samples.partition_point(|s| s.at < window_from)..];
     // A shrink must leave room for whatever growth would ask for right now.
-    let need_window = percentile(&window, k.percentile.fraction())
+    let need_window = percentile(window, k.percentile.fraction())
         .max(need)
         .max(predicted);
     let mut d = Decision {

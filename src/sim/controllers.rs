@@ -241,8 +241,13 @@ impl Controller for OracleCtl {
         _host: Option<&HostView>,
         out: &mut Vec<(usize, Bytes)>,
     ) -> f64 {
+        let mut wake = f64::INFINITY;
         for (i, v) in guests.iter().enumerate() {
-            if !v.present || v.resizing {
+            if !v.present {
+                continue;
+            }
+            if v.resizing {
+                wake = wake.min(now + self.interval);
                 continue;
             }
             // A request made now lands within `lag`; the next one is made at most a tick after
@@ -255,7 +260,14 @@ impl Controller for OracleCtl {
             if want != v.target {
                 out.push((i, want));
             }
+            // What it wants changes only when a sample enters the horizon (or the current one
+            // ends, which wakes every controller anyway).
+            let tr = v.trace;
+            let k = tr.times.partition_point(|&x| (x as f64) <= now + horizon);
+            if let Some(&x) = tr.times.get(k) {
+                wake = wake.min(x as f64 - horizon);
+            }
         }
-        now + self.interval
+        wake
     }
 }

@@ -549,6 +549,14 @@ impl<'a> Guest<'a> {
     }
 }
 
+/// An empty vector of views reusing `v`'s allocation (in-place collection keeps the buffer
+/// when the element type's size and alignment do not change): one allocation per group, not
+/// one per tick.
+fn recycle<'a, 'b>(mut v: Vec<GuestView<'a>>) -> Vec<GuestView<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!()).collect()
+}
+
 /// Simulate one group of VMs under one controller.
 fn run_group(
     trace: &Trace,
@@ -571,6 +579,7 @@ fn run_group(
     let first = gs.iter().map(|g| g.start).fold(f64::INFINITY, f64::min);
     let last = gs.iter().map(|g| g.end).fold(f64::NEG_INFINITY, f64::max);
     let mut out = Vec::new();
+    let mut spare: Vec<GuestView<'static>> = Vec::new();
     let mut t = m.tick_ceil(first);
     let mut host_in_pressure = false;
     let mut reported = first;
@@ -583,22 +592,20 @@ fn run_group(
                 g.advance(t, &mut acc);
             }
         }
-        let views: Vec<GuestView> = gs
-            .iter()
-            .map(|g| {
-                let present = g.start <= t && t < g.end;
-                GuestView {
-                    present,
-                    env: &g.env,
-                    size: Bytes(g.alloc),
-                    target: Bytes(g.target),
-                    resizing: g.land.is_finite(),
-                    sample: g.sample(t, m.interval),
-                    pressured: g.demand() > g.alloc,
-                    trace: g.tr,
-                }
-            })
-            .collect();
+        let mut views: Vec<GuestView> = recycle(std::mem::take(&mut spare));
+        views.extend(gs.iter().map(|g| {
+            let present = g.start <= t && t < g.end;
+            GuestView {
+                present,
+                env: &g.env,
+                size: Bytes(g.alloc),
+                target: Bytes(g.target),
+                resizing: g.land.is_finite(),
+                sample: g.sample(t, m.interval),
+                pressured: g.demand() > g.alloc,
+                trace: g.tr,
+            }
+        }));
         let host = opts.host.as_ref().map(|h| HostView {
             memory: h.memory,
             used: Bytes(
@@ -612,7 +619,7 @@ fn run_group(
         });
         out.clear();
         let wake = ctl.tick(t, &views, host.as_ref(), &mut out);
-        drop(views);
+        spare = recycle(views);
         for &(i, target) in &out {
             let Some(g) = gs.get_mut(i) else { continue };
             let mut target = target;
