@@ -372,6 +372,14 @@ pub fn plan(i: &Input) -> Decision {
         if swapping {
             want = want.max(size + headroom);
         }
+        // A starved guest hides how much it lacks: each report in a row that finds it starved
+        // doubles the step, as a slow-starting sender probes for bandwidth. Overshoot is given
+        // back by the normal shrink path once the guest shows free memory again.
+        let starved = i.samples.iter().rev().take_while(|s| s.saturated()).count();
+        if starved > 1 {
+            let factor = 1u64 << (starved - 1).min(6);
+            want = want.max(size + Bytes(headroom.0.saturating_mul(factor)));
+        }
         let reason = if swapping && avail_pred >= grow_threshold {
             Reason::Swapping {
                 bytes_per_sec: swap as u64,

@@ -280,6 +280,8 @@ proptest! {
     }
 
     /// A square wave slower than the cooldown: inside each level, resizes go one way only.
+    /// Growth while the guest reports itself starved is a probe (its demand is hidden, steps
+    /// double) and its overshoot may be given back; every other resize goes one way.
     #[test]
     fn no_oscillation_under_square_wave(e in arb_env(), k in arb_knobs(), lo in 0u64..1500, hi in 1500u64..4000) {
         let e = e.limited(&k.limits());
@@ -293,7 +295,8 @@ proptest! {
             for _ in 0..half {
                 let before = m.size;
                 let d = m.tick(t, need, &e, &k);
-                if d.kind != Kind::Hold && d.reason != Reason::AboveCeiling && d.reason != Reason::BelowFloor {
+                let probe = d.kind == Kind::Grow && m.samples.last().is_some_and(|s| s.saturated());
+                if d.kind != Kind::Hold && !probe && d.reason != Reason::AboveCeiling && d.reason != Reason::BelowFloor {
                     dirs.push(d.kind);
                     log.push(format!("t={t} {before}->{} need={} pred={} H={} {} samples={:?}", d.target, d.need, d.predicted, d.headroom, d.reason, m.samples.iter().rev().take(12).map(|s| (s.at, s.need().mib(), s.available.mib(), s.saturated())).collect::<Vec<_>>()));
                 }
@@ -316,4 +319,27 @@ fn limits_are_respected_by_plan() {
     assert_eq!(d.kind, Kind::Shrink);
     assert_eq!(d.reason, Reason::AboveCeiling);
     assert_eq!(d.target, Bytes::from_mib(1024));
+}
+
+#[test]
+fn a_starved_guest_gets_doubling_steps() {
+    // A guest whose demand jumped far past its size reports no free memory, whatever it lacks:
+    // each starved report in a row doubles the step.
+    let e = env(1024, 1024, 8192, 2, 1);
+    let k = Knobs::default();
+    let mut m = Model::new(Bytes::from_mib(1024));
+    let mut steps = vec![];
+    for t in 0..4 {
+        let before = m.size;
+        let d = m.tick(t as f64, Bytes::from_mib(6000), &e, &k);
+        assert_eq!(d.kind, Kind::Grow, "tick {t}: {d:?}");
+        steps.push(m.size.saturating_sub(before).mib());
+    }
+    assert!(steps[0] >= 256 && steps[0] < 512, "{steps:?}");
+    for w in steps.windows(2) {
+        assert!(w[1] >= 2 * w[0] - 2, "each step doubles: {steps:?}");
+    }
+    // Once the guest shows free memory again, growth is back to demand plus headroom.
+    let d = m.tick(10.0, Bytes::from_mib(600), &e, &k);
+    assert_ne!(d.kind, Kind::Grow, "{d:?}");
 }
