@@ -7,6 +7,7 @@ use crate::policy::Knobs;
 use crate::units::Bytes;
 use serde::Serialize;
 use statrs::statistics::{Data, Median, OrderStatistics};
+use std::collections::VecDeque;
 use std::fmt;
 
 /// One observation of a guest, in allocation terms.
@@ -247,6 +248,83 @@ pub struct Input<'a> {
     /// Fresh samples, oldest first (sorted by `at`; the caller drops stale ones).
     pub samples: &'a [Sample],
     pub history: History,
+    /// The highest need over the policy's `peak_window` (see [`PeakTracker`]); zero when the
+    /// policy keeps no peak.
+    pub peak: Bytes,
+}
+
+/// The highest need a guest showed over a long span (hours, days), in 32 coarse time buckets
+/// plus the latest value: what a shrink must keep room for under a `peak_window` policy, at a
+/// fixed small cost per sample however long the span.
+#[derive(Debug, Clone, Default)]
+pub struct PeakTracker {
+    window: f64,
+    width: f64,
+    buckets: VecDeque<(i64, Bytes)>,
+    last: Bytes,
+    last_at: f64,
+}
+
+impl PeakTracker {
+    pub fn new(window: f64) -> PeakTracker {
+        PeakTracker {
+            window,
+            width: window / 32.0,
+            buckets: VecDeque::new(),
+            last: Bytes(0),
+            last_at: f64::NEG_INFINITY,
+        }
+    }
+
+    pub fn window(&self) -> f64 {
+        self.window
+    }
+
+    /// Time of the latest sample taken in.
+    pub fn last_at(&self) -> f64 {
+        self.last_at
+    }
+
+    pub fn observe(&mut self, s: &Sample) {
+        if self.width <= 0.0 || s.at <= self.last_at {
+            return;
+        }
+        let need = s.need();
+        let b = (s.at / self.width).floor() as i64;
+        match self.buckets.back_mut() {
+            Some((k, m)) if *k == b => *m = (*m).max(need),
+            _ => self.buckets.push_back((b, need)),
+        }
+        self.last = need;
+        self.last_at = s.at;
+    }
+
+    /// The peak over the window ending at `now`. The latest value counts as current: a guest
+    /// that has reported the same since is still there.
+    pub fn peak(&mut self, now: f64) -> Bytes {
+        if self.width <= 0.0 {
+            return Bytes(0);
+        }
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(k, _)| (*k + 1) as f64 * self.width <= now - self.window)
+        {
+            self.buckets.pop_front();
+        }
+        self.buckets
+            .iter()
+            .map(|(_, m)| *m)
+            .fold(self.last, Bytes::max)
+    }
+
+    /// When the oldest bucket leaves the window (the peak may fall then).
+    pub fn next_expiry(&self) -> f64 {
+        self.buckets
+            .front()
+            .map(|(k, _)| (*k + 1) as f64 * self.width + self.window)
+            .unwrap_or(f64::INFINITY)
+    }
 }
 
 /// Slope of need over time in bytes per second, by Theil–Sen (the median of pairwise slopes):
@@ -448,7 +526,7 @@ pub fn plan(i: &Input) -> Decision {
             };
             return d;
         }
-        let keep = (need_window + headroom).max(need + k.min_free);
+        let keep = (need_window.max(i.peak) + headroom).max(need + k.min_free);
         let mut step = size.saturating_sub(keep);
         if k.max_shrink_step.0 > 0 {
             step = step.min(k.max_shrink_step);

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::domain::DomainSpec;
 use crate::envelope::{Envelope, FlavorCatalog, Note, Parts};
 use crate::hypervisor::{GuestStats, RunState};
-use crate::planner::{self, Decision, History, Kind, Reason, Sample};
+use crate::planner::{self, Decision, History, Kind, PeakTracker, Reason, Sample};
 use crate::policy::Policy;
 use crate::units::{Bytes, MIB};
 use serde::Serialize;
@@ -68,6 +68,8 @@ pub struct Guest {
     /// The balloon target and each virtio-mem device's requested size, as last known.
     pub parts: Parts,
     pub samples: VecDeque<Sample>,
+    /// The highest need over the policy's `peak_window`.
+    pub peaks: PeakTracker,
     pub history: History,
     pub pending: Option<Pending>,
     pub held_until: f64,
@@ -114,6 +116,7 @@ impl Guest {
                 vmem: vec![],
             },
             samples: VecDeque::new(),
+            peaks: PeakTracker::default(),
             history: History::default(),
             pending: None,
             held_until: 0.0,
@@ -298,6 +301,14 @@ impl Guest {
         }
         // Window statistics may use older samples; the latest must postdate the last resize.
         let all: Vec<Sample> = self.samples.iter().copied().collect();
+        let span = policy.knobs.peak_window.as_secs_f64();
+        if self.peaks.window() != span {
+            // A new span (policy reload): start over rather than mix bucket sizes.
+            self.peaks = PeakTracker::new(span);
+        }
+        for s in &all {
+            self.peaks.observe(s);
+        }
         let d = planner::plan(&planner::Input {
             now,
             envelope: &env,
@@ -305,6 +316,7 @@ impl Guest {
             size,
             samples: &all,
             history: self.history,
+            peak: self.peaks.peak(now),
         });
         self.health = Health::Ok;
         d

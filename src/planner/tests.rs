@@ -65,6 +65,7 @@ impl Model {
             size: self.size,
             samples: &self.samples,
             history: self.history,
+            peak: Bytes(0),
         });
         match d.kind {
             Kind::Grow => self.history.last_grow = Some(now),
@@ -182,6 +183,7 @@ fn swapping_guest_grows() {
         size,
         samples: &[s],
         history: History::default(),
+        peak: Bytes(0),
     });
     assert_eq!(d.kind, Kind::Grow);
     assert!(matches!(d.reason, Reason::Swapping { .. }));

@@ -33,6 +33,8 @@ pub struct Knobs {
     pub window: Dur,
     /// The percentile of demand over `window` that a shrink must leave room for.
     pub percentile: Percent,
+    /// A shrink also leaves room for the highest demand over this span (0: off).
+    pub peak_window: Dur,
     /// Growth speed limit per guest (0: unlimited).
     pub grow_rate: Rate,
     /// Shrink speed limit per guest (0: unlimited).
@@ -79,6 +81,7 @@ impl Default for Knobs {
             trend_window: Dur::secs(10),
             window: Dur::secs(60),
             percentile: Percent(0.95),
+            peak_window: Dur::secs(0),
             grow_rate: Rate(Bytes(0)),
             shrink_rate: Rate(Bytes::from_mib(64)),
             max_grow_step: Bytes(0),

@@ -199,6 +199,7 @@ const KNOBS: &[&str] = &[
     "predict",
     "trend_window",
     "window",
+    "peak_window",
     "percentile",
     "grow_rate",
     "shrink_rate",
@@ -267,6 +268,7 @@ fn parse_knobs(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Knobs {
                 k.trend_window = unit(ctx, name, v, Dur::parse, (Dur::secs(1), Dur::secs(3600)))
                     .unwrap_or(k.trend_window)
             }
+            "peak_window" => k.peak_window = d(ctx, Dur::secs(7 * 86400)).unwrap_or(k.peak_window),
             "window" => {
                 k.window = unit(ctx, name, v, Dur::parse, (Dur::secs(1), Dur::secs(86400)))
                     .unwrap_or(k.window)

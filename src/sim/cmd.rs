@@ -26,7 +26,7 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub trace: PathBuf,
     /// Policy file or directory; every [[policy]] in it is simulated on every VM (default:
-    /// the built-in default policy).
+    /// the shipped policies/default.toml, as built into this binary).
     #[arg(long = "policy", value_name = "FILE")]
     pub policies: Vec<PathBuf>,
     /// Baseline to compare with: static, oracle, mom, proxmox, vpa, autopilot; "all" (the
@@ -149,6 +149,23 @@ pub fn options(a: &SimulateArgs) -> Result<Options, i32> {
     })
 }
 
+/// The policy shipped as `policies/default.toml`, as this binary was built with it.
+pub fn shipped_default() -> Policy {
+    let (mut ps, diags) = policy::parse_policy_text(
+        "policies/default.toml",
+        include_str!("../../policies/default.toml"),
+    );
+    match ps.pop() {
+        Some(p) if diags.is_empty() => p,
+        // Caught by `shipped_default_policy_parses`; never reached in a tested build.
+        _ => {
+            let mut p = Policy::builtin();
+            p.name = "default".into();
+            p
+        }
+    }
+}
+
 /// The policies and baselines to run, policies first.
 pub fn specs(a: &SimulateArgs) -> Result<Vec<Spec>, i32> {
     let mut out = Vec::new();
@@ -186,9 +203,7 @@ pub fn specs(a: &SimulateArgs) -> Result<Vec<Spec>, i32> {
         return Err(EXIT_INVALID);
     }
     if files.is_empty() {
-        let mut p = Policy::builtin();
-        p.name = "default".into();
-        out.push(Spec::Policy(Box::new(p)));
+        out.push(Spec::Policy(Box::new(shipped_default())));
     }
     let mut names: Vec<String> = a.baselines.clone();
     if names.is_empty() || names.iter().any(|n| n == "all") {

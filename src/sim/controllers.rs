@@ -4,7 +4,7 @@
 
 use super::{Controller, GuestView, HostView, Model};
 use crate::envelope::Envelope;
-use crate::planner::{self, History, Input, Kind, Sample};
+use crate::planner::{self, History, Input, Kind, PeakTracker, Sample};
 use crate::policy::{Knobs, Policy};
 use crate::units::Bytes;
 use std::collections::VecDeque;
@@ -51,6 +51,7 @@ impl fmt::Display for Spec {
 struct PolicyGuest {
     env: Option<Envelope>,
     samples: VecDeque<Sample>,
+    peaks: PeakTracker,
     hist: History,
     /// Not asked again before this time unless what it sees changes.
     wake: f64,
@@ -82,7 +83,12 @@ impl PolicyCtl {
             knobs: knobs.clone(),
             interval: model.interval,
             keep,
-            guests: (0..guests).map(|_| PolicyGuest::default()).collect(),
+            guests: (0..guests)
+                .map(|_| PolicyGuest {
+                    peaks: PeakTracker::new(knobs.peak_window.as_secs_f64()),
+                    ..PolicyGuest::default()
+                })
+                .collect(),
         }
     }
 
@@ -157,6 +163,7 @@ impl Controller for PolicyCtl {
                 }
             }
             g.samples.push_back(v.sample);
+            g.peaks.observe(&v.sample);
             while g
                 .samples
                 .front()
@@ -180,6 +187,7 @@ impl Controller for PolicyCtl {
                 size: v.size,
                 samples: g.samples.make_contiguous(),
                 history: g.hist,
+                peak: g.peaks.peak(now),
             });
             match d.kind {
                 Kind::Grow => {
@@ -194,7 +202,12 @@ impl Controller for PolicyCtl {
             }
             let steady = d.kind == Kind::Hold && self.steady(&self.guests[i], now);
             let g = &mut self.guests[i];
-            g.wake = if steady { f64::INFINITY } else { now + iv };
+            // A kept peak falls when its bucket leaves the window: look again then.
+            g.wake = if steady {
+                g.peaks.next_expiry()
+            } else {
+                now + iv
+            };
             wake = wake.min(g.wake);
         }
         wake

@@ -16,6 +16,7 @@
 pub mod baselines;
 pub mod cmd;
 pub mod controllers;
+pub mod histogram;
 pub mod report;
 
 use crate::envelope::{Envelope, Source, VmemSlot};

@@ -41,10 +41,31 @@ pub(crate) fn steps(ceiling_gib: u64, steps: &[(f64, f64)]) -> Trace {
     }
 }
 
+/// The shipped default policy.
 pub(crate) fn default_policy() -> Spec {
+    Spec::Policy(Box::new(cmd::shipped_default()))
+}
+
+/// The planner's built-in knobs: no peak kept, 10% headroom.
+pub(crate) fn plain_policy() -> Spec {
     let mut p = Policy::builtin();
-    p.name = "default".into();
+    p.name = "plain".into();
     Spec::Policy(Box::new(p))
+}
+
+#[test]
+fn shipped_default_policy_parses() {
+    let (ps, diags) = crate::policy::parse_policy_text(
+        "policies/default.toml",
+        include_str!("../../policies/default.toml"),
+    );
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(ps.len(), 1);
+    assert_eq!(cmd::shipped_default().name, "default");
+    assert_eq!(
+        cmd::shipped_default().knobs.peak_window,
+        crate::units::Dur::secs(6 * 3600)
+    );
 }
 
 pub(crate) fn run_one(trace: &Trace, spec: Spec, opts: &Options) -> RunResult {
@@ -101,6 +122,8 @@ fn skipping_quiet_ticks_changes_nothing() {
         default_policy(),
         Spec::Baseline(Baseline::Oracle),
         Spec::Baseline(Baseline::Static),
+        plain_policy(),
+        Spec::Baseline(Baseline::Vpa),
     ];
     let fast = Options::default();
     let mut exact = Options::default();
@@ -155,10 +178,10 @@ fn oracle_is_never_short_and_static_reclaims_nothing() {
 }
 
 #[test]
-fn default_policy_follows_a_step_inside_the_envelope() {
+fn the_planner_follows_a_step_inside_the_envelope() {
     // 8 GiB VM, floor 2 GiB: idle at 1 GiB, a 5 GiB spell, idle again.
     let t = steps(8, &[(2.0, 1.0), (1.0, 5.0), (2.0, 1.0)]);
-    let r = run_one(&t, default_policy(), &Options::default());
+    let r = run_one(&t, plain_policy(), &Options::default());
     let floor = Bytes::from_gib(2);
     assert_eq!(r.envelope_violations, 0);
     assert_eq!(alloc_at(&r, 1.9), floor, "idle guest at its floor");
@@ -200,4 +223,30 @@ fn host_mode_packs_by_overcommit() {
         assert!(grp.len() == 1 || sum as f64 <= 16.0 * GIB as f64 * 1.5);
     }
     assert!(g.len() > 1 && g.len() < t.vms.len());
+}
+
+#[test]
+fn the_default_policy_keeps_room_for_the_peak_of_the_last_six_hours() {
+    // Idle at 1 GiB, a 3 GiB spell, then idle for 10 hours.
+    let t = steps(8, &[(2.0, 1.0), (1.0, 3.0), (10.0, 1.0)]);
+    let r = run_one(&t, default_policy(), &Options::default());
+    assert_eq!(r.envelope_violations, 0);
+    // 3 GiB plus half of it as headroom during the spell...
+    let busy = alloc_at(&r, 2.5);
+    assert!(busy >= Bytes::from_mib(3 * 1024 + 1536), "{busy}");
+    // ...kept for hours after it (the plain planner gives it back within minutes)...
+    assert!(
+        alloc_at(&r, 7.0) >= Bytes::from_mib(3 * 1024),
+        "{}",
+        alloc_at(&r, 7.0)
+    );
+    let plain = run_one(&t, plain_policy(), &Options::default());
+    assert!(alloc_at(&plain, 4.0) < Bytes::from_gib(3));
+    // ...and given back once the spell is more than six hours old.
+    assert!(
+        alloc_at(&r, 12.5) < Bytes::from_gib(3),
+        "{}",
+        alloc_at(&r, 12.5)
+    );
+    assert!(r.acc.resizes < plain.acc.resizes * 2);
 }
