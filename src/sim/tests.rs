@@ -250,3 +250,127 @@ fn the_default_policy_keeps_room_for_the_peak_of_the_last_six_hours() {
     );
     assert!(r.acc.resizes < plain.acc.resizes * 2);
 }
+
+/// Several VMs from (ceiling GiB, [(hours, demand GiB)]) each, sampled every 300 s.
+pub(crate) fn vms(list: &[(u64, &[(f64, f64)])]) -> Trace {
+    let mut t = steps(list[0].0, list[0].1);
+    for (i, (c, s)) in list.iter().enumerate().skip(1) {
+        let mut vm = steps(*c, s).vms.remove(0);
+        vm.key = format!("hand/{}", i + 1);
+        t.vms.push(vm);
+    }
+    t
+}
+
+fn host_run(t: &Trace, b: Baseline, host_gib: u64) -> RunResult {
+    let opts = Options {
+        host: Some(HostMode {
+            memory: Bytes::from_gib(host_gib),
+            overcommit: 1.0,
+        }),
+        ..Options::default()
+    };
+    assert_eq!(groups(t, opts.host.as_ref()).len(), 1, "one host");
+    run_one(t, Spec::Baseline(b), &opts)
+}
+
+fn alloc_of(r: &RunResult, vm: usize, hours: f64) -> Bytes {
+    let one = RunResult {
+        timelines: vec![r.timelines[vm].clone()],
+        ..r.clone()
+    };
+    alloc_at(&one, hours)
+}
+
+#[test]
+fn mom_shrinks_five_percent_a_round_under_host_pressure_then_hovers_at_the_threshold() {
+    // Two 8 GiB guests using 1 GiB each, on a 16 GiB host: no free memory at first.
+    let t = vms(&[(8, &[(3.0, 1.0)]), (8, &[(3.0, 1.0)])]);
+    let r = host_run(&t, Baseline::Mom, 16);
+    let tl = &r.timelines[0];
+    let resizes: Vec<&TimelinePoint> = tl
+        .points
+        .windows(2)
+        .filter(|w| w[1].alloc != w[0].alloc)
+        .map(|w| &w[1])
+        .collect();
+    let eight = Bytes::from_gib(8).0 as f64;
+    // The first two rounds, 10 s apart, each take 5% (host free is critical: below 5%).
+    assert!((resizes[0].alloc as f64 - eight * 0.95).abs() < 2.1 * 1048576.0);
+    assert!((resizes[1].alloc as f64 - eight * 0.95 * 0.95).abs() < 4.2 * 1048576.0);
+    assert!(((resizes[1].t - resizes[0].t) - 10.0).abs() < 5.0 + 1e-9);
+    // Later the host sits near MoM's 20% free threshold: shrink below it, grow above it.
+    for h in [1.0, 2.0, 2.9] {
+        let sum = alloc_of(&r, 0, h).0 + alloc_of(&r, 1, h).0;
+        let used = sum as f64 / (16.0 * GIB as f64);
+        assert!((0.74..=0.86).contains(&used), "at {h} h host use {used}");
+    }
+    assert_eq!(
+        r.acc.pressure_seconds, 0.0,
+        "1 GiB of demand is never squeezed"
+    );
+    assert!(
+        r.resizes_per_vm_day > 1000.0,
+        "MoM moves every round: {}",
+        r.resizes_per_vm_day
+    );
+}
+
+#[test]
+fn proxmox_moves_100_mib_a_round_toward_80_percent_host_use_by_shares() {
+    let t = vms(&[(8, &[(3.0, 1.0)]), (8, &[(3.0, 1.0)])]);
+    let r = host_run(&t, Baseline::Proxmox, 16);
+    let tl = &r.timelines[0];
+    let first = tl
+        .points
+        .iter()
+        .find(|p| p.alloc != tl.ceiling)
+        .expect("a shrink");
+    assert_eq!(first.alloc, Bytes::from_gib(8).0 - 100 * 1048576);
+    // 80% of 16 GiB, split evenly (equal shares): 6.4 GiB each, reached in about 17 rounds.
+    for h in [0.5, 2.0] {
+        for vm in 0..2 {
+            let a = alloc_of(&r, vm, h).0 as f64 / GIB as f64;
+            assert!((a - 6.4).abs() < 0.11, "vm {vm} at {h} h: {a} GiB");
+        }
+    }
+    assert_eq!(r.acc.pressure_seconds, 0.0);
+    // Without host pressure (a 32 GiB host) nothing is taken away.
+    let roomy = host_run(&t, Baseline::Proxmox, 32);
+    assert_eq!(roomy.reclaimed_pct, 0.0);
+}
+
+#[test]
+fn vpa_applies_its_daily_peak_target_once_confident_and_bumps_after_ooms() {
+    // 8 GiB VM using 2 GiB for a day, then 4 GiB.
+    let t = steps(8, &[(24.0, 2.0), (12.0, 4.0)]);
+    let mut opts = Options::default();
+    opts.model.floor_fraction = 0.125;
+    let r = run_one(&t, Spec::Baseline(Baseline::Vpa), &opts);
+    // Untouched while the upper bound (p95 peak × 1.15 × (1 + 1/confidence days)) is above
+    // the allocation: until about 10 hours.
+    assert_eq!(alloc_at(&r, 9.5), Bytes::from_gib(8));
+    // Then the target: p90 of the daily peaks (2 GiB, rounded up to its 5% bucket) plus 15%.
+    let a = alloc_at(&r, 12.0).0 as f64 / GIB as f64;
+    assert!((2.3..=2.45).contains(&a), "{a}");
+    // The step to 4 GiB starves it; each OOM bumps the peak by 20%, until it fits.
+    assert!(r.acc.pressure_events >= 1);
+    let after = alloc_at(&r, 30.0).0 as f64 / GIB as f64;
+    assert!(after >= 4.0, "{after}");
+    assert_eq!(r.envelope_violations, 0);
+}
+
+#[test]
+fn oracle_grows_before_the_step_and_shrinks_after_it() {
+    let t = steps(8, &[(1.0, 1.0), (1.0, 6.0), (1.0, 3.0)]);
+    let mut opts = Options::default();
+    // A 1 GiB floor: every demand here is then a realizable size.
+    opts.model.floor_fraction = 0.125;
+    let r = run_one(&t, Spec::Baseline(Baseline::Oracle), &opts);
+    assert_eq!(r.acc.pressure_seconds, 0.0);
+    assert_eq!(alloc_at(&r, 0.5), Bytes::from_gib(1));
+    assert_eq!(alloc_at(&r, 1.5), Bytes::from_gib(6));
+    assert_eq!(alloc_at(&r, 2.5), Bytes::from_gib(3));
+    // Growth lands before the step: just before 1 h it already has 6 GiB.
+    assert_eq!(alloc_at(&r, 1.0 - 1.0 / 3600.0), Bytes::from_gib(6));
+}
