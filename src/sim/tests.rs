@@ -374,3 +374,35 @@ fn oracle_grows_before_the_step_and_shrinks_after_it() {
     // Growth lands before the step: just before 1 h it already has 6 GiB.
     assert_eq!(alloc_at(&r, 1.0 - 1.0 / 3600.0), Bytes::from_gib(6));
 }
+
+#[test]
+fn autopilot_holds_the_highest_five_minute_peak_of_a_day_plus_margin() {
+    // 1 GiB with one 3 GiB spell of 10 minutes, then 1 GiB for 30 hours.
+    let t = steps(8, &[(2.0, 1.0), (10.0 / 60.0, 3.0), (30.0, 1.0)]);
+    let mut opts = Options::default();
+    opts.model.floor_fraction = 0.0625;
+    let r = run_one(&t, Spec::Baseline(Baseline::Autopilot), &opts);
+    let gib = |b: Bytes| b.0 as f64 / GIB as f64;
+    // Before the spell: 1 GiB plus 10%.
+    assert!(
+        (gib(alloc_at(&r, 1.5)) - 1.1).abs() < 0.01,
+        "{}",
+        alloc_at(&r, 1.5)
+    );
+    // The spell starves it (usage seen is capped at the limit), then the OOM bump and the
+    // new peak raise it past 3 GiB; for the next 24 hours it keeps 3 GiB plus 10%.
+    assert!(r.acc.pressure_events >= 1);
+    for h in [3.0, 12.0, 25.0] {
+        assert!(
+            gib(alloc_at(&r, h)) >= 3.0 * 1.1 - 0.01,
+            "at {h} h: {}",
+            alloc_at(&r, h)
+        );
+    }
+    // Once the peak is a day old it falls back.
+    assert!(
+        (gib(alloc_at(&r, 27.0)) - 1.1).abs() < 0.01,
+        "{}",
+        alloc_at(&r, 27.0)
+    );
+}
