@@ -235,12 +235,12 @@ impl Controller for VpaCtl {
     }
 }
 
-/// oVirt MoM's default ballooning rules (the policy vdsm installs as `02-balloon.policy`):
-/// nothing moves until host free memory falls to the pressure threshold; then every guest
+/// oVirt MoM's shipped ballooning rules (`doc/balloon.rules` in github.com/oVirt/mom):
+/// nothing moves until host free memory falls below the pressure threshold; then every guest
 /// gives up at most 5% per round down to what it uses plus a free share scaled by the host's
-/// pressure (negative when critical: the guest is made to swap); above the threshold every
-/// guest grows back by 5% per round to its maximum. Evaluated every 10 s (MoM's policy
-/// engine interval).
+/// pressure (negative when critical: the guest is made to swap); otherwise every ballooned
+/// guest grows by 5% per round (at least to its use plus 20% of its maximum), up to its
+/// maximum. Evaluated every 10 s (MoM's policy engine interval).
 pub mod mom {
     pub const PRESSURE_THRESHOLD: f64 = 0.20;
     pub const PRESSURE_CRITICAL: f64 = 0.05;
@@ -284,7 +284,7 @@ impl Controller for MomCtl {
         let host_free = host
             .map(|h| (h.memory.0 as f64 - h.used.0 as f64) / (h.memory.0 as f64).max(1.0))
             .unwrap_or(1.0);
-        let pressure = host_free <= mom::PRESSURE_THRESHOLD;
+        let pressure = host_free < mom::PRESSURE_THRESHOLD;
         for (i, v) in guests.iter().enumerate() {
             if !v.present || v.resizing {
                 continue;
@@ -307,10 +307,17 @@ impl Controller for MomCtl {
                 } else {
                     None
                 }
-            } else {
-                let size =
-                    (cur * (1.0 + mom::MAX_BALLOON_CHANGE_PERCENT)).min(v.env.ceiling.0 as f64);
+            } else if v.size < v.env.ceiling {
+                // Grow by 5%, but at least so the guest has its desired free memory.
+                let max = v.env.ceiling.0 as f64;
+                let used = v.sample.size.0.saturating_sub(v.sample.available.0) as f64;
+                let balloon_min = used + mom::MIN_GUEST_FREE_PERCENT * max;
+                let size = (cur * (1.0 + mom::MAX_BALLOON_CHANGE_PERCENT))
+                    .min(max)
+                    .max(balloon_min);
                 change_big_enough(size).then_some(size)
+            } else {
+                None
             };
             if let Some(n) = new {
                 let want = v
