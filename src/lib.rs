@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod envelope;
+pub mod fairshare;
 pub mod hypervisor;
 pub mod libvirt;
 pub mod metrics;

@@ -4,6 +4,7 @@
 
 use super::{Controller, GuestView, HostView, Model};
 use crate::envelope::Envelope;
+use crate::fairshare::{Claim, share};
 use crate::planner::{self, History, Input, Kind, PeakTracker, Sample};
 use crate::policy::{Knobs, Policy};
 use crate::units::Bytes;
@@ -53,6 +54,9 @@ struct PolicyGuest {
     samples: VecDeque<Sample>,
     peaks: PeakTracker,
     hist: History,
+    /// What the planner last asked for, and the need behind it (for host squeezing).
+    want: Bytes,
+    need: Bytes,
     /// Not asked again before this time unless what it sees changes.
     wake: f64,
     seen: Option<(u64, u64, u64, bool)>,
@@ -66,6 +70,7 @@ pub struct PolicyCtl {
     /// Span of samples kept: what the planner's windows can look at, plus one tick.
     keep: f64,
     guests: Vec<PolicyGuest>,
+    last_now: f64,
 }
 
 fn since(now: f64, t: Option<f64>) -> f64 {
@@ -83,6 +88,7 @@ impl PolicyCtl {
             knobs: knobs.clone(),
             interval: model.interval,
             keep,
+            last_now: 0.0,
             guests: (0..guests)
                 .map(|_| PolicyGuest {
                     peaks: PeakTracker::new(knobs.peak_window.as_secs_f64()),
@@ -128,11 +134,12 @@ impl Controller for PolicyCtl {
         &mut self,
         now: f64,
         guests: &[GuestView],
-        _host: Option<&HostView>,
+        host: Option<&HostView>,
         out: &mut Vec<(usize, Bytes)>,
     ) -> f64 {
         let mut wake = f64::INFINITY;
         let iv = self.interval;
+        self.last_now = now;
         for (i, v) in guests.iter().enumerate() {
             if !v.present {
                 continue;
@@ -189,6 +196,8 @@ impl Controller for PolicyCtl {
                 history: g.hist,
                 peak: g.peaks.peak(now),
             });
+            g.want = d.target;
+            g.need = (d.need + knobs.min_free).min(d.target.max(v.size));
             match d.kind {
                 Kind::Grow => {
                     g.hist.last_grow = Some(now);
@@ -210,7 +219,75 @@ impl Controller for PolicyCtl {
             };
             wake = wake.min(g.wake);
         }
+        if let Some(h) = host
+            && self.squeeze(guests, h, out)
+        {
+            // While the host is contested every guest is looked at every tick.
+            wake = now + iv;
+        }
         wake
+    }
+}
+
+impl PolicyCtl {
+    /// Host mode: when what the guests ask for does not fit the host, share it
+    /// (`fairshare::share`: floors, then needs, then headroom, by shares) and cut the guests
+    /// that asked for more than their grant. Returns whether the host was contested.
+    fn squeeze(
+        &mut self,
+        guests: &[GuestView],
+        h: &HostView,
+        out: &mut Vec<(usize, Bytes)>,
+    ) -> bool {
+        let mut asked: Vec<Option<Bytes>> = vec![None; guests.len()];
+        for &(i, t) in out.iter() {
+            if let Some(a) = asked.get_mut(i) {
+                *a = Some(t);
+            }
+        }
+        let present: Vec<usize> = (0..guests.len()).filter(|&i| guests[i].present).collect();
+        let claims: Vec<Claim> = present
+            .iter()
+            .map(|&i| {
+                let v = &guests[i];
+                let g = &self.guests[i];
+                let env = g.env.as_ref().unwrap_or(v.env);
+                let want = if v.resizing {
+                    v.target
+                } else {
+                    asked[i].unwrap_or(if g.want.0 > 0 { g.want } else { v.target })
+                };
+                Claim {
+                    floor: env.floor,
+                    need: g.need.max(env.floor),
+                    want,
+                    shares: self.knobs.shares,
+                }
+            })
+            .collect();
+        let wants: u64 = claims.iter().map(|c| c.want.0).sum();
+        if wants <= h.memory.0 {
+            return false;
+        }
+        let grants = share(&claims, h.memory);
+        for (k, &i) in present.iter().enumerate() {
+            let v = &guests[i];
+            let env = self.guests[i].env.as_ref().unwrap_or(v.env);
+            if grants[k] >= claims[k].want {
+                continue;
+            }
+            let t = env.realize_down(grants[k]);
+            if t == v.target {
+                out.retain(|(j, _)| *j != i);
+                continue;
+            }
+            if t < v.size {
+                self.guests[i].hist.last_shrink = Some(self.last_now);
+            }
+            out.retain(|(j, _)| *j != i);
+            out.push((i, t));
+        }
+        true
     }
 }
 

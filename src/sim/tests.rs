@@ -145,6 +145,22 @@ fn skipping_quiet_ticks_changes_nothing() {
     }
     // And skipping does skip: the default policy ran.
     assert!(a[0].acc.resizes > 0);
+    // The same in host mode, where the policy squeezes a contested host.
+    let host = Some(HostMode {
+        memory: Bytes::from_gib(4),
+        overcommit: 3.0,
+    });
+    let fast = Options {
+        host: host.clone(),
+        ..Options::default()
+    };
+    let mut exact = fast.clone();
+    exact.model.exact = true;
+    let a = run(&t, &specs[..1], &fast, &p);
+    let b = run(&t, &specs[..1], &exact, &p);
+    assert_eq!(a[0].acc.resizes, b[0].acc.resizes);
+    assert!((a[0].acc.alloc_bs - b[0].acc.alloc_bs).abs() <= 1e-9 * a[0].acc.alloc_bs);
+    assert!(a[0].acc.host_seconds > 0.0);
 }
 
 #[test]
@@ -405,4 +421,47 @@ fn autopilot_holds_the_highest_five_minute_peak_of_a_day_plus_margin() {
         "{}",
         alloc_at(&r, 27.0)
     );
+}
+
+#[test]
+fn a_contested_host_is_shared_needs_first_and_never_overfilled() {
+    // A 12 GiB host, two 8 GiB guests (2 GiB floors): A steady at 3 GiB, B at 1 GiB for an
+    // hour, then 7 GiB. What they ask for (need plus headroom) no longer fits.
+    let t = vms(&[(8, &[(3.0, 3.0)]), (8, &[(1.0, 1.0), (2.0, 7.0)])]);
+    let opts = Options {
+        host: Some(HostMode {
+            memory: Bytes::from_gib(12),
+            overcommit: 1.34,
+        }),
+        ..Options::default()
+    };
+    assert_eq!(groups(&t, opts.host.as_ref()).len(), 1);
+    let r = run_one(&t, default_policy(), &opts);
+    for h in [1.5, 2.0, 2.9] {
+        let (a, b) = (alloc_of(&r, 0, h), alloc_of(&r, 1, h));
+        assert!(a.0 + b.0 <= Bytes::from_gib(12).0, "at {h} h: {a} + {b}");
+        assert!(b >= Bytes::from_gib(7), "B's need is met: {b}");
+        assert!(a >= Bytes::from_gib(3), "A's need is met: {a}");
+    }
+    // Only transients overfill the host (a growth landing before the squeeze of the other).
+    assert!(
+        r.acc.host_pressure_seconds < 60.0,
+        "{}",
+        r.acc.host_pressure_seconds
+    );
+    assert!(r.acc.pressure_seconds < 60.0, "{}", r.acc.pressure_seconds);
+    // On a roomy host A keeps more headroom: the squeeze took it.
+    let roomy = run_one(
+        &t,
+        default_policy(),
+        &Options {
+            host: Some(HostMode {
+                memory: Bytes::from_gib(32),
+                overcommit: 1.0,
+            }),
+            ..Options::default()
+        },
+    );
+    assert!(alloc_of(&roomy, 0, 2.0) > alloc_of(&r, 0, 2.0));
+    assert_eq!(roomy.acc.host_pressure_seconds, 0.0);
 }
