@@ -132,6 +132,11 @@ pub enum Reason {
     HostError {
         message: String,
     },
+    /// The host cannot give every guest what it asks for: this guest gets its fair share.
+    HostShare {
+        wanted: Bytes,
+        granted: Bytes,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -180,11 +185,32 @@ impl fmt::Display for Reason {
             Reason::NoMethod => f.write_str("no resize method: no balloon and no virtio-mem"),
             Reason::BadEnvelope { message } => write!(f, "bad envelope: {message}"),
             Reason::HostError { message } => write!(f, "host error: {message}"),
+            Reason::HostShare { wanted, granted } => write!(
+                f,
+                "host short of memory: wants {wanted}, its fair share is {granted}"
+            ),
         }
     }
 }
 
 impl Reason {
+    /// Whether the planner decided this from the guest's reports (and a host squeeze may
+    /// change it), rather than an outside hold (pinned, stale, resizing, manual...).
+    pub fn is_planned(&self) -> bool {
+        matches!(
+            self,
+            Reason::Short { .. }
+                | Reason::Swapping { .. }
+                | Reason::Idle { .. }
+                | Reason::BelowFloor
+                | Reason::InBand { .. }
+                | Reason::AtCeiling { .. }
+                | Reason::GrowCooldown { .. }
+                | Reason::ShrinkCooldown { .. }
+                | Reason::SmallChange { .. }
+        )
+    }
+
     /// A short stable label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
@@ -209,6 +235,7 @@ impl Reason {
             Reason::NoMethod => "no_method",
             Reason::BadEnvelope { .. } => "bad_envelope",
             Reason::HostError { .. } => "host_error",
+            Reason::HostShare { .. } => "host_share",
         }
     }
 }

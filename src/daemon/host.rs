@@ -176,6 +176,7 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
     let now = epoch_now();
     let policies = shared.policy_set();
     let mut seen = Vec::with_capacity(stats.len());
+    let mut todo = Vec::with_capacity(stats.len());
     for s in stats {
         seen.push(s.uuid.clone());
         let uuid = s.uuid.clone();
@@ -217,7 +218,19 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
                 }
             }
         }
-        decide_and_act(host, shared, &uuid, &policies, now, deadline).await;
+        todo.push(uuid);
+    }
+    // Decide for every guest first: a host that cannot give them all what they ask for is
+    // shared (floors, then needs, then headroom, by shares) before anything moves.
+    let mut plans = Vec::with_capacity(todo.len());
+    for uuid in &todo {
+        if let Some(p) = decide(host, shared, uuid, &policies, now) {
+            plans.push(p);
+        }
+    }
+    share_host(host, &mut plans);
+    for p in plans {
+        act(host, shared, p, &policies, now, deadline).await;
     }
     let gone: Vec<String> = host
         .guests
@@ -280,18 +293,23 @@ async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadli
     }
 }
 
-async fn decide_and_act(
+/// One guest's decision for this tick, before the host's share is applied.
+struct Plan {
+    uuid: String,
+    policy: crate::policy::Policy,
+    decision: crate::planner::Decision,
+    before: Bytes,
+    env: Option<crate::envelope::Envelope>,
+}
+
+fn decide(
     host: &mut Host,
     shared: &Shared,
     uuid: &str,
     policies: &crate::policy::PolicySet,
     now: f64,
-    deadline: Duration,
-) {
-    let label = host.label.clone();
-    let Some(g) = host.guests.get_mut(uuid) else {
-        return;
-    };
+) -> Option<Plan> {
+    let g = host.guests.get_mut(uuid)?;
     let tags = g.spec.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
     let nova = g.spec.as_ref().and_then(|s| s.nova.clone());
     let labels = crate::policy::GuestLabels {
@@ -328,18 +346,129 @@ async fn decide_and_act(
             };
         }
     }
-    let dry = shared.dry_run || policy.dry_run;
     let env = g
         .envelope
         .as_ref()
         .ok()
         .map(|e| e.limited(&policy.knobs.limits()));
+    Some(Plan {
+        uuid: uuid.to_string(),
+        policy,
+        decision,
+        before,
+        env,
+    })
+}
+
+/// When what the running guests ask for does not fit the host's capacity minus its reserve,
+/// cut the planned decisions to each guest's fair share (`fairshare::share`). Guests held for
+/// other reasons (pinned, stale, resizing, manual) keep their size and count as fixed.
+fn share_host(host: &Host, plans: &mut [Plan]) {
+    let Some(cap) = host.capacity else {
+        return;
+    };
+    let available = cap.saturating_sub(host.cfg.reserve);
+    let mut claims = Vec::with_capacity(plans.len());
+    let mut index = Vec::with_capacity(plans.len());
+    for (k, p) in plans.iter().enumerate() {
+        let Some(g) = host.guests.get(&p.uuid) else {
+            continue;
+        };
+        let holds_memory = g.stats.as_ref().is_some_and(|s| {
+            matches!(
+                s.state,
+                crate::hypervisor::RunState::Running | crate::hypervisor::RunState::Paused
+            )
+        });
+        if !holds_memory {
+            continue;
+        }
+        match &p.env {
+            Some(env) if p.decision.reason.is_planned() && g.pending.is_none() => {
+                let want = if p.decision.kind == Kind::Hold {
+                    p.before
+                } else {
+                    p.decision.target
+                };
+                claims.push(crate::fairshare::Claim {
+                    floor: env.floor,
+                    need: p.decision.need + p.policy.knobs.min_free,
+                    want,
+                    shares: p.policy.knobs.shares,
+                });
+                index.push(Some(k));
+            }
+            _ => {
+                let size = g
+                    .pending
+                    .as_ref()
+                    .map(|x| x.target.max(p.before))
+                    .unwrap_or(p.before);
+                claims.push(crate::fairshare::Claim {
+                    floor: size,
+                    need: size,
+                    want: size,
+                    shares: 1,
+                });
+                index.push(None);
+            }
+        }
+    }
+    let wants: u64 = claims.iter().map(|c| c.want.max(c.floor).0).sum();
+    if wants <= available.0 {
+        return;
+    }
+    let grants = crate::fairshare::share(&claims, available);
+    for ((c, granted), ix) in claims.iter().zip(grants).zip(index) {
+        let Some(k) = ix else { continue };
+        if granted >= c.want.max(c.floor) {
+            continue;
+        }
+        let p = &mut plans[k];
+        let Some(env) = &p.env else { continue };
+        let t = env.realize_down(granted);
+        p.decision.reason = Reason::HostShare {
+            wanted: c.want,
+            granted,
+        };
+        p.decision.target = t;
+        p.decision.kind = if t > p.before {
+            Kind::Grow
+        } else if t < p.before {
+            Kind::Shrink
+        } else {
+            Kind::Hold
+        };
+    }
+}
+
+async fn act(
+    host: &mut Host,
+    shared: &Shared,
+    plan: Plan,
+    policies: &crate::policy::PolicySet,
+    now: f64,
+    deadline: Duration,
+) {
+    let Plan {
+        uuid,
+        policy,
+        decision,
+        before,
+        env,
+    } = plan;
+    let uuid = uuid.as_str();
+    let label = host.label.clone();
+    let dry = shared.dry_run || policy.dry_run;
     let mut result = "held".to_string();
     let mut method = None;
+    let Some(parts) = host.guests.get(uuid).map(|g| g.parts.clone()) else {
+        return;
+    };
     if decision.kind != Kind::Hold {
         match env
             .as_ref()
-            .map(|e| actuator::ops(e, &g.parts, decision.target))
+            .map(|e| actuator::ops(e, &parts, decision.target))
         {
             Some(Ok(ops)) => {
                 let m = actuator::method_label(&ops);
