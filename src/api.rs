@@ -132,7 +132,21 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
             "decisions",
             json_resp(StatusCode::OK, &json!(s.audit.recent(None, 500))),
         ),
+        (Method::GET, ["v1", "migrations"]) => (
+            "migrations",
+            json_resp(
+                StatusCode::OK,
+                &json!(
+                    s.audit
+                        .recent(None, 10_000)
+                        .into_iter()
+                        .filter(|r| matches!(r.reason, crate::planner::Reason::Migrate { .. }))
+                        .collect::<Vec<_>>()
+                ),
+            ),
+        ),
         (_, ["metrics"])
+        | (_, ["v1", "migrations"])
         | (_, ["v1", "status"])
         | (_, ["v1", "guests"])
         | (_, ["v1", "guests", _])

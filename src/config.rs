@@ -22,6 +22,40 @@ pub struct HostConfig {
     /// Memory never given to guests.
     #[serde(default = "default_reserve")]
     pub reserve: Bytes,
+    /// The libvirt URI other hosts' libvirtds reach this one at, for peer-to-peer migration
+    /// (default: `uri`).
+    #[serde(default)]
+    pub migration_uri: Option<String>,
+    /// Where migration data is streamed to, e.g. `tcp://10.0.0.2` (default: libvirt's choice).
+    #[serde(default)]
+    pub migration_address: Option<String>,
+}
+
+/// Moving guests off a host that sharing cannot relieve.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationConfig {
+    pub enabled: bool,
+    /// Decide and report migrations (`/v1/migrations`, the audit), move nothing.
+    pub propose_only: bool,
+    /// Least time between two migrations off one host.
+    pub min_interval: Dur,
+    /// A migration not done after this long is reported failed.
+    pub timeout: Dur,
+    /// A destination a migration to failed is not tried again for this long.
+    pub retry_after: Dur,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> MigrationConfig {
+        MigrationConfig {
+            enabled: false,
+            propose_only: false,
+            min_interval: Dur::secs(60),
+            timeout: Dur::secs(300),
+            retry_after: Dur::secs(300),
+        }
+    }
 }
 
 fn default_reserve() -> Bytes {
@@ -35,6 +69,8 @@ impl HostConfig {
             name: None,
             capacity: None,
             reserve: default_reserve(),
+            migration_uri: None,
+            migration_address: None,
         }
     }
     /// `--connect` takes `URI` or `NAME=URI` (a name has no `:` or `/`).
@@ -78,6 +114,7 @@ pub struct Config {
     pub driver_grace: Dur,
     /// Flavors for Nova releases that write only the flavor name.
     pub flavors: FlavorCatalog,
+    pub migration: MigrationConfig,
 }
 
 impl Default for Config {
@@ -96,6 +133,7 @@ impl Default for Config {
             unconverged_hold: Dur::secs(60),
             driver_grace: Dur::secs(30),
             flavors: FlavorCatalog::new(),
+            migration: MigrationConfig::default(),
         }
     }
 }

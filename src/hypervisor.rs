@@ -96,4 +96,8 @@ pub trait Hypervisor: Send + Sync {
     fn set_stats_period(&self, uuid: &str, seconds: u32) -> Result<(), HvError>;
     /// The host's physical memory.
     fn host_memory(&self) -> Result<Bytes, HvError>;
+    /// Live-migrate a running guest peer to peer: this host's libvirtd connects to
+    /// `dest_uri` and streams memory to `data_uri` (libvirt's choice when none). The guest
+    /// is defined on the destination and undefined here once it runs there.
+    fn migrate(&self, uuid: &str, dest_uri: &str, data_uri: Option<&str>) -> Result<(), HvError>;
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod notify;
 pub mod planner;
 pub mod policy;
+pub mod rebalance;
 pub mod reload;
 pub mod sim;
 pub mod trace;

@@ -266,4 +266,14 @@ impl Hypervisor for LibvirtHost {
     fn host_memory(&self) -> Result<Bytes, HvError> {
         self.with_conn(|c| c.node_info().map(|n| Bytes::from_kib(n.memory)))
     }
+
+    fn migrate(&self, uuid: &str, dest_uri: &str, data_uri: Option<&str>) -> Result<(), HvError> {
+        let flags = sys::VIR_MIGRATE_LIVE
+            | sys::VIR_MIGRATE_PEER2PEER
+            | sys::VIR_MIGRATE_PERSIST_DEST
+            | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        self.on_guest(uuid, |d| {
+            d.migrate_to_uri2(Some(dest_uri), data_uri, None, flags, None, 0)
+        })
+    }
 }

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub hostile: IntCounterVec,
     pub build: IntGaugeVec,
     pub api_requests: IntCounterVec,
+    pub migrations: IntCounterVec,
     pub up: IntCounter,
 }
 
@@ -51,6 +52,7 @@ impl Metrics {
             hostile: reg(&r, IntCounterVec::new(Opts::new("memscale_guest_bad_stats_total", "Guest reports rejected or bounded as impossible."), &["host", "guest"]).expect("metric")),
             build: reg(&r, IntGaugeVec::new(Opts::new("memscale_build_info", "Always 1; the version as a label."), &["version"]).expect("metric")),
             api_requests: reg(&r, IntCounterVec::new(Opts::new("memscale_api_requests_total", "API requests by route and status code."), &["route", "code"]).expect("metric")),
+            migrations: reg(&r, IntCounterVec::new(Opts::new("memscale_migrations_total", "Live migrations off a host short of memory, by source, destination and result (proposed, applied, failed)."), &["from", "to", "result"]).expect("metric")),
             up: reg(&r, IntCounter::new("memscale_ticks_total", "Host ticks run since start.").expect("metric")),
             registry: r,
         };

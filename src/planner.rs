@@ -132,6 +132,11 @@ pub enum Reason {
     HostError {
         message: String,
     },
+    /// The host cannot hold its guests' needs: this guest is moved to another host.
+    Migrate {
+        to: String,
+        deficit: Bytes,
+    },
     /// The host cannot give every guest what it asks for: this guest gets its fair share.
     HostShare {
         wanted: Bytes,
@@ -185,6 +190,10 @@ impl fmt::Display for Reason {
             Reason::NoMethod => f.write_str("no resize method: no balloon and no virtio-mem"),
             Reason::BadEnvelope { message } => write!(f, "bad envelope: {message}"),
             Reason::HostError { message } => write!(f, "host error: {message}"),
+            Reason::Migrate { to, deficit } => write!(
+                f,
+                "host short of {deficit} for its guests' needs: moving to {to}"
+            ),
             Reason::HostShare { wanted, granted } => write!(
                 f,
                 "host short of memory: wants {wanted}, its fair share is {granted}"
@@ -236,6 +245,7 @@ impl Reason {
             Reason::BadEnvelope { .. } => "bad_envelope",
             Reason::HostError { .. } => "host_error",
             Reason::HostShare { .. } => "host_share",
+            Reason::Migrate { .. } => "migrate",
         }
     }
 }

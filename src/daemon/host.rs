@@ -28,6 +28,10 @@ struct Host {
     /// Ticks to skip while reconnecting (exponential back-off).
     backoff: u32,
     skip: u32,
+    /// When a guest last left this host by migration (or was proposed to).
+    last_migration: f64,
+    /// (guest, destination, until): a move that failed is not retried there before `until`.
+    failed_moves: Vec<(String, String, f64)>,
 }
 
 impl Host {
@@ -88,6 +92,8 @@ pub(super) async fn host_loop(
         capacity: None,
         backoff: 0,
         skip: 0,
+        last_migration: f64::NEG_INFINITY,
+        failed_moves: Vec::new(),
     };
     let interval = shared.config.interval.0;
     let mut next = tokio::time::Instant::now();
@@ -228,9 +234,36 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
             plans.push(p);
         }
     }
-    share_host(host, &mut plans);
+    let needs = share_host(host, &mut plans);
+    let candidates: Vec<(String, crate::rebalance::Candidate)> = plans
+        .iter()
+        .filter(|p| {
+            (p.decision.reason.is_planned()
+                || matches!(p.decision.reason, Reason::HostShare { .. }))
+                && host.guests.get(&p.uuid).is_some_and(|g| {
+                    g.pending.is_none()
+                        && !g.pinned
+                        && g.stats
+                            .as_ref()
+                            .is_some_and(|s| s.state == crate::hypervisor::RunState::Running)
+                })
+        })
+        .map(|p| {
+            let name = g_name(host, &p.uuid);
+            (
+                p.uuid.clone(),
+                crate::rebalance::Candidate {
+                    name,
+                    size: p.before,
+                },
+            )
+        })
+        .collect();
     for p in plans {
         act(host, shared, p, &policies, now, deadline).await;
+    }
+    if shared.config.migration.enabled {
+        rebalance(host, shared, needs, &candidates, now).await;
     }
     let gone: Vec<String> = host
         .guests
@@ -363,9 +396,9 @@ fn decide(
 /// When what the running guests ask for does not fit the host's capacity minus its reserve,
 /// cut the planned decisions to each guest's fair share (`fairshare::share`). Guests held for
 /// other reasons (pinned, stale, resizing, manual) keep their size and count as fixed.
-fn share_host(host: &Host, plans: &mut [Plan]) {
+fn share_host(host: &Host, plans: &mut [Plan]) -> Bytes {
     let Some(cap) = host.capacity else {
-        return;
+        return Bytes(0);
     };
     let available = cap.saturating_sub(host.cfg.reserve);
     let mut claims = Vec::with_capacity(plans.len());
@@ -414,9 +447,15 @@ fn share_host(host: &Host, plans: &mut [Plan]) {
             }
         }
     }
+    let needs = Bytes(
+        claims
+            .iter()
+            .map(|c| c.need.max(c.floor).min(c.want.max(c.floor)).0)
+            .sum(),
+    );
     let wants: u64 = claims.iter().map(|c| c.want.max(c.floor).0).sum();
     if wants <= available.0 {
-        return;
+        return needs;
     }
     let grants = crate::fairshare::share(&claims, available);
     for ((c, granted), ix) in claims.iter().zip(grants).zip(index) {
@@ -440,6 +479,191 @@ fn share_host(host: &Host, plans: &mut [Plan]) {
             Kind::Hold
         };
     }
+    needs
+}
+
+/// When sharing cannot hold the guests' needs (floors and needs beyond capacity minus
+/// reserve), move one guest to the host with the most room: the smallest that covers the
+/// deficit (`rebalance::pick`). Rate-limited per host; a failed move leaves the guest where it
+/// runs, is reported, and that destination is avoided for `retry_after`.
+async fn rebalance(
+    host: &mut Host,
+    shared: &Shared,
+    needs: Bytes,
+    candidates: &[(String, crate::rebalance::Candidate)],
+    now: f64,
+) {
+    let mc = &shared.config.migration;
+    let Some(cap) = host.capacity else {
+        return;
+    };
+    let deficit = crate::rebalance::deficit(needs, cap, host.cfg.reserve);
+    if deficit.0 == 0 || now - host.last_migration < mc.min_interval.as_secs_f64() {
+        return;
+    }
+    host.failed_moves.retain(|f| f.2 > now);
+    let dests: Vec<crate::rebalance::Destination> = {
+        let mut arrivals = shared.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        arrivals.retain(|a| a.2 > now);
+        let hosts = shared.hosts.read().unwrap_or_else(|p| p.into_inner());
+        hosts
+            .values()
+            .filter(|v| v.name != host.label && v.connected && v.capacity.0 > 0)
+            .map(|v| {
+                let promised: u64 = arrivals
+                    .iter()
+                    .filter(|a| a.0 == v.name)
+                    .map(|a| a.1.0)
+                    .sum();
+                crate::rebalance::Destination {
+                    name: v.name.clone(),
+                    room: v
+                        .capacity
+                        .saturating_sub(v.reserve)
+                        .saturating_sub(v.committed)
+                        .saturating_sub(Bytes(promised)),
+                }
+            })
+            .collect()
+    };
+    let failed = host.failed_moves.clone();
+    let usable: Vec<crate::rebalance::Candidate> = candidates.iter().map(|c| c.1.clone()).collect();
+    // Per candidate, the destinations not failed for it.
+    let mut choice = None;
+    for c in &usable {
+        let ds: Vec<_> = dests
+            .iter()
+            .filter(|d| !failed.iter().any(|f| f.0 == c.name && f.1 == d.name))
+            .cloned()
+            .collect();
+        if let Some(m) = crate::rebalance::pick(deficit, std::slice::from_ref(c), &ds) {
+            choice = match choice {
+                None => Some(m),
+                Some(best) => {
+                    let both = [
+                        crate::rebalance::Candidate {
+                            name: best.guest.clone(),
+                            size: best.size,
+                        },
+                        c.clone(),
+                    ];
+                    let keep = crate::rebalance::pick(deficit, &both, &dests)
+                        .is_some_and(|w| w.guest == best.guest);
+                    if keep { Some(best) } else { Some(m) }
+                }
+            };
+        }
+    }
+    let Some(m) = choice else {
+        if usable.is_empty() {
+            tracing::debug!(host = %host.label, deficit = %deficit, "host short of memory; no guest can move now (resizing, pinned or starting)");
+        } else {
+            tracing::warn!(host = %host.label, deficit = %deficit, "host short of memory and no guest fits on another host");
+        }
+        return;
+    };
+    let Some(uuid) = candidates
+        .iter()
+        .find(|c| c.1.name == m.guest)
+        .map(|c| c.0.clone())
+    else {
+        return;
+    };
+    host.last_migration = now;
+    let dest_cfg = shared.config.hosts.iter().find(|h| h.label() == m.to);
+    let dest_uri = dest_cfg
+        .map(|h| h.migration_uri.clone().unwrap_or_else(|| h.uri.clone()))
+        .unwrap_or_default();
+    let data_uri = dest_cfg.and_then(|h| h.migration_address.clone());
+    let propose = mc.propose_only || shared.dry_run;
+    let result = if propose {
+        "proposed".to_string()
+    } else {
+        shared
+            .arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((m.to.clone(), m.size, now + mc.timeout.as_secs_f64()));
+        tracing::info!(host = %host.label, guest = %m.guest, to = %m.to, size = %m.size, deficit = %deficit, "migrating");
+        let u = uuid.clone();
+        let (d, a) = (dest_uri.clone(), data_uri.clone());
+        match host
+            .call("migrate", mc.timeout.0, move |h| {
+                h.migrate(&u, &d, a.as_deref())
+            })
+            .await
+        {
+            Ok(()) => {
+                // Keep the promise until the destination's own ticks count the guest.
+                let until = epoch_now() + 3.0 * shared.config.interval.as_secs_f64() + 2.0;
+                let mut arr = shared.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(a) = arr.iter_mut().find(|a| a.0 == m.to && a.1 == m.size) {
+                    a.2 = until;
+                }
+                "applied".to_string()
+            }
+            Err(e) => {
+                host.count_error(shared, "migrate");
+                let mut arr = shared.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(i) = arr.iter().position(|a| a.0 == m.to && a.1 == m.size) {
+                    arr.remove(i);
+                }
+                host.failed_moves.push((
+                    m.guest.clone(),
+                    m.to.clone(),
+                    now + mc.retry_after.as_secs_f64(),
+                ));
+                // Try again soon, elsewhere.
+                host.last_migration = f64::NEG_INFINITY;
+                format!("failed: {e}")
+            }
+        }
+    };
+    shared
+        .metrics
+        .migrations
+        .with_label_values(&[
+            &host.label,
+            &m.to,
+            result.split(':').next().unwrap_or("failed"),
+        ])
+        .inc();
+    if result.starts_with("failed") {
+        tracing::error!(host = %host.label, guest = %m.guest, to = %m.to, result = %result, "migration failed; the guest stays here");
+    } else {
+        tracing::info!(host = %host.label, guest = %m.guest, to = %m.to, result = %result, "migration");
+    }
+    let reason = Reason::Migrate {
+        to: m.to.clone(),
+        deficit,
+    };
+    shared.audit.push(Record {
+        time: now,
+        host: host.label.clone(),
+        guest: m.guest.clone(),
+        policy: String::new(),
+        generation: shared.policy_set().generation,
+        kind: Kind::Hold,
+        before: m.size,
+        after: m.size,
+        floor: Bytes(0),
+        ceiling: Bytes(0),
+        method: Some("migrate".into()),
+        why: reason.to_string(),
+        reason,
+        inputs: Inputs {
+            total: None,
+            available: None,
+            free: None,
+            caches: None,
+            stats_age_seconds: None,
+            need: needs,
+            predicted: needs,
+            headroom: Bytes(0),
+        },
+        dry_run: propose,
+        result,
+    });
 }
 
 async fn act(

@@ -115,6 +115,9 @@ pub struct Shared {
     pub heartbeat: std::sync::Mutex<BTreeMap<String, f64>>,
     /// Set once every host has finished its first tick successfully.
     pub ready: watch::Sender<bool>,
+    /// Memory promised to each host by migrations under way or just done (until its own tick
+    /// counts the guest): (host, bytes, until). Two sources never overfill one destination.
+    pub arrivals: std::sync::Mutex<Vec<(String, Bytes, f64)>>,
 }
 
 impl Shared {
@@ -134,6 +137,7 @@ impl Shared {
             hosts: RwLock::new(BTreeMap::new()),
             started: epoch_now(),
             pins: RwLock::new(Default::default()),
+            arrivals: std::sync::Mutex::new(Vec::new()),
             adjusts: std::sync::Mutex::new(BTreeMap::new()),
             api_token: None,
             heartbeat: std::sync::Mutex::new(BTreeMap::new()),

@@ -21,7 +21,8 @@ up() {
   [[ $idx =~ ^[0-9]+$ && $idx -ge 1 && $idx -le 200 ]] || die "index must be 1..200"
   d=$HOSTS/$name
   if alive "$name"; then print_uris "$name"; return; fi
-  mkdir -p "$d"/{run,lib,etc,log,cache}
+  # log/qemu: guests migrated in write their console logs there before libvirt makes it.
+  mkdir -p "$d"/{run,lib,etc,log/qemu,cache}
   echo "$idx" > "$d/index"
   ip=$NET.$((10 + idx))
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then

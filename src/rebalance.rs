@@ -1,0 +1,141 @@
+//! Choosing a live migration when sharing a host is not enough: which guest to move and where.
+//!
+//! Pure arithmetic over what the host loops publish. The guest moved is the cheapest one whose
+//! departure covers the host's deficit (the smallest that does; the largest if none does alone,
+//! so the fewest moves follow); the destination is the host with the most room after its own
+//! reserve, what its guests hold and the arrivals already promised to it, among those where the
+//! guest fits.
+
+use crate::units::Bytes;
+
+/// A guest that may be moved (not pinned, not resizing, running).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    /// Memory it holds now: what leaves the source and arrives at the destination.
+    pub size: Bytes,
+}
+
+/// A host that may receive a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub name: String,
+    /// Capacity minus reserve minus what its guests hold minus arrivals promised to it.
+    pub room: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub guest: String,
+    pub to: String,
+    pub size: Bytes,
+}
+
+/// What the host is short of: the needs it cannot hold (floors and needs beyond capacity
+/// minus reserve). Zero when sharing covers it.
+pub fn deficit(needs: Bytes, capacity: Bytes, reserve: Bytes) -> Bytes {
+    needs.saturating_sub(capacity.saturating_sub(reserve))
+}
+
+/// Pick one move relieving `deficit`, or none when no guest fits anywhere.
+pub fn pick(
+    deficit: Bytes,
+    candidates: &[Candidate],
+    destinations: &[Destination],
+) -> Option<Move> {
+    if deficit.0 == 0 {
+        return None;
+    }
+    let best_dest = |size: Bytes| {
+        destinations
+            .iter()
+            .filter(|d| d.room >= size)
+            .max_by(|a, b| a.room.cmp(&b.room).then(b.name.cmp(&a.name)))
+    };
+    let mut order: Vec<&Candidate> = candidates.iter().collect();
+    // Those that cover the deficit alone, smallest first; then the rest, largest first.
+    order.sort_by(|a, b| {
+        let (ca, cb) = (a.size >= deficit, b.size >= deficit);
+        cb.cmp(&ca)
+            .then(if ca {
+                a.size.cmp(&b.size)
+            } else {
+                b.size.cmp(&a.size)
+            })
+            .then(a.name.cmp(&b.name))
+    });
+    order.into_iter().find_map(|c| {
+        best_dest(c.size).map(|d| Move {
+            guest: c.name.clone(),
+            to: d.name.clone(),
+            size: c.size,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(n: &str, mib: u64) -> Candidate {
+        Candidate {
+            name: n.into(),
+            size: Bytes::from_mib(mib),
+        }
+    }
+    fn d(n: &str, mib: u64) -> Destination {
+        Destination {
+            name: n.into(),
+            room: Bytes::from_mib(mib),
+        }
+    }
+
+    #[test]
+    fn the_smallest_guest_that_covers_the_deficit_goes_where_there_is_most_room() {
+        let m = pick(
+            Bytes::from_mib(300),
+            &[c("big", 4096), c("mid", 800), c("small", 200)],
+            &[d("b", 2000), d("c", 3000)],
+        );
+        assert_eq!(
+            m,
+            Some(Move {
+                guest: "mid".into(),
+                to: "c".into(),
+                size: Bytes::from_mib(800)
+            })
+        );
+    }
+
+    #[test]
+    fn without_a_single_cover_the_largest_that_fits_moves() {
+        let m = pick(
+            Bytes::from_mib(5000),
+            &[c("big", 4096), c("mid", 800)],
+            &[d("b", 1000)],
+        );
+        assert_eq!(m.map(|m| m.guest), Some("mid".into()), "big fits nowhere");
+        assert_eq!(pick(Bytes(0), &[c("a", 1)], &[d("b", 10)]), None);
+        assert_eq!(pick(Bytes(1), &[c("a", 100)], &[d("b", 10)]), None);
+    }
+
+    #[test]
+    fn deficit_counts_the_reserve() {
+        assert_eq!(
+            deficit(
+                Bytes::from_mib(2000),
+                Bytes::from_mib(2048),
+                Bytes::from_mib(256)
+            ),
+            Bytes::from_mib(208)
+        );
+        assert_eq!(
+            deficit(
+                Bytes::from_mib(1000),
+                Bytes::from_mib(2048),
+                Bytes::from_mib(256)
+            ),
+            Bytes(0)
+        );
+    }
+}
