@@ -65,6 +65,7 @@ pub fn status(s: &Shared) -> serde_json::Value {
             json!({
                 "name": h.name, "uri": h.uri, "connected": h.connected, "last_error": h.last_error,
                 "capacity": h.capacity, "reserve": h.reserve, "committed": h.committed,
+                "deficit": h.deficit, "acting": h.acting, "standby": h.standby,
                 "guests": h.guests.len(), "last_tick": h.last_tick,
             })
         })
@@ -78,6 +79,9 @@ pub fn status(s: &Shared) -> serde_json::Value {
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": epoch_now() - s.started,
         "ready": *s.ready.borrow(),
+        "coordination": s.coord.as_ref().map(|c| json!({
+            "node": c.name(), "etcd": c.config().etcd, "prefix": c.config().prefix, "session": c.live(),
+        })),
         "dry_run": s.dry_run,
         "hosts": hv,
         "policies": pol,
@@ -145,7 +149,16 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
                 ),
             ),
         ),
+        (Method::GET, ["v1", "proposals"]) => (
+            "proposals",
+            json_resp(StatusCode::OK, &json!(s.proposal_list())),
+        ),
+        (Method::POST, ["v1", "proposals", id, action @ ("approve" | "reject")]) => {
+            ("mutate", decide(&s, &headers, id, *action == "approve"))
+        }
         (_, ["metrics"])
+        | (_, ["v1", "proposals"])
+        | (_, ["v1", "proposals", _, "approve" | "reject"])
         | (_, ["v1", "migrations"])
         | (_, ["v1", "status"])
         | (_, ["v1", "guests"])
@@ -196,6 +209,32 @@ fn refusal(s: &Shared, headers: &hyper::HeaderMap) -> Option<Resp> {
             Some(error(StatusCode::UNAUTHORIZED, "wrong bearer token"))
         }
         Some(_) => None,
+    }
+}
+
+/// Approve or reject a proposed migration (propose-only mode). An approved one runs on the
+/// source host's next tick.
+fn decide(s: &Shared, headers: &hyper::HeaderMap, id: &str, approve: bool) -> Resp {
+    if let Some(r) = refusal(s, headers) {
+        return r;
+    }
+    let Ok(n) = id.parse::<u64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("proposal id {id:?} is not a number"),
+        );
+    };
+    match s.decide_proposal(n, approve) {
+        Ok(p) => json_resp(StatusCode::OK, &json!(p)),
+        Err(crate::daemon::ProposalError::Unknown(n)) => {
+            error(StatusCode::NOT_FOUND, &format!("no proposal {n}"))
+        }
+        Err(crate::daemon::ProposalError::NotOpen(n, st)) => error(
+            StatusCode::CONFLICT,
+            &format!(
+                "proposal {n} is {st}: only a proposal still proposed can be approved or rejected"
+            ),
+        ),
     }
 }
 

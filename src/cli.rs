@@ -52,6 +52,8 @@ pub enum Command {
     Pin(PinArgs),
     /// Return a guest to autoscaling.
     Unpin(PinArgs),
+    /// List proposed and recent migrations; approve or reject a proposed one.
+    Migrations(MigrationsArgs),
     /// Replay a recorded trace through policies and baselines, side by side.
     Simulate(crate::sim::cmd::SimulateArgs),
 }
@@ -158,6 +160,76 @@ pub fn status(a: &StatusArgs) -> i32 {
             0
         }
         Err(e) => {
+            eprintln!("memscale: {e}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MigrationsArgs {
+    #[command(subcommand)]
+    pub action: Option<MigrationAction>,
+    /// Print the JSON the API gave.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrationAction {
+    /// Let a proposed migration run (on its host's next tick).
+    Approve { id: u64 },
+    /// Drop a proposed migration.
+    Reject { id: u64 },
+}
+
+pub fn migrations(a: &MigrationsArgs) -> i32 {
+    if let Some(act) = &a.action {
+        let t = match token(&a.api) {
+            Ok(t) => t,
+            Err(c) => return c,
+        };
+        let (id, verb) = match act {
+            MigrationAction::Approve { id } => (id, "approve"),
+            MigrationAction::Reject { id } => (id, "reject"),
+        };
+        let path = format!("/v1/proposals/{id}/{verb}");
+        return match crate::client::request(a.api.api, "POST", &path, None, Some(&t)) {
+            Ok(v) => {
+                println!(
+                    "proposal {}: {} -> {} ({}): {}",
+                    v["id"],
+                    v["guest"].as_str().unwrap_or("?"),
+                    v["to"].as_str().unwrap_or("?"),
+                    v["from"].as_str().unwrap_or("?"),
+                    v["state"].as_str().unwrap_or("?")
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("memscale: {e}");
+                if matches!(e, crate::client::ClientError::Status { .. }) {
+                    EXIT_INVALID
+                } else {
+                    EXIT_RUNTIME
+                }
+            }
+        };
+    }
+    let get = |path: &str| crate::client::request(a.api.api, "GET", path, None, None);
+    match (get("/v1/proposals"), get("/v1/migrations")) {
+        (Ok(p), Ok(m)) if a.json => {
+            let v = serde_json::json!({ "proposals": p, "migrations": m });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            0
+        }
+        (Ok(p), Ok(m)) => {
+            print!("{}", crate::client::migrations_table(&p, &m));
+            0
+        }
+        (Err(e), _) | (_, Err(e)) => {
             eprintln!("memscale: {e}");
             EXIT_RUNTIME
         }
@@ -371,6 +443,15 @@ pub async fn run(a: RunArgs) -> i32 {
     let shared = match Shared::new(config.clone(), set, &diags) {
         Ok(mut s) => {
             s.config_path = a.config.clone();
+            if let Some(n) = &config.nova {
+                match crate::nova::Nova::new(n.clone()) {
+                    Ok(n) => s.nova = Some(Arc::new(n)),
+                    Err(e) => {
+                        eprintln!("memscale: {e}");
+                        return EXIT_INVALID;
+                    }
+                }
+            }
             if let Some(f) = &config.api_token_file {
                 match std::fs::read_to_string(f) {
                     Ok(t) if !t.trim().is_empty() => s.api_token = Some(t.trim().to_string()),
@@ -415,6 +496,11 @@ pub async fn run(a: RunArgs) -> i32 {
             Ok(())
         })
     };
+    let session = shared.coord.clone().map(|c| {
+        let rx = stop_rx.clone();
+        tracing::info!(node = %c.name(), etcd = ?c.config().etcd, "coordinating through etcd");
+        tokio::spawn(async move { c.keep_alive(rx).await })
+    });
     let reloader = tokio::spawn(crate::reload::watch(shared.clone(), stop_rx.clone()));
     let daemon = tokio::spawn(daemon::run(shared.clone(), hosts, stop_rx.clone()));
     let notifier = tokio::spawn(crate::notify::run(shared.clone(), stop_rx.clone()));
@@ -429,6 +515,10 @@ pub async fn run(a: RunArgs) -> i32 {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), daemon).await;
     reloader.abort();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notifier).await;
+    if let Some(t) = session {
+        // Hand our hosts over at once (the lease is revoked) rather than after its ttl.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(4), t).await;
+    }
     forced.abort();
     tracing::info!("memscale stopped");
     code

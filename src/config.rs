@@ -29,6 +29,30 @@ pub struct HostConfig {
     /// Where migration data is streamed to, e.g. `tcp://10.0.0.2` (default: libvirt's choice).
     #[serde(default)]
     pub migration_address: Option<String>,
+    /// `false`: only watched, as a destination for migrations (its committed memory counts);
+    /// this daemon neither resizes its guests nor moves them.
+    #[serde(default = "yes")]
+    pub manage: bool,
+    /// How guests leave this host: libvirt peer to peer, or by asking OpenStack Nova (its
+    /// records stay true) for hosts whose guests Nova manages.
+    #[serde(default)]
+    pub migration_backend: MigrationBackend,
+    /// This host's name in Nova (`openstack compute service list`), when it is a destination
+    /// for Nova migrations (default: `name`).
+    #[serde(default)]
+    pub nova_host: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationBackend {
+    #[default]
+    Libvirt,
+    Nova,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Moving guests off a host that sharing cannot relieve.
@@ -71,6 +95,9 @@ impl HostConfig {
             reserve: default_reserve(),
             migration_uri: None,
             migration_address: None,
+            manage: true,
+            migration_backend: MigrationBackend::Libvirt,
+            nova_host: None,
         }
     }
     /// `--connect` takes `URI` or `NAME=URI` (a name has no `:` or `/`).
@@ -115,6 +142,10 @@ pub struct Config {
     /// Flavors for Nova releases that write only the flavor name.
     pub flavors: FlavorCatalog,
     pub migration: MigrationConfig,
+    /// Several daemons: who acts for which host, and promises to destinations, through etcd.
+    pub coordination: Option<crate::coord::CoordConfig>,
+    /// OpenStack credentials, for hosts with `migration_backend = "nova"`.
+    pub nova: Option<crate::nova::NovaConfig>,
 }
 
 impl Default for Config {
@@ -134,6 +165,8 @@ impl Default for Config {
             driver_grace: Dur::secs(30),
             flavors: FlavorCatalog::new(),
             migration: MigrationConfig::default(),
+            coordination: None,
+            nova: None,
         }
     }
 }
@@ -212,6 +245,33 @@ impl Config {
                 ));
             }
         }
+        for h in &c.hosts {
+            if h.migration_backend == MigrationBackend::Nova && c.nova.is_none() {
+                err(format!(
+                    "host {:?}: migration_backend = \"nova\" needs a [nova] section (auth_url, username, password_file, project_name)",
+                    h.label()
+                ));
+            }
+        }
+        if let Some(co) = &c.coordination {
+            if co.etcd.is_empty() {
+                err("coordination: etcd lists no endpoint".into());
+            }
+            if co.ttl.0 < std::time::Duration::from_secs(2)
+                || co.ttl.0 > std::time::Duration::from_secs(600)
+            {
+                err(format!(
+                    "coordination: ttl {} is out of range 2s to 10m",
+                    co.ttl
+                ));
+            }
+            if !co.prefix.starts_with('/') {
+                err(format!(
+                    "coordination: prefix {:?} must start with /",
+                    co.prefix
+                ));
+            }
+        }
         if diags.is_empty() { Ok(c) } else { Err(diags) }
     }
 }
@@ -245,5 +305,62 @@ mod tests {
         let e = Config::parse("c.toml", "\n\ninterval = \"2\"\n").unwrap_err();
         assert_eq!(e[0].line, 3, "{e:?}");
         assert!(e[0].message.contains("missing unit"));
+    }
+
+    #[test]
+    fn coordination_and_nova_are_checked() {
+        let c = Config::parse(
+            "c.toml",
+            "[coordination]\netcd = [\"http://127.0.0.1:2379\"]\n[[hosts]]\nuri = \"qemu:///system\"\nmanage = false\n",
+        )
+        .unwrap();
+        let co = c.coordination.unwrap();
+        assert_eq!((co.prefix.as_str(), co.ttl), ("/memscale", Dur::secs(10)));
+        assert!(!c.hosts[0].manage);
+        assert_eq!(c.hosts[0].migration_backend, MigrationBackend::Libvirt);
+        let e = Config::parse(
+            "c.toml",
+            "[coordination]\netcd = []\nttl = \"1s\"\nprefix = \"x\"\n",
+        )
+        .unwrap_err();
+        let all: Vec<&str> = e.iter().map(|d| d.message.as_str()).collect();
+        assert!(
+            all.iter().any(|m| m.contains("lists no endpoint")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter().any(|m| m.contains("ttl 1s is out of range")),
+            "{all:?}"
+        );
+        assert!(
+            all.iter().any(|m| m.contains("must start with /")),
+            "{all:?}"
+        );
+        let e = Config::parse(
+            "c.toml",
+            "[[hosts]]\nuri = \"qemu:///system\"\nname = \"k1\"\nmigration_backend = \"nova\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e[0].message
+                .contains("host \"k1\": migration_backend = \"nova\" needs a [nova] section"),
+            "{e:?}"
+        );
+        let e = Config::parse(
+            "c.toml",
+            "[[hosts]]\nuri = \"qemu:///system\"\nmigration_backend = \"xen\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e[0].line, 3, "{e:?}");
+        let c = Config::parse(
+            "c.toml",
+            "[nova]\nauth_url = \"http://k/v3\"\nusername = \"u\"\npassword_file = \"/p\"\nproject_name = \"p\"\n[[hosts]]\nuri = \"qemu:///system\"\nmigration_backend = \"nova\"\n",
+        )
+        .unwrap();
+        let n = c.nova.unwrap();
+        assert_eq!(
+            (n.interface.as_str(), n.user_domain_name.as_str()),
+            ("public", "Default")
+        );
     }
 }

@@ -24,6 +24,7 @@ pub struct Metrics {
     pub build: IntGaugeVec,
     pub api_requests: IntCounterVec,
     pub migrations: IntCounterVec,
+    pub host_acting: IntGaugeVec,
     pub up: IntCounter,
 }
 
@@ -46,13 +47,14 @@ impl Metrics {
             loop_seconds: reg(&r, HistogramVec::new(HistogramOpts::new("memscale_loop_duration_seconds", "Time one host's tick took.").buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]), &["host"]).expect("metric")),
             overruns: reg(&r, IntCounterVec::new(Opts::new("memscale_loop_overruns_total", "Ticks that took longer than the interval."), &["host"]).expect("metric")),
             libvirt_errors: reg(&r, IntCounterVec::new(Opts::new("memscale_libvirt_errors_total", "Failed libvirt calls by host and call."), &["host", "call"]).expect("metric")),
-            host_bytes: reg(&r, GaugeVec::new(Opts::new("memscale_host_memory_bytes", "Host memory by kind: capacity, reserve, committed, free."), &["host", "kind"]).expect("metric")),
+            host_bytes: reg(&r, GaugeVec::new(Opts::new("memscale_host_memory_bytes", "Host memory by kind: capacity, reserve, committed, free, deficit (what the guests need beyond capacity minus reserve)."), &["host", "kind"]).expect("metric")),
             reloads: reg(&r, IntCounterVec::new(Opts::new("memscale_policy_reloads_total", "Policy reloads by result (ok, error)."), &["result"]).expect("metric")),
             policy_generation: reg(&r, IntGauge::new("memscale_policy_generation", "Generation of the policy set in force.").expect("metric")),
             hostile: reg(&r, IntCounterVec::new(Opts::new("memscale_guest_bad_stats_total", "Guest reports rejected or bounded as impossible."), &["host", "guest"]).expect("metric")),
             build: reg(&r, IntGaugeVec::new(Opts::new("memscale_build_info", "Always 1; the version as a label."), &["version"]).expect("metric")),
             api_requests: reg(&r, IntCounterVec::new(Opts::new("memscale_api_requests_total", "API requests by route and status code."), &["route", "code"]).expect("metric")),
             migrations: reg(&r, IntCounterVec::new(Opts::new("memscale_migrations_total", "Live migrations off a host short of memory, by source, destination and result (proposed, applied, failed)."), &["from", "to", "result"]).expect("metric")),
+            host_acting: reg(&r, IntGaugeVec::new(Opts::new("memscale_host_acting", "1 when this daemon acts for the host; 0 when it only watches it (manage = false, or another daemon holds it through etcd)."), &["host"]).expect("metric")),
             up: reg(&r, IntCounter::new("memscale_ticks_total", "Host ticks run since start.").expect("metric")),
             registry: r,
         };

@@ -32,6 +32,13 @@ struct Host {
     last_migration: f64,
     /// (guest, destination, until): a move that failed is not retried there before `until`.
     failed_moves: Vec<(String, String, f64)>,
+    /// Whether this daemon acts for the host now, and if not, why.
+    acting: bool,
+    standby: Option<String>,
+    /// Needs beyond capacity minus reserve at the last tick.
+    deficit: Bytes,
+    /// "No guest fits elsewhere" was logged for the current shortage.
+    no_room_reported: bool,
 }
 
 impl Host {
@@ -94,6 +101,10 @@ pub(super) async fn host_loop(
         skip: 0,
         last_migration: f64::NEG_INFINITY,
         failed_moves: Vec::new(),
+        acting: false,
+        standby: None,
+        deficit: Bytes(0),
+        no_room_reported: false,
     };
     let interval = shared.config.interval.0;
     let mut next = tokio::time::Instant::now();
@@ -180,6 +191,7 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
         };
     }
     let now = epoch_now();
+    let acting = acting_for(host, shared).await;
     let policies = shared.policy_set();
     let mut seen = Vec::with_capacity(stats.len());
     let mut todo = Vec::with_capacity(stats.len());
@@ -205,7 +217,7 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
             .spec
             .as_ref()
             .is_some_and(|s| s.balloon_device && s.stats_period.unwrap_or(0) == 0);
-        if running && period_missing && !g.period_set {
+        if acting && running && period_missing && !g.period_set {
             g.period_set = true;
             let period = shared.config.stats_period;
             let u = uuid.clone();
@@ -228,6 +240,14 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
     }
     // Decide for every guest first: a host that cannot give them all what they ask for is
     // shared (floors, then needs, then headroom, by shares) before anything moves.
+    if !acting {
+        // Watched only: keep every guest's history warm (a standby takes over with it) and
+        // publish the host's committed memory for the movers, but change nothing.
+        host.deficit = Bytes(0);
+        forget_gone(host, shared, &seen);
+        publish(host, shared, now);
+        return true;
+    }
     let mut plans = Vec::with_capacity(todo.len());
     for uuid in &todo {
         if let Some(p) = decide(host, shared, uuid, &policies, now) {
@@ -262,9 +282,19 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
     for p in plans {
         act(host, shared, p, &policies, now, deadline).await;
     }
-    if shared.config.migration.enabled {
+    host.deficit = host
+        .capacity
+        .map(|cap| crate::rebalance::deficit(needs, cap, host.cfg.reserve))
+        .unwrap_or_default();
+    if shared.migration_config().enabled {
         rebalance(host, shared, needs, &candidates, now).await;
     }
+    forget_gone(host, shared, &seen);
+    publish(host, shared, now);
+    true
+}
+
+fn forget_gone(host: &mut Host, shared: &Shared, seen: &[String]) {
     let gone: Vec<String> = host
         .guests
         .keys()
@@ -277,8 +307,42 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
             shared.metrics.forget_guest(&host.label, &g.name);
         }
     }
-    publish(host, shared, now);
-    true
+}
+
+/// Whether this daemon acts for the host this tick: not for a host it only watches
+/// (`manage = false`); with `[coordination]`, only while it holds the host's key in etcd. When
+/// etcd cannot be asked but our lease is known to hold, our key holds too: keep acting.
+async fn acting_for(host: &mut Host, shared: &Shared) -> bool {
+    let (acting, standby) = if !host.cfg.manage {
+        (false, Some("watched only (manage = false)".to_string()))
+    } else if let Some(coord) = &shared.coord {
+        match coord.own(&host.label).await {
+            Ok(crate::coord::Owner::Me) => (true, None),
+            Ok(crate::coord::Owner::Other(o)) => (false, Some(format!("{o} acts for it"))),
+            Err(e) if host.acting && coord.live() => {
+                tracing::warn!(host = %host.label, error = %e, "cannot confirm ownership; the lease still holds");
+                (true, None)
+            }
+            Err(e) => (false, Some(e.to_string())),
+        }
+    } else {
+        (true, None)
+    };
+    if acting != host.acting || (standby.is_some() && standby != host.standby) {
+        if acting {
+            tracing::info!(host = %host.label, "acting for this host");
+        } else {
+            tracing::info!(host = %host.label, why = standby.as_deref().unwrap_or(""), "not acting for this host");
+        }
+    }
+    host.acting = acting;
+    host.standby = standby;
+    shared
+        .metrics
+        .host_acting
+        .with_label_values(&[&host.label])
+        .set(i64::from(acting));
+    acting
 }
 
 fn g_name(host: &Host, uuid: &str) -> String {
@@ -485,7 +549,8 @@ fn share_host(host: &Host, plans: &mut [Plan]) -> Bytes {
 /// When sharing cannot hold the guests' needs (floors and needs beyond capacity minus
 /// reserve), move one guest to the host with the most room: the smallest that covers the
 /// deficit (`rebalance::pick`). Rate-limited per host; a failed move leaves the guest where it
-/// runs, is reported, and that destination is avoided for `retry_after`.
+/// runs, is reported, and that destination is avoided for `retry_after`. In propose-only mode
+/// (or dry run) the move is only proposed, until an operator approves it.
 async fn rebalance(
     host: &mut Host,
     shared: &Shared,
@@ -493,39 +558,96 @@ async fn rebalance(
     candidates: &[(String, crate::rebalance::Candidate)],
     now: f64,
 ) {
-    let mc = &shared.config.migration;
+    let mc = shared.migration_config();
     let Some(cap) = host.capacity else {
         return;
     };
+    let propose = mc.propose_only || shared.dry_run;
     let deficit = crate::rebalance::deficit(needs, cap, host.cfg.reserve);
-    if deficit.0 == 0 || now - host.last_migration < mc.min_interval.as_secs_f64() {
+    if deficit.0 == 0 {
+        host.no_room_reported = false;
+        shared.close_proposals(&host.label, "the host is no longer short of memory");
         return;
     }
     host.failed_moves.retain(|f| f.2 > now);
-    let dests: Vec<crate::rebalance::Destination> = {
-        let mut arrivals = shared.arrivals.lock().unwrap_or_else(|p| p.into_inner());
-        arrivals.retain(|a| a.2 > now);
+    let approved = if propose {
+        shared.approved_proposal(&host.label)
+    } else {
+        None
+    };
+    if approved.is_none() && now - host.last_migration < mc.min_interval.as_secs_f64() {
+        return;
+    }
+    let promised = match shared.promises.promised().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(host = %host.label, error = %e, "cannot read promises to destinations; no migration now");
+            return;
+        }
+    };
+    // Room on each other host before promises (for the atomic check when reserving), and
+    // after them (for the choice).
+    let rooms: Vec<(String, Bytes)> = {
         let hosts = shared.hosts.read().unwrap_or_else(|p| p.into_inner());
         hosts
             .values()
             .filter(|v| v.name != host.label && v.connected && v.capacity.0 > 0)
             .map(|v| {
-                let promised: u64 = arrivals
-                    .iter()
-                    .filter(|a| a.0 == v.name)
-                    .map(|a| a.1.0)
-                    .sum();
-                crate::rebalance::Destination {
-                    name: v.name.clone(),
-                    room: v
-                        .capacity
+                (
+                    v.name.clone(),
+                    v.capacity
                         .saturating_sub(v.reserve)
-                        .saturating_sub(v.committed)
-                        .saturating_sub(Bytes(promised)),
-                }
+                        .saturating_sub(v.committed),
+                )
             })
             .collect()
     };
+    if let Some(p) = approved {
+        // The operator's choice, as proposed: only checked to be still possible.
+        let Some(uuid) = candidates
+            .iter()
+            .find(|c| c.1.name == p.guest)
+            .map(|c| c.0.clone())
+        else {
+            if !host.guests.values().any(|g| g.name == p.guest) {
+                shared.finish_proposal(
+                    p.id,
+                    "expired",
+                    Some("the guest is no longer on this host".into()),
+                );
+            }
+            // Otherwise it is resizing or pinned right now: next tick.
+            return;
+        };
+        let m = crate::rebalance::Move {
+            guest: p.guest.clone(),
+            to: p.to.clone(),
+            size: p.size,
+        };
+        shared.finish_proposal(p.id, "running", None);
+        host.last_migration = now;
+        let result = migrate_one(host, shared, &mc, &m, &uuid, &rooms, deficit, now).await;
+        let (state, error) = match result.strip_prefix("failed: ") {
+            Some(e) => ("failed", Some(e.to_string())),
+            None => ("applied", None),
+        };
+        shared.finish_proposal(p.id, state, error);
+        record_migration(host, shared, &m, deficit, needs, now, false, result);
+        return;
+    }
+    let dests: Vec<crate::rebalance::Destination> = rooms
+        .iter()
+        .map(|(name, room)| crate::rebalance::Destination {
+            name: name.clone(),
+            room: room.saturating_sub(Bytes(
+                promised
+                    .iter()
+                    .filter(|a| &a.to == name)
+                    .map(|a| a.size.0)
+                    .sum(),
+            )),
+        })
+        .collect();
     let failed = host.failed_moves.clone();
     let usable: Vec<crate::rebalance::Candidate> = candidates.iter().map(|c| c.1.clone()).collect();
     // Per candidate, the destinations not failed for it.
@@ -557,8 +679,9 @@ async fn rebalance(
     let Some(m) = choice else {
         if usable.is_empty() {
             tracing::debug!(host = %host.label, deficit = %deficit, "host short of memory; no guest can move now (resizing, pinned or starting)");
-        } else {
-            tracing::warn!(host = %host.label, deficit = %deficit, "host short of memory and no guest fits on another host");
+        } else if !host.no_room_reported {
+            host.no_room_reported = true;
+            tracing::warn!(host = %host.label, deficit = %deficit, destinations = dests.len(), "host short of memory and no guest fits on another host (after the room promised to migrations under way)");
         }
         return;
     };
@@ -569,68 +692,160 @@ async fn rebalance(
     else {
         return;
     };
+    host.no_room_reported = false;
     host.last_migration = now;
+    if propose {
+        match shared.propose(&host.label, &m, deficit, now) {
+            Some(id) => {
+                tracing::info!(host = %host.label, guest = %m.guest, to = %m.to, size = %m.size, deficit = %deficit, id, "migration proposed; approve it with `memscale migrations approve {id}`");
+                record_migration(
+                    host,
+                    shared,
+                    &m,
+                    deficit,
+                    needs,
+                    now,
+                    true,
+                    "proposed".into(),
+                );
+            }
+            None => {
+                tracing::debug!(host = %host.label, guest = %m.guest, to = %m.to, "the same migration is still proposed")
+            }
+        }
+        return;
+    }
+    let result = migrate_one(host, shared, &mc, &m, &uuid, &rooms, deficit, now).await;
+    record_migration(host, shared, &m, deficit, needs, now, false, result);
+}
+
+/// Promise the room on the destination, then move the guest peer to peer. Returns the
+/// result: "applied", or "failed: why" (the guest still runs here).
+#[allow(clippy::too_many_arguments)]
+async fn migrate_one(
+    host: &mut Host,
+    shared: &Shared,
+    mc: &crate::config::MigrationConfig,
+    m: &crate::rebalance::Move,
+    uuid: &str,
+    rooms: &[(String, Bytes)],
+    deficit: Bytes,
+    now: f64,
+) -> String {
     let dest_cfg = shared.config.hosts.iter().find(|h| h.label() == m.to);
     let dest_uri = dest_cfg
         .map(|h| h.migration_uri.clone().unwrap_or_else(|| h.uri.clone()))
         .unwrap_or_default();
     let data_uri = dest_cfg.and_then(|h| h.migration_address.clone());
-    let propose = mc.propose_only || shared.dry_run;
-    let result = if propose {
-        "proposed".to_string()
-    } else {
-        shared
-            .arrivals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((m.to.clone(), m.size, now + mc.timeout.as_secs_f64()));
-        tracing::info!(host = %host.label, guest = %m.guest, to = %m.to, size = %m.size, deficit = %deficit, "migrating");
-        let u = uuid.clone();
-        let (d, a) = (dest_uri.clone(), data_uri.clone());
-        match host
-            .call("migrate", mc.timeout.0, move |h| {
-                h.migrate(&u, &d, a.as_deref())
-            })
-            .await
-        {
-            Ok(()) => {
-                // Keep the promise until the destination's own ticks count the guest.
-                let until = epoch_now() + 3.0 * shared.config.interval.as_secs_f64() + 2.0;
-                let mut arr = shared.arrivals.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(a) = arr.iter_mut().find(|a| a.0 == m.to && a.1 == m.size) {
-                    a.2 = until;
-                }
-                "applied".to_string()
-            }
-            Err(e) => {
-                host.count_error(shared, "migrate");
-                let mut arr = shared.arrivals.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(i) = arr.iter().position(|a| a.0 == m.to && a.1 == m.size) {
-                    arr.remove(i);
-                }
-                host.failed_moves.push((
-                    m.guest.clone(),
-                    m.to.clone(),
-                    now + mc.retry_after.as_secs_f64(),
-                ));
-                // Try again soon, elsewhere.
-                host.last_migration = f64::NEG_INFINITY;
-                format!("failed: {e}")
-            }
-        }
+    let room = rooms
+        .iter()
+        .find(|r| r.0 == m.to)
+        .map(|r| r.1)
+        .unwrap_or_default();
+    let promise = crate::coord::Arrival {
+        to: m.to.clone(),
+        guest: m.guest.clone(),
+        from: host.label.clone(),
+        size: m.size,
+        until: now + mc.timeout.as_secs_f64() + 10.0,
+        by: String::new(),
     };
+    match shared.promises.reserve(&promise, room).await {
+        Ok(true) => {}
+        Ok(false) => {
+            // Another mover took that room first: choose again next tick.
+            tracing::info!(host = %host.label, guest = %m.guest, to = %m.to, "destination's room was promised to another migration; choosing again");
+            host.last_migration = f64::NEG_INFINITY;
+            return "failed: the destination's room was promised to another migration".into();
+        }
+        Err(e) => {
+            tracing::warn!(host = %host.label, guest = %m.guest, to = %m.to, error = %e, "cannot promise room on the destination; no migration now");
+            host.last_migration = f64::NEG_INFINITY;
+            return format!("failed: cannot promise room on the destination: {e}");
+        }
+    }
+    let nova = host.cfg.migration_backend == crate::config::MigrationBackend::Nova;
+    tracing::info!(host = %host.label, guest = %m.guest, to = %m.to, size = %m.size, deficit = %deficit,
+        backend = if nova { "nova" } else { "libvirt" }, "migrating");
+    let u = uuid.to_string();
+    let outcome = if nova {
+        match shared.nova.clone() {
+            Some(api) => {
+                let dest = dest_cfg
+                    .map(|h| h.nova_host.clone().unwrap_or_else(|| h.label()))
+                    .unwrap_or_else(|| m.to.clone());
+                let timeout = mc.timeout.0;
+                let task =
+                    tokio::task::spawn_blocking(move || api.live_migrate(&u, &dest, timeout));
+                match tokio::time::timeout(timeout + Duration::from_secs(30), task).await {
+                    Ok(Ok(r)) => r.map_err(|e| HvError::Other(e.to_string())),
+                    Ok(Err(e)) => Err(HvError::Other(format!("nova: {e}"))),
+                    Err(_) => Err(HvError::Other(format!(
+                        "nova: no answer within {timeout:?}"
+                    ))),
+                }
+            }
+            None => Err(HvError::Other(
+                "migration_backend = \"nova\" but no [nova] section".into(),
+            )),
+        }
+    } else {
+        let (d, a) = (dest_uri, data_uri);
+        host.call("migrate", mc.timeout.0, move |h| {
+            h.migrate(&u, &d, a.as_deref())
+        })
+        .await
+    };
+    match outcome {
+        Ok(()) => {
+            // Keep the promise until the destination's own ticks count the guest.
+            let until = epoch_now() + 3.0 * shared.config.interval.as_secs_f64() + 2.0;
+            if let Err(e) = shared.promises.extend(&m.to, &m.guest, until).await {
+                tracing::warn!(to = %m.to, guest = %m.guest, error = %e, "cannot extend the promise");
+            }
+            "applied".to_string()
+        }
+        Err(e) => {
+            host.count_error(shared, "migrate");
+            if let Err(e) = shared.promises.release(&m.to, &m.guest).await {
+                tracing::warn!(to = %m.to, guest = %m.guest, error = %e, "cannot release the promise; it lapses by itself");
+            }
+            host.failed_moves.push((
+                m.guest.clone(),
+                m.to.clone(),
+                now + mc.retry_after.as_secs_f64(),
+            ));
+            // Try again soon, elsewhere.
+            host.last_migration = f64::NEG_INFINITY;
+            format!("failed: {e}")
+        }
+    }
+}
+
+/// The metric, the log line and the audit record of one migration (or proposal).
+#[allow(clippy::too_many_arguments)]
+fn record_migration(
+    host: &Host,
+    shared: &Shared,
+    m: &crate::rebalance::Move,
+    deficit: Bytes,
+    needs: Bytes,
+    now: f64,
+    propose: bool,
+    result: String,
+) {
     shared
         .metrics
         .migrations
         .with_label_values(&[
             &host.label,
             &m.to,
-            result.split(':').next().unwrap_or("failed"),
+            result.split([':', ' ']).next().unwrap_or("failed"),
         ])
         .inc();
     if result.starts_with("failed") {
         tracing::error!(host = %host.label, guest = %m.guest, to = %m.to, result = %result, "migration failed; the guest stays here");
-    } else {
+    } else if !propose {
         tracing::info!(host = %host.label, guest = %m.guest, to = %m.to, result = %result, "migration");
     }
     let reason = Reason::Migrate {
@@ -921,6 +1136,7 @@ fn publish(host: &Host, shared: &Shared, now: f64) {
             why: g.last.as_ref().map(|d| d.reason.to_string()),
             last_decision: g.last.clone(),
             bad_stats: g.hostile,
+            rss_capped: g.rss_capped,
             flavor: nova.as_ref().and_then(|n| n.flavor_name.clone()),
             project: nova.as_ref().and_then(|n| n.project.clone()),
             tags: tags.clone(),
@@ -966,6 +1182,7 @@ fn publish(host: &Host, shared: &Shared, now: f64) {
     hb("capacity", capacity);
     hb("reserve", host.cfg.reserve);
     hb("committed", committed);
+    hb("deficit", host.deficit);
     hb(
         "free",
         capacity
@@ -980,6 +1197,9 @@ fn publish(host: &Host, shared: &Shared, now: f64) {
         capacity,
         reserve: host.cfg.reserve,
         committed,
+        deficit: host.deficit,
+        acting: host.acting,
+        standby: host.standby.clone(),
         last_tick: now,
         guests,
     };

@@ -51,6 +51,8 @@ pub struct GuestView {
     pub last_decision: Option<Decision>,
     pub why: Option<String>,
     pub bad_stats: u64,
+    /// Its claimed use exceeds what its process holds on the host: capped at that.
+    pub rss_capped: bool,
     pub flavor: Option<String>,
     pub project: Option<String>,
     pub tags: Vec<String>,
@@ -76,6 +78,12 @@ pub struct HostView {
     pub capacity: Bytes,
     pub reserve: Bytes,
     pub committed: Bytes,
+    /// What the guests need beyond capacity minus reserve (0: the host holds them).
+    pub deficit: Bytes,
+    /// Whether this daemon acts for the host (false: watched only, or another daemon acts).
+    pub acting: bool,
+    /// Why not: "watched only" (`manage = false`), or the daemon that acts for it.
+    pub standby: Option<String>,
     pub last_tick: f64,
     pub guests: Vec<GuestView>,
 }
@@ -116,8 +124,17 @@ pub struct Shared {
     /// Set once every host has finished its first tick successfully.
     pub ready: watch::Sender<bool>,
     /// Memory promised to each host by migrations under way or just done (until its own tick
-    /// counts the guest): (host, bytes, until). Two sources never overfill one destination.
-    pub arrivals: std::sync::Mutex<Vec<(String, Bytes, f64)>>,
+    /// counts the guest). Two sources never overfill one destination: in process, or through
+    /// etcd when several daemons coordinate.
+    pub promises: crate::coord::Promises,
+    /// Migration settings: `[migration]` is applied again on SIGHUP.
+    pub migration: RwLock<crate::config::MigrationConfig>,
+    /// Migrations proposed (propose-only mode or dry run), waiting for an operator.
+    pub proposals: std::sync::Mutex<Vec<Proposal>>,
+    /// OpenStack Nova, for hosts that migrate through it.
+    pub nova: Option<Arc<crate::nova::Nova>>,
+    /// The etcd session when `[coordination]` is set.
+    pub coord: Option<Arc<crate::coord::Coord>>,
 }
 
 impl Shared {
@@ -126,6 +143,11 @@ impl Shared {
         let metrics = Metrics::new();
         metrics.policy_generation.set(policies.generation as i64);
         let status = policy_status(&policies, diags, false);
+        let migration = config.migration.clone();
+        let coord = config
+            .coordination
+            .clone()
+            .map(|c| Arc::new(crate::coord::Coord::new(c)));
         Ok(Shared {
             config_path: None,
             dry_run: config.dry_run,
@@ -137,7 +159,14 @@ impl Shared {
             hosts: RwLock::new(BTreeMap::new()),
             started: epoch_now(),
             pins: RwLock::new(Default::default()),
-            arrivals: std::sync::Mutex::new(Vec::new()),
+            migration: RwLock::new(migration),
+            nova: None,
+            proposals: std::sync::Mutex::new(Vec::new()),
+            promises: match &coord {
+                Some(c) => crate::coord::Promises::Etcd(c.clone()),
+                None => crate::coord::Promises::Local(std::sync::Mutex::new(Vec::new())),
+            },
+            coord,
             adjusts: std::sync::Mutex::new(BTreeMap::new()),
             api_token: None,
             heartbeat: std::sync::Mutex::new(BTreeMap::new()),
@@ -203,9 +232,147 @@ impl Shared {
     }
 }
 
+/// A migration proposed while moves need an operator's approval.
+#[derive(Debug, Clone, Serialize)]
+pub struct Proposal {
+    pub id: u64,
+    pub from: String,
+    pub guest: String,
+    pub to: String,
+    pub size: Bytes,
+    pub deficit: Bytes,
+    /// When first proposed, and last found still the best move (epoch seconds).
+    pub proposed_at: f64,
+    pub last_seen: f64,
+    /// proposed, approved, rejected, running, applied, failed, expired, superseded.
+    pub state: String,
+    pub error: Option<String>,
+}
+
+impl Proposal {
+    pub fn open(&self) -> bool {
+        self.state == "proposed" || self.state == "approved"
+    }
+}
+
+/// Why an approval or a rejection was refused.
+#[derive(Debug)]
+pub enum ProposalError {
+    Unknown(u64),
+    NotOpen(u64, String),
+}
+
 impl Shared {
-    /// On SIGHUP: the config file is not reloaded live. Say which edited settings wait for a
-    /// restart, so nobody believes they took effect.
+    pub fn migration_config(&self) -> crate::config::MigrationConfig {
+        self.migration
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn proposals_mut(&self) -> std::sync::MutexGuard<'_, Vec<Proposal>> {
+        self.proposals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn proposal_list(&self) -> Vec<Proposal> {
+        self.proposals_mut().clone()
+    }
+
+    /// Record `m` as the proposed move off `from`. Returns the new proposal's id, or `None`
+    /// when the same move is already proposed (it is only refreshed). A different open
+    /// proposal from the same host is superseded.
+    pub fn propose(
+        &self,
+        from: &str,
+        m: &crate::rebalance::Move,
+        deficit: Bytes,
+        now: f64,
+    ) -> Option<u64> {
+        let mut ps = self.proposals_mut();
+        for p in ps
+            .iter_mut()
+            .filter(|p| p.from == from && p.state == "proposed")
+        {
+            if p.guest == m.guest && p.to == m.to {
+                p.last_seen = now;
+                p.deficit = deficit;
+                p.size = m.size;
+                return None;
+            }
+            p.state = "superseded".into();
+        }
+        let id = ps.iter().map(|p| p.id).max().unwrap_or(0) + 1;
+        ps.push(Proposal {
+            id,
+            from: from.to_string(),
+            guest: m.guest.clone(),
+            to: m.to.clone(),
+            size: m.size,
+            deficit,
+            proposed_at: now,
+            last_seen: now,
+            state: "proposed".into(),
+            error: None,
+        });
+        // Keep the list bounded: drop the oldest closed ones.
+        while ps.len() > 200 {
+            match ps.iter().position(|p| !p.open()) {
+                Some(i) => {
+                    ps.remove(i);
+                }
+                None => break,
+            }
+        }
+        Some(id)
+    }
+
+    /// The approved proposal waiting to run off `from`, if any.
+    pub fn approved_proposal(&self, from: &str) -> Option<Proposal> {
+        self.proposals_mut()
+            .iter()
+            .find(|p| p.from == from && p.state == "approved")
+            .cloned()
+    }
+
+    pub fn finish_proposal(&self, id: u64, state: &str, error: Option<String>) {
+        if let Some(p) = self.proposals_mut().iter_mut().find(|p| p.id == id) {
+            p.state = state.to_string();
+            p.error = error;
+        }
+    }
+
+    /// Every open proposal off `from` expires (the host is no longer short).
+    pub fn close_proposals(&self, from: &str, why: &str) {
+        for p in self
+            .proposals_mut()
+            .iter_mut()
+            .filter(|p| p.from == from && p.open())
+        {
+            tracing::info!(id = p.id, host = from, guest = %p.guest, why, "proposal expired");
+            p.state = "expired".into();
+            p.error = Some(why.to_string());
+        }
+    }
+
+    /// An operator approves (or rejects) a proposal. Only a proposal still proposed can be.
+    pub fn decide_proposal(&self, id: u64, approve: bool) -> Result<Proposal, ProposalError> {
+        let mut ps = self.proposals_mut();
+        let p = ps
+            .iter_mut()
+            .find(|p| p.id == id)
+            .ok_or(ProposalError::Unknown(id))?;
+        if p.state != "proposed" {
+            return Err(ProposalError::NotOpen(id, p.state.clone()));
+        }
+        p.state = if approve { "approved" } else { "rejected" }.into();
+        tracing::info!(id, host = %p.from, guest = %p.guest, to = %p.to, state = %p.state, "proposal decided by an operator");
+        Ok(p.clone())
+    }
+}
+
+impl Shared {
+    /// On SIGHUP: `[migration]` is applied; for the rest of the config file, say which edited
+    /// settings wait for a restart, so nobody believes they took effect.
     pub fn config_changes_needing_restart(&self) -> Vec<String> {
         let Some(path) = &self.config_path else {
             return vec![];
@@ -216,6 +383,13 @@ impl Shared {
         };
         let old = &self.config;
         let mut out = Vec::new();
+        {
+            let mut live = self.migration.write().unwrap_or_else(|p| p.into_inner());
+            if *live != new.migration {
+                tracing::info!(old = ?*live, new = ?new.migration, "migration settings applied");
+                *live = new.migration.clone();
+            }
+        }
         let mut diff = |name: &str, changed: bool| {
             if changed {
                 out.push(format!(
@@ -242,6 +416,7 @@ impl Shared {
         );
         diff("driver_grace", new.driver_grace != old.driver_grace);
         diff("flavors", new.flavors != old.flavors);
+        diff("coordination", new.coordination != old.coordination);
         out
     }
 }
