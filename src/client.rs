@@ -110,3 +110,49 @@ pub fn status_table(guests: &Value) -> String {
     out.push_str("(sizes in MiB)\n");
     out
 }
+
+/// Proposed migrations (open first), then the recent migrations from the audit.
+pub fn migrations_table(proposals: &Value, history: &Value) -> String {
+    let mut out = String::new();
+    let empty = Vec::new();
+    let ps = proposals.as_array().unwrap_or(&empty);
+    let open: Vec<&Value> = ps
+        .iter()
+        .filter(|p| p["state"] == "proposed" || p["state"] == "approved")
+        .collect();
+    out.push_str(&format!("PROPOSALS ({} open)\n", open.len()));
+    out.push_str(&format!(
+        "{:>4}  {:<10} {:<16} {:<12} {:<12} {:>9} {:>9}  {}\n",
+        "ID", "STATE", "GUEST", "FROM", "TO", "SIZE", "DEFICIT", "NOTE"
+    ));
+    for p in ps.iter().rev().take(20) {
+        out.push_str(&format!(
+            "{:>4}  {:<10} {:<16} {:<12} {:<12} {:>9} {:>9}  {}\n",
+            p["id"],
+            p["state"].as_str().unwrap_or("?"),
+            p["guest"].as_str().unwrap_or("?"),
+            p["from"].as_str().unwrap_or("?"),
+            p["to"].as_str().unwrap_or("?"),
+            mib(&p["size"]),
+            mib(&p["deficit"]),
+            p["error"].as_str().unwrap_or(""),
+        ));
+    }
+    let hs = history.as_array().unwrap_or(&empty);
+    out.push_str(&format!("\nMIGRATIONS ({} recorded)\n", hs.len()));
+    for r in hs.iter().rev().take(20) {
+        out.push_str(&format!(
+            "{:>14.0}  {:<16} {:<12} -> {:<12} {:>9}  {}\n",
+            r["time"].as_f64().unwrap_or(0.0),
+            r["guest"].as_str().unwrap_or("?"),
+            r["host"].as_str().unwrap_or("?"),
+            r["reason"]["to"].as_str().unwrap_or("?"),
+            mib(&r["before"]),
+            r["result"].as_str().unwrap_or("?"),
+        ));
+    }
+    if open.iter().any(|p| p["state"] == "proposed") {
+        out.push_str("\napprove one with: memscale migrations approve ID\n");
+    }
+    out
+}

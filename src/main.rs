@@ -14,6 +14,7 @@ fn main() {
     let code = match cli.command {
         Command::Check(a) => cli::check(&a),
         Command::Status(a) => cli::status(&a),
+        Command::Migrations(a) => cli::migrations(&a),
         Command::Adjust(a) => cli::adjust(&a),
         Command::Pin(a) => cli::pin(&a, true),
         Command::Unpin(a) => cli::pin(&a, false),

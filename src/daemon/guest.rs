@@ -83,7 +83,14 @@ pub struct Guest {
     pub health: Health,
     prev_swap_in: Option<(u64, Bytes)>,
     pub hostile: u64,
+    /// The guest claims to use more than its QEMU process holds on the host (RSS): what it
+    /// is believed to use is capped at that.
+    pub rss_capped: bool,
 }
+
+/// How far a guest's claimed use may exceed its host-side RSS before it is not believed:
+/// the larger of this and a tenth of its memory (RSS undercounts pages the host swapped out).
+pub const RSS_SLACK: Bytes = Bytes::from_mib(128);
 
 pub fn live_parts(spec: &DomainSpec, current: Option<Bytes>) -> Parts {
     let vmem: Vec<Bytes> = spec.virtio_mem.iter().map(|d| d.requested).collect();
@@ -129,6 +136,7 @@ impl Guest {
             health: Health::Starting,
             prev_swap_in: None,
             hostile: 0,
+            rss_capped: false,
         }
     }
 
@@ -179,6 +187,33 @@ impl Guest {
                 if avail > total || total > size + Bytes::from_mib(64) {
                     self.hostile += 1;
                 }
+                // A guest cannot use memory it never touched: a claim above what its QEMU
+                // process holds on the host (plus slack) is a lie or a broken driver. Believe
+                // the host: such a guest gains nothing by reporting no free memory.
+                let mut avail = avail;
+                let claimed = total.saturating_sub(avail.min(total));
+                let capped = match s.rss {
+                    Some(rss) => {
+                        let limit = rss + RSS_SLACK.max(total.scale(0.1));
+                        if claimed > limit {
+                            avail = total.saturating_sub(limit);
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    None => false,
+                };
+                if capped {
+                    self.hostile += 1;
+                    if !self.rss_capped {
+                        tracing::warn!(guest = %s.name, claimed = %claimed, rss = %s.rss.unwrap_or_default(),
+                            "guest claims to use more memory than its process holds on the host; believing the host");
+                    }
+                } else if self.rss_capped {
+                    tracing::info!(guest = %s.name, "guest's reports agree with the host again");
+                }
+                self.rss_capped = capped;
                 self.samples.push_back(Sample {
                     at: s.last_update as f64,
                     size,
@@ -320,5 +355,63 @@ impl Guest {
         });
         self.health = Health::Ok;
         d
+    }
+}
+
+#[cfg(test)]
+mod rss_tests {
+    use super::*;
+    use crate::hypervisor::GuestMem;
+
+    fn stats(t: u64, avail_mib: u64, rss_mib: Option<u64>) -> GuestStats {
+        GuestStats {
+            name: "liar".into(),
+            uuid: "u".into(),
+            state: RunState::Running,
+            current: Some(Bytes::from_mib(2048)),
+            maximum: Some(Bytes::from_mib(4096)),
+            guest: GuestMem {
+                total: Some(Bytes::from_mib(2000)),
+                usable: Some(Bytes::from_mib(avail_mib)),
+                ..Default::default()
+            },
+            last_update: t,
+            rss: rss_mib.map(Bytes::from_mib),
+        }
+    }
+
+    #[test]
+    fn a_guest_claiming_more_than_it_holds_on_the_host_is_not_believed() {
+        let mut g = Guest::new("liar", "u", 0.0);
+        // Honest: uses 1500 MiB, and QEMU holds 1600 MiB.
+        g.observe(stats(10, 500, Some(1600)), 10.0);
+        assert_eq!(
+            g.samples.back().map(|s| s.available),
+            Some(Bytes::from_mib(500))
+        );
+        assert!(!g.rss_capped);
+        assert_eq!(g.hostile, 0);
+        // Claims 1990 MiB used (10 MiB free) but holds only 700 MiB on the host: believed to
+        // use 700 MiB plus slack (200 MiB: a tenth of its 2000), so 1100 MiB available.
+        g.observe(stats(11, 10, Some(700)), 11.0);
+        assert!(g.rss_capped);
+        assert_eq!(g.hostile, 1);
+        assert_eq!(
+            g.samples.back().map(|s| s.available),
+            Some(Bytes::from_mib(1100))
+        );
+        // Within the slack, a claim stands.
+        g.observe(stats(12, 1150, Some(700)), 12.0);
+        assert!(!g.rss_capped);
+        assert_eq!(
+            g.samples.back().map(|s| s.available),
+            Some(Bytes::from_mib(1150))
+        );
+        // No RSS reported (old libvirt): the guest's word is all there is.
+        g.observe(stats(13, 10, None), 13.0);
+        assert_eq!(
+            g.samples.back().map(|s| s.available),
+            Some(Bytes::from_mib(10))
+        );
     }
 }

@@ -1,0 +1,339 @@
+//! OpenStack Nova as the migration backend for hosts whose guests Nova manages (issue 6).
+//!
+//! Moving a Nova instance behind Nova's back (libvirt peer to peer) would leave Nova's records
+//! saying it runs where it no longer does. For such hosts (`migration_backend = "nova"`),
+//! memscale asks Nova instead: a Keystone v3 password token, then the server action
+//! `os-migrateLive` (compute API microversion 2.30: `block_migration: "auto"`, no `force`, so
+//! Nova's scheduler checks the destination), then polls the server until it is `ACTIVE` with
+//! no task on the destination host, or reports why not. A Nova instance's UUID is its libvirt
+//! domain's UUID, so the daemon names servers by the domains it sees.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NovaConfig {
+    /// Keystone v3, e.g. `https://keystone.example:5000/v3`.
+    pub auth_url: String,
+    pub username: String,
+    /// File holding the password (not the password itself: the config is world-readable).
+    pub password_file: PathBuf,
+    pub project_name: String,
+    #[serde(default = "default_domain")]
+    pub user_domain_name: String,
+    #[serde(default = "default_domain")]
+    pub project_domain_name: String,
+    /// Catalog region (default: the first compute endpoint of the interface).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Catalog interface: public, internal or admin.
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    /// The compute endpoint, when the catalog is not to be used.
+    #[serde(default)]
+    pub compute_url: Option<String>,
+    /// Seconds between two looks at a migrating server.
+    #[serde(default = "default_poll")]
+    pub poll_seconds: f64,
+}
+
+fn default_domain() -> String {
+    "Default".into()
+}
+fn default_interface() -> String {
+    "public".into()
+}
+fn default_poll() -> f64 {
+    2.0
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NovaError {
+    #[error("keystone: {0}")]
+    Auth(String),
+    #[error("nova: {0}")]
+    Api(String),
+    #[error("nova: the migration of {server} to {dest} did not finish within {secs} s")]
+    Timeout {
+        server: String,
+        dest: String,
+        secs: u64,
+    },
+    #[error("nova: {0}")]
+    Failed(String),
+}
+
+/// Microversion: 2.25 made `block_migration: "auto"` possible; 2.30 added `force` (left out).
+pub const MICROVERSION: &str = "compute 2.30";
+
+pub struct Nova {
+    cfg: NovaConfig,
+    password: String,
+    agent: ureq::Agent,
+    /// Token and compute endpoint, until Nova refuses the token.
+    session: Mutex<Option<(String, String)>>,
+}
+
+impl Nova {
+    /// Read the password file; fails with a message naming the file.
+    pub fn new(cfg: NovaConfig) -> Result<Nova, String> {
+        let password = std::fs::read_to_string(&cfg.password_file)
+            .map_err(|e| {
+                format!(
+                    "{}: cannot read the Nova password: {e}",
+                    cfg.password_file.display()
+                )
+            })?
+            .trim()
+            .to_string();
+        if password.is_empty() {
+            return Err(format!(
+                "{}: the Nova password file is empty",
+                cfg.password_file.display()
+            ));
+        }
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Nova {
+            cfg,
+            password,
+            agent,
+            session: Mutex::new(None),
+        })
+    }
+
+    fn login(&self) -> Result<(String, String), NovaError> {
+        let body = json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": self.cfg.username,
+                "domain": {"name": self.cfg.user_domain_name},
+                "password": self.password,
+            }}},
+            "scope": {"project": {
+                "name": self.cfg.project_name,
+                "domain": {"name": self.cfg.project_domain_name},
+            }},
+        }});
+        let url = format!("{}/auth/tokens", self.cfg.auth_url.trim_end_matches('/'));
+        let mut r = self
+            .agent
+            .post(&url)
+            .send_json(&body)
+            .map_err(|e| NovaError::Auth(format!("{url}: {e}")))?;
+        let status = r.status().as_u16();
+        if status != 201 {
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            return Err(NovaError::Auth(format!(
+                "{url}: HTTP {status}: {}",
+                text.chars().take(300).collect::<String>()
+            )));
+        }
+        let token = r
+            .headers()
+            .get("X-Subject-Token")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| NovaError::Auth(format!("{url}: no X-Subject-Token in the answer")))?
+            .to_string();
+        let v: Value = r
+            .body_mut()
+            .read_json()
+            .map_err(|e| NovaError::Auth(format!("{url}: {e}")))?;
+        let compute = match &self.cfg.compute_url {
+            Some(u) => u.clone(),
+            None => compute_endpoint(&v, &self.cfg.interface, self.cfg.region.as_deref())
+                .ok_or_else(|| {
+                    NovaError::Auth(format!(
+                        "{url}: no compute endpoint with interface {:?}{} in the catalog",
+                        self.cfg.interface,
+                        self.cfg
+                            .region
+                            .as_ref()
+                            .map(|r| format!(" in region {r:?}"))
+                            .unwrap_or_default()
+                    ))
+                })?,
+        };
+        Ok((token, compute.trim_end_matches('/').to_string()))
+    }
+
+    fn session(&self) -> Result<(String, String), NovaError> {
+        let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(x) = s.as_ref() {
+            return Ok(x.clone());
+        }
+        let x = self.login()?;
+        *s = Some(x.clone());
+        Ok(x)
+    }
+
+    /// One compute API call; a refused token is renewed once.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), NovaError> {
+        for attempt in 0..2 {
+            let (token, base) = self.session()?;
+            let url = format!("{base}{path}");
+            let r = match (method, body) {
+                ("POST", Some(b)) => self
+                    .agent
+                    .post(&url)
+                    .header("X-Auth-Token", &token)
+                    .header("OpenStack-API-Version", MICROVERSION)
+                    .send_json(b),
+                _ => self
+                    .agent
+                    .get(&url)
+                    .header("X-Auth-Token", &token)
+                    .header("OpenStack-API-Version", MICROVERSION)
+                    .call(),
+            };
+            let mut r = r.map_err(|e| NovaError::Api(format!("{method} {url}: {e}")))?;
+            let status = r.status().as_u16();
+            if status == 401 && attempt == 0 {
+                *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                continue;
+            }
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            return Ok((status, v));
+        }
+        Err(NovaError::Api(format!(
+            "{method} {path}: token refused twice"
+        )))
+    }
+
+    fn server(&self, id: &str) -> Result<Value, NovaError> {
+        match self.call("GET", &format!("/servers/{id}"), None)? {
+            (200, v) => Ok(v["server"].clone()),
+            (s, v) => Err(NovaError::Api(format!(
+                "GET /servers/{id}: HTTP {s}: {}",
+                brief(&v)
+            ))),
+        }
+    }
+
+    /// Live-migrate server `id` to compute host `dest` and wait until it runs there.
+    pub fn live_migrate(&self, id: &str, dest: &str, timeout: Duration) -> Result<(), NovaError> {
+        let t0 = Instant::now();
+        let before = self.server(id)?;
+        let source = host_of(&before);
+        if source.as_deref() == Some(dest) {
+            return Ok(());
+        }
+        let body = json!({"os-migrateLive": {"host": dest, "block_migration": "auto"}});
+        match self.call("POST", &format!("/servers/{id}/action"), Some(&body))? {
+            (202, _) => {}
+            (s, v) => {
+                return Err(NovaError::Failed(format!(
+                    "os-migrateLive of {id} to {dest} refused: HTTP {s}: {}",
+                    brief(&v)
+                )));
+            }
+        }
+        let mut seen_task = false;
+        loop {
+            std::thread::sleep(Duration::from_secs_f64(
+                self.cfg.poll_seconds.clamp(0.05, 60.0),
+            ));
+            let s = self.server(id)?;
+            let status = s["status"].as_str().unwrap_or("");
+            let task = s["OS-EXT-STS:task_state"].as_str();
+            let host = host_of(&s);
+            if task.is_some() {
+                seen_task = true;
+            }
+            if status == "ERROR" {
+                return Err(NovaError::Failed(format!(
+                    "server {id} went to ERROR while migrating to {dest}: {}",
+                    brief(&s["fault"])
+                )));
+            }
+            if task.is_none() && status == "ACTIVE" {
+                if host.as_deref() == Some(dest) {
+                    return Ok(());
+                }
+                if seen_task || t0.elapsed() > Duration::from_secs(30) {
+                    return Err(NovaError::Failed(format!(
+                        "Nova left server {id} on {} (the migration to {dest} did not happen; see `openstack server migration list --server {id}`)",
+                        host.unwrap_or_default()
+                    )));
+                }
+            }
+            if t0.elapsed() > timeout {
+                return Err(NovaError::Timeout {
+                    server: id.into(),
+                    dest: dest.into(),
+                    secs: timeout.as_secs(),
+                });
+            }
+        }
+    }
+}
+
+fn host_of(server: &Value) -> Option<String> {
+    server["OS-EXT-SRV-ATTR:host"].as_str().map(str::to_string)
+}
+
+fn brief(v: &Value) -> String {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    s.chars().take(300).collect()
+}
+
+/// The compute endpoint in a Keystone v3 token's catalog.
+pub fn compute_endpoint(token: &Value, interface: &str, region: Option<&str>) -> Option<String> {
+    token["token"]["catalog"]
+        .as_array()?
+        .iter()
+        .filter(|s| s["type"] == "compute")
+        .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+        .find(|e| {
+            e["interface"] == interface
+                && region.is_none_or(|r| e["region"] == r || e["region_id"] == r)
+        })
+        .and_then(|e| e["url"].as_str())
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_compute_endpoint_by_interface_and_region() {
+        let t = json!({"token": {"catalog": [
+            {"type": "identity", "endpoints": [{"interface": "public", "region": "R1", "url": "http://k"}]},
+            {"type": "compute", "endpoints": [
+                {"interface": "internal", "region": "R1", "url": "http://n-int-r1/v2.1"},
+                {"interface": "public", "region": "R1", "url": "http://n-pub-r1/v2.1"},
+                {"interface": "public", "region": "R2", "url": "http://n-pub-r2/v2.1"},
+            ]},
+        ]}});
+        assert_eq!(
+            compute_endpoint(&t, "public", None).as_deref(),
+            Some("http://n-pub-r1/v2.1")
+        );
+        assert_eq!(
+            compute_endpoint(&t, "public", Some("R2")).as_deref(),
+            Some("http://n-pub-r2/v2.1")
+        );
+        assert_eq!(
+            compute_endpoint(&t, "internal", None).as_deref(),
+            Some("http://n-int-r1/v2.1")
+        );
+        assert_eq!(compute_endpoint(&t, "admin", None), None);
+        assert_eq!(compute_endpoint(&t, "public", Some("R3")), None);
+    }
+}
