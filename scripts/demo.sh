@@ -56,7 +56,7 @@ shrink_rate = "128MiB/s"
 TOML
 port=19850
 ./target/debug/memscale --log-format plain run --connect "demo=$uri" --policies "$work/policies" \
-  --listen "127.0.0.1:$port" --audit-log "$work/audit.jsonl" 2> "$work/memscale.log" &
+  --listen "127.0.0.1:$port" --audit-log "$work/audit.jsonl" --state-dir "$work/state" 2> "$work/memscale.log" &
 pid=$!
 echo "== memscale running (pid $pid); API on 127.0.0.1:$port; Ctrl-C to stop"
 start=$(date +%s)

@@ -256,11 +256,17 @@ fn mutate(s: &Shared, headers: &hyper::HeaderMap, name: &str, action: &str, body
     match action {
         "pin" => {
             pins(true);
+            s.save_state();
             tracing::info!(guest = %g.name, "pinned by operator");
             json_resp(StatusCode::OK, &json!({ "guest": g.name, "pinned": true }))
         }
         "unpin" => {
             pins(false);
+            s.manual
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&g.name);
+            s.save_state();
             tracing::info!(guest = %g.name, "unpinned by operator");
             json_resp(StatusCode::OK, &json!({ "guest": g.name, "pinned": false }))
         }
@@ -341,6 +347,11 @@ fn mutate(s: &Shared, headers: &hyper::HeaderMap, name: &str, action: &str, body
                 .insert(g.name.clone(), want);
             // A manual size holds until the operator unpins the guest.
             pins(true);
+            s.manual
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(g.name.clone(), want.0);
+            s.save_state();
             tracing::info!(guest = %g.name, memory_mib = req.memory_mib, "manual adjust queued; guest pinned");
             json_resp(
                 StatusCode::ACCEPTED,

@@ -245,6 +245,9 @@ pub struct RunArgs {
     /// qemu:///system).
     #[arg(long = "connect", short = 'C')]
     pub connect: Vec<String>,
+    /// Where pins and the planner's memory survive restarts (default /var/lib/memscale).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     /// Directory of policy files.
     #[arg(long)]
     pub policies: Option<PathBuf>,
@@ -332,6 +335,9 @@ pub fn effective_config(a: &RunArgs) -> Result<Config, Vec<Diag>> {
     }
     if let Some(p) = &a.audit_log {
         c.audit_log = Some(p.clone());
+    }
+    if let Some(p) = &a.state_dir {
+        c.state_dir = p.clone();
     }
     if let Some(i) = &a.interval {
         c.interval = crate::units::Dur::parse(i).map_err(|e| {
@@ -472,6 +478,7 @@ pub async fn run(a: RunArgs) -> i32 {
             return EXIT_RUNTIME;
         }
     };
+    shared.restore_state();
     let hosts: Vec<(HostConfig, Arc<dyn Hypervisor>)> = config
         .hosts
         .iter()
@@ -515,6 +522,12 @@ pub async fn run(a: RunArgs) -> i32 {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), daemon).await;
     reloader.abort();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notifier).await;
+    // A clean stop saves the planner's memory of every guest.
+    let _ = tokio::task::spawn_blocking({
+        let s = shared.clone();
+        move || s.save_state()
+    })
+    .await;
     if let Some(t) = session {
         // Hand our hosts over at once (the lease is revoked) rather than after its ttl.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(4), t).await;

@@ -144,6 +144,8 @@ pub struct Config {
     pub migration: MigrationConfig,
     /// Several daemons: who acts for which host, and promises to destinations, through etcd.
     pub coordination: Option<crate::coord::CoordConfig>,
+    /// Where pins, manual sizes and each guest's planner memory are kept across restarts.
+    pub state_dir: PathBuf,
     /// OpenStack credentials, for hosts with `migration_backend = "nova"`.
     pub nova: Option<crate::nova::NovaConfig>,
 }
@@ -167,6 +169,7 @@ impl Default for Config {
             migration: MigrationConfig::default(),
             coordination: None,
             nova: None,
+            state_dir: PathBuf::from("/var/lib/memscale"),
         }
     }
 }

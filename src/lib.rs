@@ -25,5 +25,6 @@ pub mod policy;
 pub mod rebalance;
 pub mod reload;
 pub mod sim;
+pub mod state;
 pub mod trace;
 pub mod units;

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     pub migrations: IntCounterVec,
     pub host_acting: IntGaugeVec,
+    pub state_errors: IntCounter,
     pub up: IntCounter,
 }
 
@@ -54,6 +55,7 @@ impl Metrics {
             build: reg(&r, IntGaugeVec::new(Opts::new("memscale_build_info", "Always 1; the version as a label."), &["version"]).expect("metric")),
             api_requests: reg(&r, IntCounterVec::new(Opts::new("memscale_api_requests_total", "API requests by route and status code."), &["route", "code"]).expect("metric")),
             migrations: reg(&r, IntCounterVec::new(Opts::new("memscale_migrations_total", "Live migrations off a host short of memory, by source, destination and result (proposed, applied, failed)."), &["from", "to", "result"]).expect("metric")),
+            state_errors: reg(&r, IntCounter::new("memscale_state_save_errors_total", "Failed writes of the state file (pins and planner memory across restarts).").expect("metric")),
             host_acting: reg(&r, IntGaugeVec::new(Opts::new("memscale_host_acting", "1 when this daemon acts for the host; 0 when it only watches it (manage = false, or another daemon holds it through etcd)."), &["host"]).expect("metric")),
             up: reg(&r, IntCounter::new("memscale_ticks_total", "Host ticks run since start.").expect("metric")),
             registry: r,

@@ -317,6 +317,37 @@ impl PeakTracker {
         self.window
     }
 
+    /// Its whole content, to save: (span, buckets, latest value, its time).
+    pub fn parts(&self) -> (f64, Vec<(i64, Bytes)>, Bytes, f64) {
+        (
+            self.window,
+            self.buckets.iter().copied().collect(),
+            self.last,
+            self.last_at,
+        )
+    }
+
+    /// Rebuilt from `parts`; nonsense (a non-finite or negative span) gives an empty tracker.
+    pub fn from_parts(
+        window: f64,
+        buckets: Vec<(i64, Bytes)>,
+        last: Bytes,
+        last_at: f64,
+    ) -> PeakTracker {
+        if !window.is_finite() || window < 0.0 {
+            return PeakTracker::default();
+        }
+        let mut p = PeakTracker::new(window);
+        p.buckets = buckets.into_iter().collect();
+        p.last = last;
+        p.last_at = if last_at.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            last_at
+        };
+        p
+    }
+
     /// Time of the latest sample taken in.
     pub fn last_at(&self) -> f64 {
         self.last_at

@@ -140,6 +140,44 @@ impl Guest {
         }
     }
 
+    /// Take back the planner memory saved before a restart. Samples count only if they
+    /// describe the size the guest has now (a resize may have landed while memscale was down).
+    /// Returns how many samples were kept.
+    pub fn restore(&mut self, st: &crate::state::GuestState, current: Option<Bytes>) -> usize {
+        self.peaks = st.peaks();
+        self.history = st.history();
+        self.held_until = st.held_until;
+        self.settled_at = st.settled_at;
+        self.hostile = st.hostile;
+        let samples = st.samples();
+        let same_size = match (samples.last(), current) {
+            (Some(s), Some(c)) => s.size.delta(c).unsigned_abs() <= CONVERGE_TOLERANCE.0 as u128,
+            _ => false,
+        };
+        if same_size {
+            self.samples = samples.into_iter().collect();
+        } else {
+            // A different size: what the guest reported before is not comparable; start
+            // afresh from the next report.
+            self.settled_at = self
+                .settled_at
+                .max(samples.last().map(|s| s.at).unwrap_or(0.0));
+        }
+        self.samples.len()
+    }
+
+    pub fn capture(&self) -> crate::state::GuestState {
+        crate::state::GuestState::capture(
+            &self.name,
+            self.samples.iter().copied(),
+            &self.peaks,
+            self.history,
+            self.held_until,
+            self.settled_at,
+            self.hostile,
+        )
+    }
+
     pub fn current(&self) -> Bytes {
         self.stats
             .as_ref()
@@ -413,5 +451,119 @@ mod rss_tests {
             g.samples.back().map(|s| s.available),
             Some(Bytes::from_mib(10))
         );
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+    use crate::hypervisor::GuestMem;
+    use proptest::prelude::*;
+
+    fn envelope() -> (crate::domain::DomainSpec, Envelope) {
+        let spec = crate::domain::DomainSpec {
+            name: "h".into(),
+            memory: Bytes::from_mib(512 + 1536),
+            current_memory: Bytes::from_mib(512),
+            balloon_device: true,
+            virtio_mem: vec![crate::domain::VirtioMem {
+                alias: Some("vm0".into()),
+                node: Some(0),
+                size: Bytes::from_mib(1536),
+                block: Bytes::from_mib(2),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let env =
+            Envelope::from_spec(&spec, &crate::envelope::FlavorCatalog::new()).expect("envelope");
+        (spec, env)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Whatever a guest reports (free above total, totals beyond its size, counters going
+        /// backwards, absurd values, timestamps from the future or the past, no free memory
+        /// ever), every decision stays inside its envelope and is never a grow beyond the
+        /// ceiling; nonsense is counted.
+        #[test]
+        fn hostile_reports_never_leave_the_envelope(
+            reports in proptest::collection::vec(
+                (0u64..u64::MAX / 2, 0u64..u64::MAX / 2, any::<Option<u64>>(), 0u64..40, any::<Option<u64>>(), any::<bool>()),
+                1..60,
+            )
+        ) {
+            let (spec, env) = envelope();
+            let mut g = Guest::new("h", "u", 0.0);
+            g.envelope = Ok(env.clone());
+            g.spec = Some(spec);
+            let policy = crate::policy::Policy::builtin();
+            let cfg = Config::default();
+            let mut size = Bytes::from_mib(1024);
+            let mut t = 1_000u64;
+            for (total, avail, swap, dt, rss, absurd) in reports {
+                t += dt;
+                let (total, avail) = if absurd {
+                    (Bytes(total), Bytes(avail))
+                } else {
+                    (Bytes(total % (size.0 + 1)), Bytes(avail % (size.0 + 1)))
+                };
+                g.observe(GuestStats {
+                    name: "h".into(),
+                    uuid: "u".into(),
+                    state: RunState::Running,
+                    current: Some(size),
+                    maximum: Some(env.ceiling),
+                    guest: GuestMem {
+                        total: Some(total),
+                        usable: Some(avail),
+                        swap_in: swap.map(Bytes),
+                        ..Default::default()
+                    },
+                    last_update: t,
+                    rss: rss.map(Bytes),
+                }, t as f64);
+                let d = g.decide(t as f64, &policy, &cfg);
+                prop_assert!(d.target <= env.ceiling, "{d:?} beyond {}", env.ceiling);
+                prop_assert!(d.target >= env.floor || d.kind == crate::planner::Kind::Hold, "{d:?} below {}", env.floor);
+                if d.kind != crate::planner::Kind::Hold {
+                    // As if it landed at once.
+                    size = d.target;
+                    g.pending = None;
+                    g.settled_at = t as f64;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nonsense_is_counted() {
+        let (spec, env) = envelope();
+        let mut g = Guest::new("h", "u", 0.0);
+        g.envelope = Ok(env);
+        g.spec = Some(spec);
+        let st = |t: u64, total: u64, avail: u64, swap: u64| GuestStats {
+            name: "h".into(),
+            uuid: "u".into(),
+            state: RunState::Running,
+            current: Some(Bytes::from_mib(1024)),
+            maximum: None,
+            guest: GuestMem {
+                total: Some(Bytes::from_mib(total)),
+                usable: Some(Bytes::from_mib(avail)),
+                swap_in: Some(Bytes::from_mib(swap)),
+                ..Default::default()
+            },
+            last_update: t,
+            rss: None,
+        };
+        g.observe(st(10, 1000, 500, 10), 10.0);
+        assert_eq!(g.hostile, 0);
+        g.observe(st(11, 1000, 1500, 10), 11.0); // free above total
+        assert_eq!(g.hostile, 1);
+        g.observe(st(12, 9000, 500, 10), 12.0); // total beyond its size
+        assert_eq!(g.hostile, 2);
+        g.observe(st(13, 1000, 500, 5), 13.0); // a counter going backwards
+        assert_eq!(g.hostile, 3);
     }
 }

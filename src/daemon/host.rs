@@ -39,6 +39,8 @@ struct Host {
     deficit: Bytes,
     /// "No guest fits elsewhere" was logged for the current shortage.
     no_room_reported: bool,
+    /// When the guests' planner memory was last captured for the state file.
+    last_snapshot: f64,
 }
 
 impl Host {
@@ -105,6 +107,7 @@ pub(super) async fn host_loop(
         standby: None,
         deficit: Bytes(0),
         no_room_reported: false,
+        last_snapshot: 0.0,
     };
     let interval = shared.config.interval.0;
     let mut next = tokio::time::Instant::now();
@@ -199,8 +202,20 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
         seen.push(s.uuid.clone());
         let uuid = s.uuid.clone();
         let g = host.guests.entry(uuid.clone()).or_insert_with(|| {
-            tracing::info!(host = %host.label, guest = %s.name, "new guest");
-            Guest::new(&s.name, &uuid, now)
+            let mut g = Guest::new(&s.name, &uuid, now);
+            let saved = shared
+                .restored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&uuid);
+            match saved {
+                Some(st) => {
+                    let kept = g.restore(&st, s.current);
+                    tracing::info!(host = %host.label, guest = %s.name, samples = kept, "guest known from saved state: planner memory restored");
+                }
+                None => tracing::info!(host = %host.label, guest = %s.name, "new guest"),
+            }
+            g
         });
         g.observe(s, now);
         let running = g
@@ -245,6 +260,7 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
         // publish the host's committed memory for the movers, but change nothing.
         host.deficit = Bytes(0);
         forget_gone(host, shared, &seen);
+        snapshot(host, shared, now);
         publish(host, shared, now);
         return true;
     }
@@ -290,8 +306,21 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
         rebalance(host, shared, needs, &candidates, now).await;
     }
     forget_gone(host, shared, &seen);
+    snapshot(host, shared, now);
     publish(host, shared, now);
     true
+}
+
+/// Capture each guest's planner memory for the state file, every few seconds.
+fn snapshot(host: &mut Host, shared: &Shared, now: f64) {
+    if now - host.last_snapshot < 4.0 {
+        return;
+    }
+    host.last_snapshot = now;
+    let mut snaps = shared.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+    for (uuid, g) in &host.guests {
+        snaps.insert(uuid.clone(), g.capture());
+    }
 }
 
 fn forget_gone(host: &mut Host, shared: &Shared, seen: &[String]) {
@@ -305,6 +334,11 @@ fn forget_gone(host: &mut Host, shared: &Shared, seen: &[String]) {
         if let Some(g) = host.guests.remove(&u) {
             tracing::info!(host = %host.label, guest = %g.name, "guest gone");
             shared.metrics.forget_guest(&host.label, &g.name);
+            shared
+                .snapshots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&u);
         }
     }
 }

@@ -131,6 +131,15 @@ pub struct Shared {
     pub migration: RwLock<crate::config::MigrationConfig>,
     /// Migrations proposed (propose-only mode or dry run), waiting for an operator.
     pub proposals: std::sync::Mutex<Vec<Proposal>>,
+    /// Planner memory restored from the state file, taken by the host loops as they meet
+    /// each guest (by UUID).
+    pub restored: std::sync::Mutex<BTreeMap<String, crate::state::GuestState>>,
+    /// Each guest's planner memory as its host loop last captured it (by UUID).
+    pub snapshots: std::sync::Mutex<BTreeMap<String, crate::state::GuestState>>,
+    /// Sizes set by hand (by guest name), kept with the pins.
+    pub manual: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// Serialises writes of the state file.
+    pub state_lock: std::sync::Mutex<()>,
     /// OpenStack Nova, for hosts that migrate through it.
     pub nova: Option<Arc<crate::nova::Nova>>,
     /// The etcd session when `[coordination]` is set.
@@ -161,6 +170,10 @@ impl Shared {
             pins: RwLock::new(Default::default()),
             migration: RwLock::new(migration),
             nova: None,
+            restored: std::sync::Mutex::new(BTreeMap::new()),
+            snapshots: std::sync::Mutex::new(BTreeMap::new()),
+            manual: std::sync::Mutex::new(BTreeMap::new()),
+            state_lock: std::sync::Mutex::new(()),
             proposals: std::sync::Mutex::new(Vec::new()),
             promises: match &coord {
                 Some(c) => crate::coord::Promises::Etcd(c.clone()),
@@ -263,6 +276,61 @@ pub enum ProposalError {
 }
 
 impl Shared {
+    /// Read the state file at start: pins and manual sizes at once, guests' planner memory for
+    /// the host loops to take. A file that cannot be read is reported and set aside.
+    pub fn restore_state(&self) {
+        let dir = &self.config.state_dir;
+        match crate::state::load(dir) {
+            Ok(None) => tracing::info!(dir = %dir.display(), "no saved state: starting afresh"),
+            Ok(Some(st)) => {
+                let age = epoch_now() - st.saved_at;
+                tracing::info!(dir = %dir.display(), pins = st.pins.len(), guests = st.guests.len(),
+                    age_seconds = age as i64, "state restored");
+                self.pins
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(st.pins);
+                *self.manual.lock().unwrap_or_else(|p| p.into_inner()) = st.manual;
+                *self.restored.lock().unwrap_or_else(|p| p.into_inner()) = st.guests.clone();
+                *self.snapshots.lock().unwrap_or_else(|p| p.into_inner()) = st.guests;
+            }
+            Err(e) => {
+                let aside = crate::state::set_aside(dir);
+                tracing::error!(error = %e, set_aside = ?aside, "saved state unreadable: pins and planner memory start afresh; guests keep their sizes");
+            }
+        }
+    }
+
+    /// Write pins, manual sizes and the guests' planner memory, atomically.
+    pub fn save_state(&self) {
+        let st = crate::state::State {
+            version: crate::state::VERSION,
+            saved_at: epoch_now(),
+            pins: self
+                .pins
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+            manual: self
+                .manual
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            guests: self
+                .snapshots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        };
+        let _one = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = crate::state::save(&self.config.state_dir, &st) {
+            self.metrics.state_errors.inc();
+            tracing::error!(dir = %self.config.state_dir.display(), error = %e, "cannot save state (pins and planner memory would not survive a restart)");
+        }
+    }
+
     pub fn migration_config(&self) -> crate::config::MigrationConfig {
         self.migration
             .read()
@@ -453,6 +521,24 @@ pub async fn run(
         tasks.spawn(async move { host::host_loop(s, cfg, hv, sd, tx).await });
     }
     drop(ready_tx);
+    {
+        // Save the guests' planner memory every few seconds (pins are saved when changed).
+        let s = shared.clone();
+        let mut sd = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                    _ = sd.changed() => {}
+                }
+                if *sd.borrow() {
+                    break;
+                }
+                let s2 = s.clone();
+                let _ = tokio::task::spawn_blocking(move || s2.save_state()).await;
+            }
+        });
+    }
     let s = shared.clone();
     tasks.spawn(async move {
         let mut seen = std::collections::HashSet::new();

@@ -126,6 +126,10 @@ impl Guest {
             ],
         );
     }
+    /// Make the guest claim all its free memory as used, forever (`liar` in guest-init).
+    pub fn liar(&self) -> String {
+        sh("guest.sh", &["liar", &self.host, &self.name])
+    }
     pub fn rmmod_balloon(&self) -> String {
         sh("guest.sh", &["rmmod-balloon", &self.host, &self.name])
     }
@@ -208,6 +212,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub audit: PathBuf,
     pub log: PathBuf,
+    /// The command line, to start the same daemon again.
+    pub args: Vec<std::ffi::OsString>,
 }
 
 impl Daemon {
@@ -256,6 +262,9 @@ impl Daemon {
         for h in hosts {
             cmd.arg("--connect").arg(h.connect_arg());
         }
+        if !extra.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(dir.path().join("state"));
+        }
         cmd.args(extra);
         for (k, v) in env {
             cmd.env(k, v);
@@ -263,15 +272,47 @@ impl Daemon {
         let logf = std::fs::File::create(&log).expect("log");
         cmd.stdout(Stdio::null()).stderr(logf);
         let child = cmd.spawn().expect("spawn memscale");
+        let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_os_string()).collect();
         let d = Daemon {
             child,
             port,
             dir,
             audit,
             log,
+            args,
         };
         d.wait_until("the API answers", 30, || d.get("/v1/status").is_some());
         d
+    }
+
+    /// SIGKILL the daemon (no chance to save anything) and start it again with the same
+    /// command line, config, state directory, audit log and port; its log is appended to.
+    pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.restart();
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the same daemon again (after `kill`).
+    pub fn restart(&mut self) {
+        let logf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        self.child = Command::new(env!("CARGO_BIN_EXE_memscale"))
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("respawn memscale");
+        self.wait_until("the API answers again", 30, || {
+            self.get("/v1/status").is_some()
+        });
     }
 
     pub fn policy_dir(&self) -> PathBuf {

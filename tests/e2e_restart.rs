@@ -1,0 +1,192 @@
+//! End-to-end: memscale SIGKILLed and started again. It adopts the sizes guests have now
+//! (resets nothing), keeps pins and manual sizes (saved atomically when changed), and takes
+//! the same decisions it would have taken had it not stopped: a guest held at its recent peak
+//! is not shrunk because the new process forgot the peak. An unreadable state file is named,
+//! set aside, and costs nothing but that memory.
+
+mod common;
+
+use common::*;
+
+const POLICY: &str = r#"
+[[policy]]
+name = "peaks"
+[policy.memory]
+headroom = "128MiB"
+peak_window = "1h"
+shrink_cooldown = "6s"
+window = "10s"
+shrink_interval = "2s"
+shrink_rate = "256MiB/s"
+"#;
+
+fn resizes_since(d: &Daemon, guest: &str, t: f64) -> Vec<serde_json::Value> {
+    d.audit()
+        .into_iter()
+        .filter(|r| {
+            r["guest"] == guest
+                && r["kind"] != "hold"
+                && r["result"] == "applied"
+                && r["time"].as_f64().unwrap_or(0.0) > t
+        })
+        .collect()
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_killed_daemon_comes_back_with_its_pins_and_its_memory() {
+    let h = Host::up("lrst", 40);
+    let tokdir = tempfile::tempdir().expect("tempdir");
+    let token = tokdir.path().join("token");
+    std::fs::write(&token, "restart-token\n").expect("token");
+    // "peaky" climbs to 600 MiB, then drops to 100: the policy keeps room for the last hour's
+    // peak, so it is not shrunk afterwards.
+    let peaky = h.guest(
+        "peaky",
+        &[
+            "--mem",
+            "512",
+            "--vmem",
+            "1024",
+            "--stats-period",
+            "1",
+            "--demand",
+            "8:600@100,40:100",
+        ],
+    );
+    let pinme = h.guest(
+        "pinme",
+        &["--mem", "512", "--vmem", "1024", "--stats-period", "1"],
+    );
+    let manual = h.guest(
+        "manual",
+        &["--mem", "512", "--vmem", "1024", "--stats-period", "1"],
+    );
+    let config = format!(
+        "interval = \"1s\"\nstats_period = 1\napi_token_file = \"{}\"\n",
+        token.display()
+    );
+    let mut d = Daemon::start(&[&h], &[("peaks.toml", POLICY)], &config, &[]);
+    for g in [&peaky, &pinme, &manual] {
+        g.wait_boot();
+    }
+    let tok = Some("restart-token");
+    d.wait_until("every guest seen", 60, || {
+        ["peaky", "pinme", "manual"].iter().all(|g| {
+            d.get(&format!("/v1/guests/{g}"))
+                .is_some_and(|v| v["state"] == "ok")
+        })
+    });
+    let (code, body) = d
+        .request("POST", "/v1/guests/pinme/pin", None, tok)
+        .expect("pin");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = d
+        .request(
+            "POST",
+            "/v1/guests/manual/adjust",
+            Some("{\"memory_mib\": 896}"),
+            tok,
+        )
+        .expect("adjust");
+    assert_eq!(code, 202, "{body}");
+    d.wait_until("manual at 896 MiB", 60, || manual.current_mib() == 896);
+    // Wait for peaky's peak, its drop, and a quiet spell at the size kept for the peak.
+    d.wait_until("peaky's demand up and down again", 120, || {
+        peaky.stat().demand_mib <= 100 && peaky.stat().t >= 45
+    });
+    let mut quiet_since = now();
+    d.wait_until("peaky steady for 15 s at its peak size", 120, || {
+        if !resizes_since(&d, "peaky", quiet_since).is_empty() {
+            quiet_since = now();
+        }
+        now() - quiet_since >= 15.0
+    });
+    let before: Vec<u64> = [&peaky, &pinme, &manual]
+        .iter()
+        .map(|g| g.current_mib())
+        .collect();
+    assert!(
+        before[0] >= 600,
+        "peaky holds room for its peak: {before:?}"
+    );
+    // The state file is there, whole, with the pins.
+    let st: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.dir.path().join("state/state.json")).expect("state file"),
+    )
+    .expect("state file is JSON");
+    assert!(
+        st["pins"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|x| x == "pinme") && p.iter().any(|x| x == "manual")),
+        "{st}"
+    );
+
+    // SIGKILL: nothing is saved on the way out.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let killed = now();
+    d.kill_and_restart();
+    d.wait_until("the guests known again", 30, || {
+        d.get("/v1/guests/peaky")
+            .is_some_and(|g| g["state"] == "ok")
+    });
+    assert!(d.log_text().contains("state restored"));
+    assert!(
+        d.log_text().contains("planner memory restored"),
+        "{}",
+        tail(&d.log_text(), 30)
+    );
+    for g in ["pinme", "manual"] {
+        let v = d.get(&format!("/v1/guests/{g}")).expect("guest");
+        assert_eq!(v["pinned"], true, "{g} still pinned: {v}");
+    }
+    // Sizes adopted, nothing reset; and for 25 s the same decisions as before the kill: peaky
+    // is kept at its peak size (a daemon that forgot the peak would shrink it within seconds).
+    let t = std::time::Instant::now();
+    d.wait_until("25 s after the restart", 60, || {
+        assert!(
+            resizes_since(&d, "peaky", killed).is_empty(),
+            "peaky resized after the restart: {:?}",
+            resizes_since(&d, "peaky", killed)
+        );
+        t.elapsed().as_secs() >= 25
+    });
+    let after: Vec<u64> = [&peaky, &pinme, &manual]
+        .iter()
+        .map(|g| g.current_mib())
+        .collect();
+    assert_eq!(after, before, "sizes after the restart");
+    for g in ["pinme", "manual"] {
+        assert!(resizes_since(&d, g, killed).is_empty(), "{g} untouched");
+    }
+
+    // An unreadable state file: named in the log, set aside, and the daemon runs on; guests
+    // keep their sizes.
+    d.kill();
+    std::fs::write(
+        d.dir.path().join("state/state.json"),
+        "{\"version\": 1, \"pins\": [",
+    )
+    .expect("write");
+    d.restart();
+    d.wait_until("the daemon running again", 30, || {
+        d.get("/v1/guests/peaky").is_some()
+    });
+    let log = d.log_text();
+    assert!(log.contains("saved state unreadable"), "{}", tail(&log, 20));
+    assert!(d.dir.path().join("state/state.json.bad").exists());
+    let again: Vec<u64> = [&peaky, &pinme, &manual]
+        .iter()
+        .map(|g| g.current_mib())
+        .collect();
+    assert_eq!(again, before);
+    for g in [&peaky, &pinme, &manual] {
+        assert!(g.oom().is_none(), "{} OOM", g.name);
+    }
+}
