@@ -25,7 +25,12 @@ fn a_hung_host_stalls_only_itself() {
         "fb",
         &["--mem", "512", "--vmem", "1024", "--stats-period", "1"],
     );
+    let ga = a.guest(
+        "fa",
+        &["--mem", "512", "--vmem", "1024", "--stats-period", "1"],
+    );
     gb.wait_boot();
+    ga.wait_boot();
     let d = Daemon::start(&[&a, &b], &[], "interval = \"500ms\"\n", &[]);
     d.wait_until("both hosts connected", 30, || {
         d.get("/v1/status").is_some_and(|s| {
@@ -87,4 +92,155 @@ fn a_hung_host_stalls_only_itself() {
         })
     });
     assert!(gb.oom().is_none());
+
+    // libvirtd killed (SIGKILL) right after memscale resized a guest, and started again: the
+    // daemon notices, reconnects with back-off, does not repeat the resize, and resumes.
+    ga.demand(450, 80);
+    d.wait_until("a grow of fa applied", 90, || {
+        d.audit()
+            .iter()
+            .any(|r| r["guest"] == "fa" && r["kind"] == "grow" && r["result"] == "applied")
+    });
+    let tb = testbed().join("host.sh");
+    let run = |cmd: &str| {
+        let out = std::process::Command::new(&tb)
+            .args([cmd, "lfa"])
+            .output()
+            .expect("host.sh");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let errors_before = metric(
+        &d,
+        "memscale_libvirt_errors_total{call=\"stats\",host=\"lfa\"}",
+    );
+    run("kill-libvirtd");
+    d.wait_until("the dead libvirtd noticed", 20, || {
+        d.get("/v1/status").is_some_and(|s| {
+            s["hosts"].as_array().is_some_and(|h| {
+                h.iter()
+                    .any(|h| h["name"] == "lfa" && h["connected"] == false)
+            })
+        })
+    });
+    let b_tick = |d: &Daemon| {
+        d.get("/v1/status")
+            .and_then(|s| {
+                s["hosts"].as_array().and_then(|h| {
+                    h.iter()
+                        .find(|h| h["name"] == "lfb")
+                        .and_then(|h| h["last_tick"].as_f64())
+                })
+            })
+            .unwrap_or(0.0)
+    };
+    let t0 = b_tick(&d);
+    let ga_t0 = ga.stat().t;
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        b_tick(&d) > t0 + 2.0,
+        "host B kept being served while A's libvirtd was down"
+    );
+    // (virsh needs the libvirtd: the guest's own console says it runs on)
+    assert!(ga.stat().t > ga_t0, "guests outlive their libvirtd");
+    run("start-libvirtd");
+    assert!(
+        ga.is_running(),
+        "the restarted libvirtd sees the guest running"
+    );
+    d.wait_until("reconnected to the restarted libvirtd", 60, || {
+        d.get("/v1/status").is_some_and(|s| {
+            s["hosts"]
+                .as_array()
+                .is_some_and(|h| h.iter().all(|h| h["connected"] == true))
+        })
+    });
+    assert!(
+        metric(
+            &d,
+            "memscale_libvirt_errors_total{call=\"stats\",host=\"lfa\"}"
+        ) > errors_before
+    );
+    d.wait_until("fa's demand met after the restart", 120, || {
+        assert!(ga.oom().is_none(), "fa OOM: {:?}", ga.oom());
+        ga.stat().demand_mib >= 450
+    });
+    // No resize was issued twice: every applied grow of fa starts where the previous ended.
+    let grows: Vec<(u64, u64)> = d
+        .audit()
+        .iter()
+        .filter(|r| r["guest"] == "fa" && r["kind"] != "hold" && r["result"] == "applied")
+        .map(|r| (bytes(&r["before"]), bytes(&r["after"])))
+        .collect();
+    for w in grows.windows(2) {
+        assert_ne!(w[0], w[1], "the same resize twice: {grows:?}");
+    }
+    let log = d.log_text();
+    let reconnects = log.matches("connected").count();
+    assert!(reconnects >= 2, "reconnection logged:\n{}", tail(&log, 40));
+
+    // A guest paused, then destroyed, in the middle of growing: its state is shown, then it
+    // and its metric series go away; no storm of errors.
+    let gp = b.guest(
+        "fp",
+        &["--mem", "512", "--vmem", "1024", "--stats-period", "1"],
+    );
+    gp.wait_boot();
+    gp.demand(400, 80);
+    d.wait_until("a grow of fp applied", 90, || {
+        d.audit()
+            .iter()
+            .any(|r| r["guest"] == "fp" && r["kind"] == "grow" && r["result"] == "applied")
+    });
+    let virsh = |args: &[&str]| {
+        let out = std::process::Command::new("virsh")
+            .args(["-q", "-c", &b.uri])
+            .args(args)
+            .output()
+            .expect("virsh");
+        assert!(
+            out.status.success(),
+            "virsh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let errs = |d: &Daemon| metric(d, "memscale_libvirt_errors_total{");
+    let errs0 = errs(&d);
+    virsh(&["suspend", "fp"]);
+    d.wait_until("fp shown not running", 20, || {
+        d.get("/v1/guests/fp")
+            .is_some_and(|g| g["state"] == "not-running" || g["state"] == "not_running")
+    });
+    let (_, m) = d.request("GET", "/metrics", None, None).expect("metrics");
+    assert!(
+        m.contains("memscale_guest_state{guest=\"fp\",host=\"lfb\",state=\"not_running\"} 1"),
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("\"fp\"") && l.contains("state"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    virsh(&["resume", "fp"]);
+    d.wait_until("fp back to normal", 30, || {
+        d.get("/v1/guests/fp")
+            .is_some_and(|g| g["state"] == "ok" || g["state"] == "resizing")
+    });
+    virsh(&["destroy", "fp"]);
+    virsh(&["undefine", "fp"]);
+    d.wait_until("fp gone from the API", 20, || {
+        d.get("/v1/guests/fp").is_none()
+    });
+    d.wait_until("fp's metric series gone", 20, || {
+        let (_, m) = d.request("GET", "/metrics", None, None).expect("metrics");
+        !m.contains("guest=\"fp\"")
+    });
+    assert!(
+        errs(&d) - errs0 < 5.0,
+        "no error storm: {} errors",
+        errs(&d) - errs0
+    );
+    assert!(gb.oom().is_none() && ga.oom().is_none());
 }

@@ -194,8 +194,14 @@ fn driverless_and_stale_guests_are_held() {
     d.wait_until("stale guest grows while healthy", 90, || {
         stale.current_mib() > 700
     });
-    d.wait_until("stale guest settles", 60, || {
+    // Settled: healthy, and no resize for 8 s (a late grow would otherwise land between the
+    // reading below and the unload, and look like a resize on stale data).
+    d.wait_until("stale guest settles", 90, || {
+        let now = common_now();
         d.guest("stale").is_some_and(|v| v["state"] == "ok")
+            && audit_for(&d.audit(), "stale")
+                .iter()
+                .all(|r| r["kind"] == "hold" || r["time"].as_f64().unwrap_or(0.0) < now - 8.0)
     });
     let plugged_before = stale.vmem_requested_mib();
     assert!(plugged_before > 0, "grew by virtio-mem");

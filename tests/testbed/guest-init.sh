@@ -3,7 +3,7 @@
 # (tmpfs pages cannot be reclaimed without swap, so they are real demand) and report once a
 # second on the console. Demand comes from the kernel command line schedule
 # memscale.demand=T:MIB[@RATE],... and from the control port ttyS1 ("demand MIB [RATE]",
-# "rmmod-balloon", "status").
+# "rmmod-balloon", "status", "liar").
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -38,6 +38,18 @@ control() {
         demand) echo "$a ${b:-0}" > /run/demand.new && mv /run/demand.new /run/demand; echo "ok demand $a ${b:-0}" ;;
         rmmod-balloon) if rmmod virtio_balloon; then echo "ok rmmod-balloon"; echo "MEVENT balloon driver unloaded" > /dev/console; else echo "err rmmod-balloon"; fi ;;
         status) cat /run/mstat 2>/dev/null ;;
+        liar)
+          # Claim every free page as used, forever: keep the hugepage pool as large as free
+          # memory allows. The pages are reserved, never touched (boot with init_on_alloc=0),
+          # so the host sees none of this "use" in the guest's RSS.
+          ( while true; do
+              f=$(awk '/^MemFree:/ {print $2}' /proc/meminfo)
+              c=$(cat /proc/sys/vm/nr_hugepages)
+              a=$(( f / 2048 - 24 ))
+              [ "$a" -gt 0 ] && echo $((c + a)) > /proc/sys/vm/nr_hugepages
+              sleep 1
+            done ) &
+          echo "ok liar" ;;
         "") ;;
         *) echo "err unknown $cmd" ;;
       esac

@@ -10,6 +10,7 @@
 #   guest.sh xml HOST NAME [options]      print the XML only
 #   guest.sh demand HOST NAME MIB [RATE]  drive the demand generator over the control port
 #   guest.sh rmmod-balloon HOST NAME      unload the balloon driver inside the guest
+#   guest.sh liar HOST NAME               the guest claims all its free memory as used, forever
 #   guest.sh stat HOST NAME               the last MSTAT line of the console
 #   guest.sh oom HOST NAME                exit 0 (and print it) if the console shows an OOM kill or panic
 #   guest.sh wait-boot HOST NAME [SECS]   wait for the first MSTAT line
@@ -119,6 +120,7 @@ case ${1:-} in
     echo "$name" ;;
   demand) send "$2" "$3" "demand $4 ${5:-0}" ;;
   rmmod-balloon) send "$2" "$3" "rmmod-balloon" ;;
+  liar) send "$2" "$3" "liar" ;;
   stat) grep -a '^MSTAT' "$(console "$2" "$3")" 2>/dev/null | tail -1 ;;
   oom) grep -a -m1 -E 'Out of memory|oom-kill|Killed process|Kernel panic|invoked oom-killer' "$(console "$2" "$3")" ;;
   wait-boot)

@@ -8,6 +8,8 @@
 #   host.sh uri NAME [unix|tcp]
 #   host.sh list
 #   host.sh pid NAME          libvirtd's PID
+#   host.sh kill-libvirtd NAME   SIGKILL the host's libvirtd (its guests keep running)
+#   host.sh start-libvirtd NAME  start it again in the host's namespaces
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
@@ -129,6 +131,16 @@ case ${1:-} in
   uri) [[ ${3:-unix} == tcp ]] && echo "qemu+tcp://$(host_ip "$2")/system" || host_uri "$2" ;;
   list) for h in $(ls "$HOSTS" 2>/dev/null); do alive "$h" && echo "$h up" || echo "$h down"; done ;;
   pid) cat "$HOSTS/$2/run/libvirtd.pid" ;;
+  kill-libvirtd) kill -KILL "$(cat "$HOSTS/$2/run/libvirtd.pid")" ;;
+  start-libvirtd)
+    # Into the namespaces the host's virtlogd lives in; running guests are picked up again.
+    lp=$(cat "$HOSTS/$2/run/virtlogd.pid")
+    nsenter -t "$lp" -m -u -n -- libvirtd -d --listen
+    for _ in $(seq 1 100); do
+      virsh -q -c "$(host_uri "$2")" version >/dev/null 2>&1 && exit 0
+      sleep 0.2
+    done
+    die "libvirtd of host $2 does not answer after a restart" ;;
   -h|--help|"") usage ;;
   *) die "unknown command $1 (see --help)" ;;
 esac
