@@ -14,5 +14,40 @@ cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 echo "== unit and property tests"
 cargo test --lib --bins
-echo "== end-to-end tests (real guests)"
-cargo test --test "*" -- --test-threads 2
+echo "== integration and end-to-end tests (real guests), three test files at a time"
+# Build every test binary once, then run them side by side: each end-to-end file has its own
+# private hosts, and most of a test's time is spent waiting on guests.
+mapfile -t bins < <(cargo test --tests --no-run --message-format=json |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])' | sort -u)
+((${#bins[@]})) || { echo "test: no test binary was built" >&2; exit 1; }
+logs=$(mktemp -d)
+run_one() {
+  local name=$1 exe=$2 t0=$SECONDS
+  if "$exe" --test-threads 2 >"$logs/$name.log" 2>&1; then
+    echo "ok   $name ($((SECONDS - t0)) s)"
+  else
+    echo "FAIL $name ($((SECONDS - t0)) s)"
+    touch "$logs/$name.failed"
+  fi
+}
+export -f run_one
+export logs
+# The longest first, so the three lanes finish together.
+printf '%s\n' "${bins[@]}" |
+  awk '{w = ($1 ~ /^e2e_(loop|coord|migrate|share)$/) ? 0 : ($1 ~ /^e2e_/ ? 1 : 2); print w, $0}' |
+  sort -k1,1n -k2,2 | cut -d' ' -f2- |
+  xargs -P 3 -L 1 bash -c 'run_one "$@"' _
+failed=0
+for f in "$logs"/*.failed; do
+  [[ -e $f ]] || continue
+  failed=1
+  name=$(basename "$f" .failed)
+  echo "== $name failed; its output:"
+  cat "$logs/$name.log"
+done
+((failed == 0)) || exit 1
+grep -h "^test result" "$logs"/*.log | awk '{p += $4; f += $6} END {print "== all test files passed: " p " tests"}'
