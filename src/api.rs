@@ -362,6 +362,9 @@ fn mutate(s: &Shared, headers: &hyper::HeaderMap, name: &str, action: &str, body
 }
 
 /// Serve until shutdown.
+pub const MAX_CONNECTIONS: usize = 256;
+pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub async fn serve(
     s: Arc<Shared>,
     addr: SocketAddr,
@@ -369,6 +372,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "api listening");
+    // A flood of connections (or of idle ones) cannot take the daemon's memory or threads:
+    // past MAX_CONNECTIONS new ones are closed at once, and none lives longer than
+    // CONNECTION_LIFETIME (headers must come within 10 s).
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut refused_logged = 0.0;
     loop {
         tokio::select! {
             acc = listener.accept() => {
@@ -376,8 +384,19 @@ pub async fn serve(
                     Ok(x) => x,
                     Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
                 };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    s.metrics.api_requests.with_label_values(&["refused", "503"]).inc();
+                    let now = crate::daemon::epoch_now();
+                    if now - refused_logged > 60.0 {
+                        refused_logged = now;
+                        tracing::warn!(limit = MAX_CONNECTIONS, "api: too many connections; closing new ones");
+                    }
+                    drop(stream);
+                    continue;
+                };
                 let s = s.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let svc = service_fn(move |req| {
                         let s = s.clone();
                         async move { Ok::<_, std::convert::Infallible>(handle(s, req).await) }
@@ -386,7 +405,7 @@ pub async fn serve(
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(std::time::Duration::from_secs(10))
                         .serve_connection(TokioIo::new(stream), svc);
-                    let _ = conn.await;
+                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
                 });
             }
             _ = shutdown.changed() => {
