@@ -12,6 +12,16 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+/// Method, path, body, token, the status wanted.
+type Case = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    u16,
+);
+type OwnedCase = (String, String, Option<String>, Option<String>, u16);
+
 fn rss_kib(d: &Daemon) -> u64 {
     std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
         .ok()
@@ -57,7 +67,7 @@ fn a_flood_of_bad_requests_changes_nothing() {
     let rss0 = rss_kib(&d);
     let port = d.port;
     let big = "x".repeat(1 << 20);
-    let cases: Vec<(&str, &str, Option<&str>, Option<&str>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         ("POST", "/v1/guests/g/pin", None, None, 401),
         ("POST", "/v1/guests/g/pin", None, Some("wrong"), 401),
         // (malformed JSON for a guest that exists gets 400: tests/e2e_api.rs)
@@ -103,7 +113,7 @@ fn a_flood_of_bad_requests_changes_nothing() {
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let cases = cases.clone();
-            let cases: Vec<(String, String, Option<String>, Option<String>, u16)> = cases
+            let cases: Vec<OwnedCase> = cases
                 .into_iter()
                 .map(|(m, p, b, k, c)| (m.into(), p.into(), b.map(Into::into), k.map(Into::into), c))
                 .collect();
