@@ -362,6 +362,23 @@ fn mutate(s: &Shared, headers: &hyper::HeaderMap, name: &str, action: &str, body
 }
 
 /// Serve until shutdown.
+/// Serve one connection (HTTP/1.1, keep-alive) until it closes, its headers are late, or it
+/// has lived `CONNECTION_LIFETIME`. Public so the fuzzer can feed it raw bytes.
+pub async fn serve_stream<S>(s: Arc<Shared>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let s = s.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(s, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), svc);
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+}
+
 pub const MAX_CONNECTIONS: usize = 256;
 pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -397,15 +414,7 @@ pub async fn serve(
                 let s = s.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let svc = service_fn(move |req| {
-                        let s = s.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(s, req).await) }
-                    });
-                    let conn = http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(std::time::Duration::from_secs(10))
-                        .serve_connection(TokioIo::new(stream), svc);
-                    let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                    serve_stream(s, stream).await;
                 });
             }
             _ = shutdown.changed() => {
