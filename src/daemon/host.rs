@@ -41,7 +41,12 @@ struct Host {
     no_room_reported: bool,
     /// When the guests' planner memory was last captured for the state file.
     last_snapshot: f64,
+    /// Since when the host has not been short (None: short now).
+    holding_since: Option<f64>,
 }
+
+/// Seconds a host must hold its guests before its migration proposals expire.
+const PROPOSAL_GRACE: f64 = 15.0;
 
 impl Host {
     /// Run one libvirt call off the executor, within `deadline`. A call still running from an
@@ -108,6 +113,7 @@ pub(super) async fn host_loop(
         deficit: Bytes(0),
         no_room_reported: false,
         last_snapshot: 0.0,
+        holding_since: None,
     };
     let interval = shared.config.interval.0;
     let mut next = tokio::time::Instant::now();
@@ -600,9 +606,15 @@ async fn rebalance(
     let deficit = crate::rebalance::deficit(needs, cap, host.cfg.reserve);
     if deficit.0 == 0 {
         host.no_room_reported = false;
-        shared.close_proposals(&host.label, "the host is no longer short of memory");
+        // A shortage that dips for a tick or two is still a shortage: proposals expire only
+        // once the host has held its guests for a while.
+        let since = *host.holding_since.get_or_insert(now);
+        if now - since >= PROPOSAL_GRACE {
+            shared.close_proposals(&host.label, "the host is no longer short of memory");
+        }
         return;
     }
+    host.holding_since = None;
     host.failed_moves.retain(|f| f.2 > now);
     let approved = if propose {
         shared.approved_proposal(&host.label)
