@@ -4,7 +4,7 @@
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 if [[ ${1:-} == --help ]]; then echo "usage: install.sh [--extra PKG...]"; exit 0; fi
-PKGS=(qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev busybox-static cpio kmod iproute2 socat pkg-config xz-utils prometheus systemd protobuf-compiler etcd-server)
+PKGS=(qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev busybox-static cpio kmod iproute2 socat pkg-config xz-utils prometheus systemd protobuf-compiler libprotobuf-dev etcd-server etcd-client)
 if [[ ${1:-} == --extra ]]; then shift; PKGS+=("$@"); fi
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
