@@ -130,7 +130,9 @@ fn idle_guest_shrinks_to_floor_and_grows_again() {
     d.wait_until("growth past boot size", 120, || {
         g.current_mib() >= 1100 + 150
     });
-    g.demand(40, 0);
+    // Idle: nothing held. (With 40 MiB still held the guest can settle at need plus twice
+    // its headroom, just above the floor, inside the policy's band: seen in CI.)
+    g.demand(0, 0);
     d.wait_until("shrink to the floor", 150, || g.current_mib() <= 512 + 8);
     let records = d.audit();
     let shrinks: Vec<_> = audit_for(&records, "idle")
@@ -203,18 +205,21 @@ fn driverless_and_stale_guests_are_held() {
                 .iter()
                 .all(|r| r["kind"] == "hold" || r["time"].as_f64().unwrap_or(0.0) < now - 8.0)
     });
-    let plugged_before = stale.vmem_requested_mib();
-    assert!(plugged_before > 0, "grew by virtio-mem");
+    assert!(stale.vmem_requested_mib() > 0, "grew by virtio-mem");
     assert!(
         stale.rmmod_balloon().contains("ok"),
         "balloon driver unloaded"
     );
-    // what the frozen stats would now justify: a large shrink (and later growth)
-    stale.demand(20, 0);
-    let t_frozen = common_now();
+    // The last reports before the freeze are fresh data (the unload deflates the balloon by
+    // itself, and memscale may act on what they show): what counts is what happens once
+    // they are stale.
     d.wait_until("stale guest reported as stale", 60, || {
         d.guest("stale").is_some_and(|v| v["state"] == "stale")
     });
+    let t_frozen = common_now();
+    let plugged_before = stale.vmem_requested_mib();
+    // what the frozen stats would now justify: a large shrink (and later growth)
+    stale.demand(20, 0);
     std::thread::sleep(Duration::from_secs(15));
     let v = d.guest("stale").expect("guest");
     assert_eq!(v["state"], "stale", "{v}");

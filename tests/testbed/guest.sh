@@ -121,7 +121,8 @@ case ${1:-} in
   demand) send "$2" "$3" "demand $4 ${5:-0}" ;;
   rmmod-balloon) send "$2" "$3" "rmmod-balloon" ;;
   liar) send "$2" "$3" "liar" ;;
-  stat) grep -a '^MSTAT' "$(console "$2" "$3")" 2>/dev/null | tail -1 ;;
+  # Nothing yet (a guest just migrated in has a fresh console) prints an empty line.
+  stat) { grep -a '^MSTAT' "$(console "$2" "$3")" 2>/dev/null || true; } | tail -1 ;;
   oom) grep -a -m1 -E 'Out of memory|oom-kill|Killed process|Kernel panic|invoked oom-killer' "$(console "$2" "$3")" ;;
   wait-boot)
     for _ in $(seq 1 $((${4:-60} * 5))); do
