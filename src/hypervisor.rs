@@ -60,6 +60,55 @@ pub struct GuestStats {
     pub rss: Option<Bytes>,
 }
 
+impl GuestStats {
+    /// Build a guest's stats from the fields of one bulk stats record (`virsh domstats`
+    /// names, values as libvirt gives them: KiB for sizes). Unknown fields are ignored. The
+    /// libvirt backend and the scale benchmark's host model both parse through here.
+    pub fn from_fields<'a>(
+        name: String,
+        uuid: String,
+        fields: impl IntoIterator<Item = (&'a [u8], u64)>,
+    ) -> GuestStats {
+        let mut g = GuestStats {
+            name,
+            uuid,
+            state: RunState::Other,
+            current: None,
+            maximum: None,
+            guest: GuestMem::default(),
+            last_update: 0,
+            rss: None,
+        };
+        for (field, v) in fields {
+            // Every field of interest is `state.*` or `balloon.*`; the rest (block, net,
+            // vcpu counters when asked for) are skipped without a comparison each.
+            let Some(rest) = field.strip_prefix(b"balloon.") else {
+                if field == b"state.state" {
+                    g.state = RunState::from_libvirt(v as i64);
+                }
+                continue;
+            };
+            let kib = Some(Bytes::from_kib(v));
+            match rest {
+                b"current" => g.current = kib,
+                b"maximum" => g.maximum = kib,
+                b"available" => g.guest.total = kib,
+                b"usable" => g.guest.usable = kib,
+                b"unused" => g.guest.unused = kib,
+                b"disk_caches" => g.guest.disk_caches = kib,
+                b"swap_in" => g.guest.swap_in = kib,
+                b"swap_out" => g.guest.swap_out = kib,
+                b"major_fault" => g.guest.major_fault = Some(v),
+                b"minor_fault" => g.guest.minor_fault = Some(v),
+                b"last-update" => g.last_update = v,
+                b"rss" => g.rss = kib,
+                _ => {}
+            }
+        }
+        g
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HvError {
     #[error("cannot connect to {uri}: {message}")]

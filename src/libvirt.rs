@@ -2,7 +2,7 @@
 //! (bulk domain stats). One connection per host, reopened when it is lost.
 
 use crate::domain;
-use crate::hypervisor::{GuestMem, GuestStats, HvError, Hypervisor, RunState};
+use crate::hypervisor::{GuestStats, HvError, Hypervisor};
 use crate::units::Bytes;
 use std::ffi::{CStr, c_char};
 use std::sync::{Mutex, Once};
@@ -148,38 +148,15 @@ fn cstr(p: *const c_char) -> String {
 
 /// Build a guest's stats from the typed parameters of one bulk record.
 fn parse_record(name: String, uuid: String, params: &[sys::virTypedParameter]) -> GuestStats {
-    let mut g = GuestStats {
+    GuestStats::from_fields(
         name,
         uuid,
-        state: RunState::Other,
-        current: None,
-        maximum: None,
-        guest: GuestMem::default(),
-        last_update: 0,
-        rss: None,
-    };
-    for p in params {
-        let field = cstr(p.field.as_ptr());
-        let Some(v) = param_u64(p) else { continue };
-        let kib = Some(Bytes::from_kib(v));
-        match field.as_str() {
-            "state.state" => g.state = RunState::from_libvirt(v as i64),
-            "balloon.current" => g.current = kib,
-            "balloon.maximum" => g.maximum = kib,
-            "balloon.available" => g.guest.total = kib,
-            "balloon.usable" => g.guest.usable = kib,
-            "balloon.unused" => g.guest.unused = kib,
-            "balloon.disk_caches" => g.guest.disk_caches = kib,
-            "balloon.swap_in" => g.guest.swap_in = kib,
-            "balloon.swap_out" => g.guest.swap_out = kib,
-            "balloon.major_fault" => g.guest.major_fault = Some(v),
-            "balloon.minor_fault" => g.guest.minor_fault = Some(v),
-            "balloon.last-update" => g.last_update = v,
-            "balloon.rss" => g.rss = kib,
-            _ => {}
-        }
-    }
-    g
+        params.iter().filter_map(|p| {
+            // SAFETY: `field` is a NUL-terminated array inside the parameter.
+            let field = unsafe { CStr::from_ptr(p.field.as_ptr()) }.to_bytes();
+            param_u64(p).map(|v| (field, v))
+        }),
+    )
 }
 
 impl Hypervisor for LibvirtHost {
