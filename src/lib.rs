@@ -18,6 +18,7 @@ pub mod fairshare;
 pub mod hypervisor;
 pub mod libvirt;
 pub mod metrics;
+pub mod model;
 pub mod notify;
 pub mod nova;
 pub mod planner;
