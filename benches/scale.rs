@@ -5,6 +5,13 @@
 //!   cargo bench --bench scale                       # 10, 100, 1000, 10000 guests, 30 s each
 //!   cargo bench --bench scale -- --guests 1000 --seconds 60
 //!   cargo bench --bench scale -- --hung             # a hung host beside a healthy one
+//!   cargo bench --bench scale -- --callgrind --guests 1000 --seconds 20
+//!                                                   # instructions per tick (repeatable)
+//!
+//! With `--callgrind` each size runs under valgrind's callgrind, counting only what the host
+//! loop's tick runs on its own thread (`--toggle-collect` on the tick), zeroed once the guests
+//! are adopted: the instruction count per tick is repeatable on this noisy machine where the
+//! CPU time is not (the model's work, on the blocking pool, is not counted).
 //!
 //! CPU is the process's user+system time less the model's own (thread CPU time inside its
 //! calls), over a measured window after the guests were adopted; a benchmark, not a test.
@@ -128,11 +135,27 @@ fn one(n: usize, seconds: u64, interval: f64, hung: bool) {
         model.resizes(),
     );
     let (s0, n0) = (loop_h.get_sample_sum(), loop_h.get_sample_count());
+    let callgrind = |what: &str| {
+        if flag("--callgrind") {
+            let _ = Command::new("callgrind_control")
+                .args([what, &std::process::id().to_string()])
+                .stdout(Stdio::null())
+                .status();
+        }
+    };
+    callgrind("-z");
+    let k0 = if flag("--callgrind") {
+        model.stats_calls()
+    } else {
+        k0
+    };
     let w0 = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
     let wall = w0.elapsed().as_secs_f64();
+    let k_end = model.stats_calls();
+    callgrind("-d");
     let daemon_cpu = (process_cpu() - c0).saturating_sub(model.cpu() - m0);
-    let ticks = model.stats_calls() - k0;
+    let ticks = k_end - k0;
     let resizes = model.resizes() - r0;
     let tick_wall = (loop_h.get_sample_sum() - s0) / (loop_h.get_sample_count() - n0).max(1) as f64;
     let (rss, hwm) = rss_mib();
@@ -190,15 +213,34 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let hung = flag("--hung");
+    let cg = flag("--callgrind");
     let exe = std::env::current_exe().expect("current exe");
     let logs = tempfile::tempdir().expect("tempdir");
-    println!(
-        "| guests | hung neighbour | ticks / expected | CPU per tick | per guest | % of one core | tick wall | resizes / s | /metrics p50 (max) | bytes | RSS (before daemon) |"
-    );
-    println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    if cg {
+        println!("| guests | ticks counted | instructions per tick | per guest |");
+        println!("| ---: | ---: | ---: | ---: |");
+    }
+    if !cg {
+        println!(
+            "| guests | hung neighbour | ticks / expected | CPU per tick | per guest | % of one core | tick wall | resizes / s | /metrics p50 (max) | bytes | RSS (before daemon) |"
+        );
+        println!("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    }
     for n in sizes {
         let log = std::fs::File::create(logs.path().join(format!("{n}.log"))).expect("log");
-        let out = Command::new(&exe)
+        let cg_out = logs.path().join(format!("callgrind.{n}"));
+        let mut cmd = if cg {
+            let mut c = Command::new("valgrind");
+            c.args(["--tool=callgrind", "--collect-atstart=no"])
+                .arg("--toggle-collect=*daemon::host::tick*")
+                .arg(format!("--callgrind-out-file={}", cg_out.display()))
+                .arg(&exe)
+                .arg("--callgrind");
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd
             .args(["--one", &n.to_string(), "--seconds", &seconds.to_string()])
             .args(["--interval", &interval.to_string()])
             .args(if hung { &["--hung"][..] } else { &[][..] })
@@ -215,6 +257,33 @@ fn main() {
             continue;
         };
         let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        if cg {
+            // The dump taken at the window's end (the zeroing dumped nothing before it).
+            let total = std::fs::read_dir(logs.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("callgrind.{n}"))
+                })
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .filter_map(|t| {
+                    t.lines()
+                        .find_map(|l| l.strip_prefix("summary: ").or(l.strip_prefix("totals: ")))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                })
+                .fold(0.0, f64::max);
+            let ticks = f("ticks");
+            println!(
+                "| {n} | {ticks} | {:.0} | {:.0} |",
+                total / ticks,
+                total / ticks / n as f64
+            );
+            eprintln!("{line}");
+            continue;
+        }
         println!(
             "| {n} | {} | {} / {} | {:.2} ms | {:.1} µs | {:.2}% | {:.1} ms | {:.1} | {:.1} ms ({:.1}) | {} | {:.1} MiB ({:.1}) |",
             if hung { "yes" } else { "no" },
