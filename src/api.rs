@@ -106,7 +106,10 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
     };
     let (route, resp) = match (method, parts.as_slice()) {
         (Method::GET, ["metrics"]) => {
-            let mut r = Response::new(Full::new(HBytes::from(s.metrics.render())));
+            let mut r = Response::new(Full::new(HBytes::from(
+                s.metrics
+                    .render(&s.hosts.read().unwrap_or_else(|p| p.into_inner())),
+            )));
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -86,7 +86,19 @@ pub struct Guest {
     /// The guest claims to use more than its QEMU process holds on the host (RSS): what it
     /// is believed to use is capped at that.
     pub rss_capped: bool,
+    /// The policy chosen for this guest: (policy generation, index in that set). The labels
+    /// it was chosen by change only with the definition, which clears it.
+    pub policy_ix: Option<(u64, usize)>,
+    /// The persistent definition as last read, and when: a live resize does not change it,
+    /// so re-reading the live one after a resize lands is enough. It is read again at first
+    /// sight, after a reconnect, and when older than [`INACTIVE_MAX_AGE`] (an operator's
+    /// `virsh edit` of the floor is seen within that).
+    pub inactive: Option<DomainSpec>,
+    pub inactive_read: f64,
 }
+
+/// Seconds a cached persistent definition is trusted.
+pub const INACTIVE_MAX_AGE: f64 = 300.0;
 
 /// How far a guest's claimed use may exceed its host-side RSS before it is not believed:
 /// the larger of this and a tenth of its memory (RSS undercounts pages the host swapped out).
@@ -137,7 +149,30 @@ impl Guest {
             prev_swap_in: None,
             hostile: 0,
             rss_capped: false,
+            policy_ix: None,
+            inactive: None,
+            inactive_read: f64::NEG_INFINITY,
         }
+    }
+
+    /// The policy this guest gets from `set`, chosen once per generation and definition.
+    pub fn policy<'a>(&mut self, set: &'a crate::policy::PolicySet) -> &'a crate::policy::Policy {
+        if let Some((generation, i)) = self.policy_ix
+            && generation == set.generation
+        {
+            return set.at(i);
+        }
+        let no_tags = Vec::new();
+        let spec = self.spec.as_ref();
+        let nova = spec.and_then(|s| s.nova.as_ref());
+        let i = set.select_index(&crate::policy::GuestLabels {
+            name: &self.name,
+            flavor: nova.and_then(|n| n.flavor_name.as_deref()),
+            project: nova.and_then(|n| n.project.as_deref()),
+            tags: spec.map(|s| &s.tags).unwrap_or(&no_tags),
+        });
+        self.policy_ix = Some((set.generation, i));
+        set.at(i)
     }
 
     /// Take back the planner memory saved before a restart. Samples count only if they
@@ -197,10 +232,12 @@ impl Guest {
         if let Some(i) = &inactive {
             env_spec.current_memory = i.current_memory;
         }
+        self.inactive = inactive;
         self.envelope = Envelope::from_spec(&env_spec, flavors).map_err(|e| e.to_string());
         self.parts = live_parts(&live, self.stats.as_ref().and_then(|s| s.current));
         self.spec = Some(live);
         self.needs_xml = false;
+        self.policy_ix = None;
     }
 
     /// Take one bulk-stats record. Returns true when it carried a fresh guest report.

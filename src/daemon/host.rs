@@ -185,6 +185,7 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
         // A reconnect may follow a libvirtd restart: re-read every definition.
         for g in host.guests.values_mut() {
             g.needs_xml = true;
+            g.inactive_read = f64::NEG_INFINITY;
         }
     }
     host.connected = true;
@@ -330,16 +331,20 @@ fn snapshot(host: &mut Host, shared: &Shared, now: f64) {
 }
 
 fn forget_gone(host: &mut Host, shared: &Shared, seen: &[String]) {
+    if seen.len() == host.guests.len() {
+        // Every guest known was seen (the map is keyed by what was seen): nothing is gone.
+        return;
+    }
+    let seen: std::collections::HashSet<&str> = seen.iter().map(String::as_str).collect();
     let gone: Vec<String> = host
         .guests
         .keys()
-        .filter(|u| !seen.contains(u))
+        .filter(|u| !seen.contains(u.as_str()))
         .cloned()
         .collect();
     for u in gone {
         if let Some(g) = host.guests.remove(&u) {
             tracing::info!(host = %host.label, guest = %g.name, "guest gone");
-            shared.metrics.forget_guest(&host.label, &g.name);
             shared
                 .snapshots
                 .lock()
@@ -394,11 +399,20 @@ fn g_name(host: &Host, uuid: &str) -> String {
 
 async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadline: Duration) {
     let u = uuid.to_string();
+    let now = epoch_now();
+    let read_inactive = host
+        .guests
+        .get(uuid)
+        .is_none_or(|g| now - g.inactive_read > super::guest::INACTIVE_MAX_AGE);
     let xmls = host
         .call("domain_xml", deadline, move |h| {
             let live = h.domain_xml(&u, false)?;
             // A transient guest has no persistent definition: its live one stands in.
-            let inactive = h.domain_xml(&u, true).ok();
+            let inactive = if read_inactive {
+                h.domain_xml(&u, true).ok()
+            } else {
+                None
+            };
             Ok((live, inactive))
         })
         .await;
@@ -408,7 +422,12 @@ async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadli
     match xmls {
         Ok((live, inactive)) => match DomainSpec::parse(&live) {
             Ok(spec) => {
-                let inactive = inactive.and_then(|x| DomainSpec::parse(&x).ok());
+                let inactive = if read_inactive {
+                    g.inactive_read = now;
+                    inactive.and_then(|x| DomainSpec::parse(&x).ok())
+                } else {
+                    g.inactive.take()
+                };
                 g.set_definition(spec, inactive, &shared.config.flavors);
                 if let Ok(e) = &g.envelope {
                     tracing::debug!(host = %host.label, guest = %g.name, floor = %e.floor, ceiling = %e.ceiling, "envelope");
@@ -431,31 +450,23 @@ async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadli
 }
 
 /// One guest's decision for this tick, before the host's share is applied.
-struct Plan {
+struct Plan<'p> {
     uuid: String,
-    policy: crate::policy::Policy,
+    policy: &'p crate::policy::Policy,
     decision: crate::planner::Decision,
     before: Bytes,
     env: Option<crate::envelope::Envelope>,
 }
 
-fn decide(
+fn decide<'p>(
     host: &mut Host,
     shared: &Shared,
     uuid: &str,
-    policies: &crate::policy::PolicySet,
+    policies: &'p crate::policy::PolicySet,
     now: f64,
-) -> Option<Plan> {
+) -> Option<Plan<'p>> {
     let g = host.guests.get_mut(uuid)?;
-    let tags = g.spec.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
-    let nova = g.spec.as_ref().and_then(|s| s.nova.clone());
-    let labels = crate::policy::GuestLabels {
-        name: &g.name,
-        flavor: nova.as_ref().and_then(|n| n.flavor_name.as_deref()),
-        project: nova.as_ref().and_then(|n| n.project.as_deref()),
-        tags: &tags,
-    };
-    let policy = policies.select(&labels).clone();
+    let policy = g.policy(policies);
     let before = g.current();
     g.pinned = shared
         .pins
@@ -467,7 +478,7 @@ fn decide(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&g.name);
-    let mut decision = g.decide(now, &policy, &shared.config);
+    let mut decision = g.decide(now, policy, &shared.config);
     if let Some(requested) = manual {
         // The API checked the request against the envelope; the actuator checks it again.
         if g.pending.is_none() && requested != before {
@@ -930,7 +941,7 @@ fn record_migration(
 async fn act(
     host: &mut Host,
     shared: &Shared,
-    plan: Plan,
+    plan: Plan<'_>,
     policies: &crate::policy::PolicySet,
     now: f64,
     deadline: Duration,
@@ -1121,21 +1132,16 @@ async fn execute(
     "applied".into()
 }
 
-fn publish(host: &Host, shared: &Shared, now: f64) {
+fn publish(host: &mut Host, shared: &Shared, now: f64) {
     let m = &shared.metrics;
     let policies = shared.policy_set();
     let mut guests = Vec::with_capacity(host.guests.len());
     let mut committed = Bytes(0);
-    for g in host.guests.values() {
+    for g in host.guests.values_mut() {
+        let pol = g.policy(&policies);
         let st: Option<&GuestStats> = g.stats.as_ref();
         let tags = g.spec.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
-        let nova = g.spec.as_ref().and_then(|s| s.nova.clone());
-        let pol = policies.select(&crate::policy::GuestLabels {
-            name: &g.name,
-            flavor: nova.as_ref().and_then(|n| n.flavor_name.as_deref()),
-            project: nova.as_ref().and_then(|n| n.project.as_deref()),
-            tags: &tags,
-        });
+        let nova = g.spec.as_ref().and_then(|s| s.nova.as_ref());
         let env = g
             .envelope
             .as_ref()
@@ -1183,39 +1189,10 @@ fn publish(host: &Host, shared: &Shared, now: f64) {
             last_decision: g.last.clone(),
             bad_stats: g.hostile,
             rss_capped: g.rss_capped,
-            flavor: nova.as_ref().and_then(|n| n.flavor_name.clone()),
-            project: nova.as_ref().and_then(|n| n.project.clone()),
-            tags: tags.clone(),
+            flavor: nova.and_then(|n| n.flavor_name.clone()),
+            project: nova.and_then(|n| n.project.clone()),
+            tags,
         };
-        let gl = |k: &str, v: Option<Bytes>| {
-            if let Some(v) = v {
-                m.guest_bytes
-                    .with_label_values(&[&host.label, &g.name, k])
-                    .set(v.0 as f64);
-            }
-        };
-        gl("current", Some(current));
-        gl("target", Some(target));
-        gl("floor", env.as_ref().map(|e| e.floor));
-        gl("ceiling", env.as_ref().map(|e| e.ceiling));
-        gl("used", used);
-        gl("available", avail);
-        gl("caches", view.caches);
-        gl("free", view.free);
-        if let Some(a) = view.stats_age_seconds {
-            m.guest_stats_age
-                .with_label_values(&[&host.label, &g.name])
-                .set(a);
-        }
-        for s in crate::metrics::STATES {
-            m.guest_state
-                .with_label_values(&[&host.label, &g.name, s])
-                .set(i64::from(s == g.health.label()));
-        }
-        let bad = m.hostile.with_label_values(&[&host.label, &g.name]);
-        if bad.get() < g.hostile {
-            bad.inc_by(g.hostile - bad.get());
-        }
         guests.push(view);
     }
     guests.sort_by(|a, b| a.name.cmp(&b.name));

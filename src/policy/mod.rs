@@ -249,10 +249,21 @@ impl PolicySet {
 
     /// The one policy that wins for a guest.
     pub fn select(&self, g: &GuestLabels) -> &Policy {
+        self.at(self.select_index(g))
+    }
+
+    /// Where the winning policy stands (`policies.len()`: the built-in defaults), for callers
+    /// that keep the choice for as long as the guest's labels and the generation last.
+    pub fn select_index(&self, g: &GuestLabels) -> usize {
         self.policies
             .iter()
-            .find(|p| p.selector.matches(g))
-            .unwrap_or(&self.builtin)
+            .position(|p| p.selector.matches(g))
+            .unwrap_or(self.policies.len())
+    }
+
+    /// The policy at `select_index`'s answer; the built-in defaults past the end.
+    pub fn at(&self, i: usize) -> &Policy {
+        self.policies.get(i).unwrap_or(&self.builtin)
     }
 
     /// Every policy matching a guest, winner first, for `check --explain`.
