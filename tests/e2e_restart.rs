@@ -46,7 +46,9 @@ fn a_killed_daemon_comes_back_with_its_pins_and_its_memory() {
     let token = tokdir.path().join("token");
     std::fs::write(&token, "restart-token\n").expect("token");
     // "peaky" climbs to 600 MiB, then drops to 100: the policy keeps room for the last hour's
-    // peak, so it is not shrunk afterwards.
+    // peak, so it is not shrunk afterwards. (At 100 MiB/s a starved TCG guest on a loaded
+    // machine could not online plugged memory in time and hung: seen in CI. The climb is
+    // not what this test is about.)
     let peaky = h.guest(
         "peaky",
         &[
@@ -57,7 +59,7 @@ fn a_killed_daemon_comes_back_with_its_pins_and_its_memory() {
             "--stats-period",
             "1",
             "--demand",
-            "8:600@100,40:100",
+            "8:600@40,40:100",
         ],
     );
     let pinme = h.guest(
