@@ -130,8 +130,39 @@ impl HvError {
     }
 }
 
+/// What a host told memscale between two ticks, without being asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HvEvent {
+    /// A guest's lifecycle changed (`defined`, `undefined`, `started`, `suspended`, `resumed`,
+    /// `stopped`, `shutdown`, `pmsuspended`, `crashed`): its definitions may have changed.
+    Lifecycle { uuid: String, event: &'static str },
+    /// The guest refused to release a device it was asked to unplug.
+    RemovalFailed { uuid: String, alias: String },
+    /// The host closed the connection (libvirtd restarted or died): `reason` as libvirt says.
+    Closed { reason: &'static str },
+    /// The connection was opened and the handlers above registered on it (again, after a
+    /// reconnect).
+    Registered,
+}
+
+impl HvEvent {
+    /// A short name for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HvEvent::Lifecycle { event, .. } => event,
+            HvEvent::RemovalFailed { .. } => "removal_failed",
+            HvEvent::Closed { .. } => "closed",
+            HvEvent::Registered => "registered",
+        }
+    }
+}
+
 /// What memscale needs of a host. Calls block; the daemon runs them off its executor.
 pub trait Hypervisor: Send + Sync {
+    /// Events received since the last call, oldest first; never blocks.
+    fn take_events(&self) -> Vec<HvEvent> {
+        Vec::new()
+    }
     fn uri(&self) -> &str;
     /// Every guest's state and memory statistics, in one call.
     fn stats(&self) -> Result<Vec<GuestStats>, HvError>;

@@ -2,10 +2,10 @@
 //! (bulk domain stats). One connection per host, reopened when it is lost.
 
 use crate::domain;
-use crate::hypervisor::{GuestStats, HvError, Hypervisor};
+use crate::hypervisor::{GuestStats, HvError, HvEvent, Hypervisor};
 use crate::units::Bytes;
-use std::ffi::{CStr, c_char};
-use std::sync::{Mutex, Once};
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::sync::{Arc, Mutex, Once};
 use virt::connect::Connect;
 use virt::error::{Error as VirtError, ErrorNumber};
 use virt::sys;
@@ -40,9 +40,185 @@ pub fn init() {
     });
 }
 
+/// Events queued by libvirt's callbacks (on its event thread) until the host loop takes them.
+#[derive(Default)]
+struct EventSink {
+    queue: Mutex<Vec<HvEvent>>,
+}
+
+/// At most this many events wait for a tick; past it the oldest are dropped (a tick reads
+/// every guest's state anyway: events only make it sooner).
+const MAX_QUEUED_EVENTS: usize = 10_000;
+
+impl EventSink {
+    fn push(&self, e: HvEvent) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= MAX_QUEUED_EVENTS {
+            q.remove(0);
+        }
+        q.push(e);
+    }
+}
+
+/// An open connection and the event callbacks registered on it.
+struct Conn {
+    c: Connect,
+    callbacks: Vec<c_int>,
+    close_registered: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // On a dead connection these fail; libvirt frees the callbacks' data with it.
+        for id in self.callbacks.drain(..) {
+            // SAFETY: `id` was returned by virConnectDomainEventRegisterAny on this connection.
+            unsafe { sys::virConnectDomainEventDeregisterAny(self.c.as_ptr(), id) };
+        }
+        if self.close_registered {
+            // SAFETY: the callback was registered on this connection.
+            unsafe { sys::virConnectUnregisterCloseCallback(self.c.as_ptr(), Some(on_close)) };
+        }
+    }
+}
+
+fn dom_uuid(dom: sys::virDomainPtr) -> String {
+    let mut buf = [0 as c_char; 80];
+    // SAFETY: a valid domain from the callback; VIR_UUID_STRING_BUFLEN (37) < 80.
+    if !dom.is_null() && unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) } == 0 {
+        cstr(buf.as_ptr())
+    } else {
+        String::new()
+    }
+}
+
+fn lifecycle_name(event: c_int) -> &'static str {
+    match event as u32 {
+        sys::VIR_DOMAIN_EVENT_DEFINED => "defined",
+        sys::VIR_DOMAIN_EVENT_UNDEFINED => "undefined",
+        sys::VIR_DOMAIN_EVENT_STARTED => "started",
+        sys::VIR_DOMAIN_EVENT_SUSPENDED => "suspended",
+        sys::VIR_DOMAIN_EVENT_RESUMED => "resumed",
+        sys::VIR_DOMAIN_EVENT_STOPPED => "stopped",
+        sys::VIR_DOMAIN_EVENT_SHUTDOWN => "shutdown",
+        sys::VIR_DOMAIN_EVENT_PMSUSPENDED => "pmsuspended",
+        sys::VIR_DOMAIN_EVENT_CRASHED => "crashed",
+        _ => "other",
+    }
+}
+
+// The callbacks run on libvirt's event thread. They must not unwind into C: nothing in them
+// panics (poisoned locks are taken as they are).
+
+unsafe extern "C" fn on_lifecycle(
+    _c: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    event: c_int,
+    _detail: c_int,
+    opaque: *mut c_void,
+) -> c_int {
+    // SAFETY: `opaque` is the EventSink registered with this callback, alive until freed.
+    let sink = unsafe { &*(opaque as *const EventSink) };
+    sink.push(HvEvent::Lifecycle {
+        uuid: dom_uuid(dom),
+        event: lifecycle_name(event),
+    });
+    0
+}
+
+unsafe extern "C" fn on_removal_failed(
+    _c: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    alias: *const c_char,
+    opaque: *mut c_void,
+) {
+    // SAFETY: as in on_lifecycle.
+    let sink = unsafe { &*(opaque as *const EventSink) };
+    sink.push(HvEvent::RemovalFailed {
+        uuid: dom_uuid(dom),
+        alias: cstr(alias),
+    });
+}
+
+unsafe extern "C" fn on_close(_c: sys::virConnectPtr, reason: c_int, opaque: *mut c_void) {
+    // SAFETY: as in on_lifecycle.
+    let sink = unsafe { &*(opaque as *const EventSink) };
+    let reason = match reason as u32 {
+        sys::VIR_CONNECT_CLOSE_REASON_ERROR => "error",
+        sys::VIR_CONNECT_CLOSE_REASON_EOF => "end of file",
+        sys::VIR_CONNECT_CLOSE_REASON_KEEPALIVE => "keepalive timeout",
+        sys::VIR_CONNECT_CLOSE_REASON_CLIENT => "closed by us",
+        _ => "unknown",
+    };
+    sink.push(HvEvent::Closed { reason });
+}
+
+unsafe extern "C" fn free_sink(opaque: *mut c_void) {
+    // SAFETY: each registration was given its own `Arc::into_raw`, freed once here.
+    drop(unsafe { Arc::from_raw(opaque as *const EventSink) });
+}
+
+type LifecycleFn =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void) -> c_int;
+type RemovalFailedFn =
+    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *const c_char, *mut c_void);
+type GenericFn = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+
+/// Register the event callbacks on a fresh connection. A failure only costs promptness (the
+/// next tick sees every guest's state anyway), so it is logged, not fatal.
+fn register(c: &Connect, sink: &Arc<EventSink>, uri: &str) -> (Vec<c_int>, bool) {
+    let mut ids = Vec::new();
+    // SAFETY: libvirt calls each callback with the argument list of its event id, which is
+    // the signature it is cast from (libvirt's own VIR_DOMAIN_EVENT_CALLBACK does this cast).
+    let cbs: [(u32, GenericFn); 2] = unsafe {
+        [
+            (
+                sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                std::mem::transmute::<LifecycleFn, GenericFn>(on_lifecycle),
+            ),
+            (
+                sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED,
+                std::mem::transmute::<RemovalFailedFn, GenericFn>(on_removal_failed),
+            ),
+        ]
+    };
+    for (id, cb) in cbs {
+        let opaque = Arc::into_raw(sink.clone()) as *mut c_void;
+        // SAFETY: a valid connection; `opaque` is freed by `free_sink` when libvirt drops the
+        // registration (or at once below if it was refused).
+        let rc = unsafe {
+            sys::virConnectDomainEventRegisterAny(
+                c.as_ptr(),
+                std::ptr::null_mut(),
+                id as c_int,
+                Some(cb),
+                opaque,
+                Some(free_sink),
+            )
+        };
+        if rc < 0 {
+            // SAFETY: refused, so libvirt kept no reference to `opaque`.
+            unsafe { free_sink(opaque) };
+            tracing::warn!(uri, event = id, error = %VirtError::last_error(), "cannot register for libvirt events");
+        } else {
+            ids.push(rc);
+        }
+    }
+    let opaque = Arc::into_raw(sink.clone()) as *mut c_void;
+    // SAFETY: as above.
+    let rc = unsafe {
+        sys::virConnectRegisterCloseCallback(c.as_ptr(), Some(on_close), opaque, Some(free_sink))
+    };
+    if rc < 0 {
+        // SAFETY: refused, so libvirt kept no reference to `opaque`.
+        unsafe { free_sink(opaque) };
+    }
+    (ids, rc >= 0)
+}
+
 pub struct LibvirtHost {
     uri: String,
-    conn: Mutex<Option<Connect>>,
+    conn: Mutex<Option<Conn>>,
+    events: Arc<EventSink>,
 }
 
 impl LibvirtHost {
@@ -51,6 +227,7 @@ impl LibvirtHost {
         LibvirtHost {
             uri: uri.to_string(),
             conn: Mutex::new(None),
+            events: Arc::new(EventSink::default()),
         }
     }
 
@@ -65,9 +242,17 @@ impl LibvirtHost {
             })?;
             // Notice a dead libvirtd within ~15 s even while idle.
             let _ = c.set_keep_alive(5, 3);
-            *guard = Some(c);
+            let (callbacks, close_registered) = register(&c, &self.events, &self.uri);
+            if !callbacks.is_empty() {
+                self.events.push(HvEvent::Registered);
+            }
+            *guard = Some(Conn {
+                c,
+                callbacks,
+                close_registered,
+            });
         }
-        let Some(conn) = guard.as_ref() else {
+        let Some(conn) = guard.as_ref().map(|c| &c.c) else {
             return Err(HvError::Other("no connection".into()));
         };
         match f(conn) {
@@ -162,6 +347,10 @@ fn parse_record(name: String, uuid: String, params: &[sys::virTypedParameter]) -
 impl Hypervisor for LibvirtHost {
     fn uri(&self) -> &str {
         &self.uri
+    }
+
+    fn take_events(&self) -> Vec<HvEvent> {
+        std::mem::take(&mut *self.events.queue.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn stats(&self) -> Result<Vec<GuestStats>, HvError> {

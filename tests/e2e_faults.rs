@@ -183,6 +183,53 @@ fn a_hung_host_stalls_only_itself() {
     let log = d.log_text();
     let reconnects = log.matches("connected").count();
     assert!(reconnects >= 2, "reconnection logged:\n{}", tail(&log, 40));
+    // Events were registered again on the new connection: an operator's edit of the
+    // persistent definition (the floor) is seen at once, not at the next resize.
+    d.wait_until(
+        "events registered at start on both hosts and again after the reconnect",
+        10,
+        || {
+            d.log_text()
+                .matches("registered for libvirt events")
+                .count()
+                >= 3
+        },
+    );
+    let xml = std::process::Command::new("virsh")
+        .args(["-q", "-c", &a.uri, "dumpxml", "--inactive", "fa"])
+        .output()
+        .expect("virsh dumpxml");
+    let xml = String::from_utf8_lossy(&xml.stdout).replace(
+        "<currentMemory unit='KiB'>524288</currentMemory>",
+        "<currentMemory unit='KiB'>458752</currentMemory>",
+    );
+    assert!(xml.contains("458752"), "persistent floor found: {xml}");
+    let f = d.dir.path().join("fa-edited.xml");
+    std::fs::write(&f, xml).expect("write xml");
+    let out = std::process::Command::new("virsh")
+        .args(["-q", "-c", &a.uri, "define"])
+        .arg(&f)
+        .output()
+        .expect("virsh define");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_until(
+        "the edited floor seen through the defined event",
+        15,
+        || {
+            d.guest("fa")
+                .is_some_and(|v| mib(&v["envelope"]["floor"]) == 448)
+        },
+    );
+    assert!(
+        metric(
+            &d,
+            "memscale_libvirt_events_total{event=\"defined\",host=\"lfa\"}"
+        ) >= 1.0
+    );
 
     // A guest paused, then destroyed, in the middle of growing: its state is shown, then it
     // and its metric series go away; no storm of errors.

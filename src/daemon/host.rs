@@ -7,7 +7,7 @@ use crate::actuator::{self, Op};
 use crate::audit::{Inputs, Record};
 use crate::config::HostConfig;
 use crate::domain::DomainSpec;
-use crate::hypervisor::{GuestStats, HvError, Hypervisor};
+use crate::hypervisor::{GuestStats, HvError, HvEvent, Hypervisor};
 use crate::planner::{Kind, Reason};
 use crate::units::Bytes;
 use std::collections::HashMap;
@@ -163,6 +163,8 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
     }
     let deadline = shared.config.interval.0.max(Duration::from_secs(2));
     let stats = host.call("stats", deadline, |h| h.stats()).await;
+    // After the stats call: a reconnect it made has registered its handlers already.
+    take_events(host, shared);
     let stats = match stats {
         Ok(s) => s,
         Err(e) => {
@@ -316,6 +318,43 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
     snapshot(host, shared, now);
     publish(host, shared, now);
     true
+}
+
+/// What libvirt said since the last tick: a changed definition is re-read now rather than at
+/// the next resize or after `INACTIVE_MAX_AGE`; a closed connection and the handlers'
+/// registration (again after a reconnect) are logged.
+fn take_events(host: &mut Host, shared: &Shared) {
+    for e in host.hv.take_events() {
+        shared
+            .metrics
+            .events
+            .with_label_values(&[&host.label, e.label()])
+            .inc();
+        match e {
+            HvEvent::Registered => {
+                tracing::info!(host = %host.label, "registered for libvirt events")
+            }
+            HvEvent::Closed { reason } => {
+                tracing::warn!(host = %host.label, reason, "libvirtd closed the connection")
+            }
+            HvEvent::Lifecycle { uuid, event } => {
+                if let Some(g) = host.guests.get_mut(&uuid) {
+                    tracing::debug!(host = %host.label, guest = %g.name, event, "lifecycle event");
+                    if !matches!(event, "suspended" | "resumed") {
+                        g.needs_xml = true;
+                        g.inactive_read = f64::NEG_INFINITY;
+                    }
+                }
+            }
+            HvEvent::RemovalFailed { uuid, alias } => {
+                let name = g_name(host, &uuid);
+                tracing::warn!(host = %host.label, guest = %name, device = %alias, "the guest refused to release a device");
+                if let Some(g) = host.guests.get_mut(&uuid) {
+                    g.needs_xml = true;
+                }
+            }
+        }
+    }
 }
 
 /// Capture each guest's planner memory for the state file, every few seconds.
