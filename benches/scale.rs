@@ -94,7 +94,8 @@ fn one(n: usize, seconds: u64, interval: f64, hung: bool) {
         ..Config::default()
     };
     let mut ok_cfg = HostConfig::from_arg("ok=model:///ok");
-    ok_cfg.capacity = Some(Bytes::from_mib(4 << 20));
+    // Room for every guest at its ceiling: the host is never short, so nothing is squeezed.
+    ok_cfg.capacity = Some(Bytes::from_mib((n as u64 + 16) * 2048));
     config.hosts.push(ok_cfg.clone());
     let model = Arc::new(ModelHost::new("model:///ok", "g", n, 42));
     let mut hosts: Vec<(HostConfig, Arc<dyn Hypervisor>)> =
