@@ -18,7 +18,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{Daemon, Guest, Host};
+use common::{Daemon, Guest, Host, now};
 use std::time::{Duration, Instant};
 
 /// What each guest holds before the first step, MiB.
@@ -66,13 +66,6 @@ fn list(name: &str, default: &str) -> Vec<u64> {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect()
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 #[derive(Default, Clone, Copy)]

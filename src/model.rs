@@ -162,6 +162,29 @@ impl ModelHost {
     }
 }
 
+impl ModelHost {
+    /// A resize the model refuses when `bad` (as libvirt would), else applies at once.
+    fn resize(
+        &self,
+        uuid: &str,
+        bad: bool,
+        refusal: &str,
+        apply: impl FnOnce(&mut ModelGuest),
+    ) -> Result<(), HvError> {
+        self.with_guest(uuid, |g| {
+            if bad {
+                return Err(HvError::Guest {
+                    guest: g.name.clone(),
+                    message: refusal.into(),
+                });
+            }
+            apply(g);
+            self.resizes.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+    }
+}
+
 /// Replace the text of the first `<tag ...>` element after `from` with `value`.
 fn set_text(xml: &mut String, from: usize, tag: &str, value: &str) -> Option<usize> {
     let open = xml[from..].find(&format!("<{tag}"))? + from;
@@ -247,31 +270,24 @@ impl Hypervisor for ModelHost {
     }
 
     fn set_balloon(&self, uuid: &str, target: Bytes) -> Result<(), HvError> {
-        self.with_guest(uuid, |g| {
-            if target.kib() > FLOOR_KIB {
-                return Err(HvError::Guest {
-                    guest: g.name.clone(),
-                    message: "balloon target above boot memory".into(),
-                });
-            }
-            g.balloon_kib = target.kib();
-            self.resizes.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        })
+        let kib = target.kib();
+        self.resize(
+            uuid,
+            kib > FLOOR_KIB,
+            "balloon target above boot memory",
+            |g| g.balloon_kib = kib,
+        )
     }
 
     fn set_virtio_mem(&self, uuid: &str, _alias: &str, requested: Bytes) -> Result<(), HvError> {
-        self.with_guest(uuid, |g| {
-            if requested.kib() > VMEM_MAX_KIB || !requested.kib().is_multiple_of(2048) {
-                return Err(HvError::Guest {
-                    guest: g.name.clone(),
-                    message: "requested size not a multiple of the block or above the size".into(),
-                });
-            }
-            g.vmem_kib = requested.kib();
-            self.resizes.fetch_add(1, Ordering::Relaxed);
-            Ok(())
-        })
+        let kib = requested.kib();
+        let bad = kib > VMEM_MAX_KIB || !kib.is_multiple_of(2048);
+        self.resize(
+            uuid,
+            bad,
+            "requested size not a multiple of the block or above the size",
+            |g| g.vmem_kib = kib,
+        )
     }
 
     fn set_stats_period(&self, _uuid: &str, _seconds: u32) -> Result<(), HvError> {

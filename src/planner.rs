@@ -137,6 +137,12 @@ pub enum Reason {
         to: String,
         deficit: Bytes,
     },
+    /// A growth was still landing when the guest ran shorter than when it was asked for.
+    StillShort {
+        available: Bytes,
+        asked: Bytes,
+        has: Bytes,
+    },
     /// The host cannot give every guest what it asks for: this guest gets its fair share.
     HostShare {
         wanted: Bytes,
@@ -198,6 +204,14 @@ impl fmt::Display for Reason {
                 f,
                 "host short of memory: wants {wanted}, its fair share is {granted}"
             ),
+            Reason::StillShort {
+                available,
+                asked,
+                has,
+            } => write!(
+                f,
+                "still short while growing: available {available}, has {has} of {asked} asked"
+            ),
         }
     }
 }
@@ -209,6 +223,7 @@ impl Reason {
         matches!(
             self,
             Reason::Short { .. }
+                | Reason::StillShort { .. }
                 | Reason::Swapping { .. }
                 | Reason::Idle { .. }
                 | Reason::BelowFloor
@@ -246,6 +261,7 @@ impl Reason {
             Reason::HostError { .. } => "host_error",
             Reason::HostShare { .. } => "host_share",
             Reason::Migrate { .. } => "migrate",
+            Reason::StillShort { .. } => "still_short",
         }
     }
 }

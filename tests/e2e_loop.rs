@@ -199,7 +199,7 @@ fn driverless_and_stale_guests_are_held() {
     // Settled: healthy, and no resize for 8 s (a late grow would otherwise land between the
     // reading below and the unload, and look like a resize on stale data).
     d.wait_until("stale guest settles", 90, || {
-        let now = common_now();
+        let now = now();
         d.guest("stale").is_some_and(|v| v["state"] == "ok")
             && audit_for(&d.audit(), "stale")
                 .iter()
@@ -216,7 +216,7 @@ fn driverless_and_stale_guests_are_held() {
     d.wait_until("stale guest reported as stale", 60, || {
         d.guest("stale").is_some_and(|v| v["state"] == "stale")
     });
-    let t_frozen = common_now();
+    let t_frozen = now();
     let plugged_before = stale.vmem_requested_mib();
     // what the frozen stats would now justify: a large shrink (and later growth)
     stale.demand(20, 0);
@@ -254,13 +254,6 @@ fn driverless_and_stale_guests_are_held() {
         "{m}"
     );
     assert!(m.contains("memscale_guest_state{guest=\"stale\",host=\"lhold\",state=\"stale\"} 1"));
-}
-
-fn common_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// Demand held in tmpfs (shmem) is demand, not reclaimable cache: a guest shrunk below its

@@ -32,13 +32,6 @@ fn resizes_since(d: &Daemon, guest: &str, t: f64) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 #[test]
 fn a_killed_daemon_comes_back_with_its_pins_and_its_memory() {
     let h = Host::up("lrst", 40);

@@ -24,6 +24,8 @@ pub struct Pending {
     pub target: Bytes,
     pub since: f64,
     pub method: String,
+    /// The guest's MemAvailable when the resize was asked for.
+    pub available: Option<Bytes>,
 }
 
 /// The guest's state as operators see it.
@@ -326,6 +328,60 @@ impl Guest {
             .map(|s| (now - s.last_update as f64).max(0.0))
     }
 
+    /// While a growth lands: a report newer than the ask shows less available than when it
+    /// was asked, and below the grow threshold: the guest's use climbs faster than its memory
+    /// arrives. Then grow again from the target asked, by at least the last step.
+    fn still_short(&self, size: Bytes, env: &Envelope, policy: &Policy) -> Option<Decision> {
+        let p = self.pending.as_ref()?;
+        let st = self.stats.as_ref()?;
+        // Not for a size an operator set, nor on the word of a guest the host contradicts.
+        if p.kind != Kind::Grow || self.pinned || self.rss_capped {
+            return None;
+        }
+        if (st.last_update as f64) <= p.since {
+            return None;
+        }
+        let (total, usable) = (st.guest.total?, st.guest.usable?);
+        let k = &policy.knobs;
+        let need = total.saturating_sub(usable.min(total));
+        let headroom = k.headroom.max(need.scale(k.headroom_pct.fraction()));
+        let threshold = headroom.scale(k.grow_at.fraction()).max(k.min_free);
+        if usable >= threshold || usable >= p.available.unwrap_or(Bytes(u64::MAX)) {
+            return None;
+        }
+        let since_grow = self
+            .history
+            .last_grow
+            .map(|t| (st.last_update as f64 - t).max(0.0))
+            .unwrap_or(f64::INFINITY);
+        if since_grow < k.grow_cooldown.as_secs_f64() {
+            return None;
+        }
+        let mut step = p.target.saturating_sub(p.before).max(headroom);
+        if k.max_grow_step.0 > 0 {
+            step = step.min(k.max_grow_step);
+        }
+        if k.grow_rate.per_sec().0 > 0 && since_grow.is_finite() {
+            step = step.min(k.grow_rate.over(since_grow).max(env.vmem_step));
+        }
+        let target = env.realize_up((p.target.max(size) + step).min(env.ceiling));
+        if target <= p.target.max(size) {
+            return None;
+        }
+        Some(Decision {
+            kind: Kind::Grow,
+            target,
+            reason: Reason::StillShort {
+                available: usable,
+                asked: p.target,
+                has: size,
+            },
+            need,
+            predicted: need,
+            headroom,
+        })
+    }
+
     /// Check health, then plan. The envelope is the policy-limited one.
     pub fn decide(&mut self, now: f64, policy: &Policy, cfg: &Config) -> Decision {
         let size = self.current();
@@ -370,6 +426,13 @@ impl Guest {
                     },
                     self,
                 );
+            } else if let Some(d) = self.still_short(size, &env, policy) {
+                // Demand outruns the memory landing: ask for more now, on top of what is
+                // asked, rather than wait for it to land (virtio-mem under load lands over
+                // seconds, and a guest climbing at 100 MiB/s is out of memory by then).
+                self.pending = None;
+                self.health = Health::Ok;
+                return d;
             } else {
                 return hold(Health::Resizing, Reason::ResizeInProgress, self);
             }
@@ -571,6 +634,76 @@ mod hostile_tests {
                 }
             }
         }
+    }
+
+    /// A growth still landing while the guest runs shorter than when it was asked for is
+    /// followed by another at once; not when the guest is holding its own, not for a pinned
+    /// guest, and never beyond the ceiling.
+    #[test]
+    fn a_guest_running_short_while_memory_lands_is_grown_again() {
+        let (spec, env) = envelope();
+        let policy = crate::policy::Policy::builtin();
+        let cfg = Config::default();
+        let report = |t: u64, size: u64, total: u64, avail: u64| GuestStats {
+            name: "h".into(),
+            uuid: "u".into(),
+            state: RunState::Running,
+            current: Some(Bytes::from_mib(size)),
+            maximum: Some(env.ceiling),
+            guest: GuestMem {
+                total: Some(Bytes::from_mib(total)),
+                usable: Some(Bytes::from_mib(avail)),
+                ..Default::default()
+            },
+            last_update: t,
+            rss: None,
+        };
+        let fresh = |pinned: bool| {
+            let mut g = Guest::new("h", "u", 0.0);
+            g.envelope = Ok(env.clone());
+            g.spec = Some(spec.clone());
+            g.pinned = pinned;
+            // Asked 600 -> 900 MiB at t=100, when 150 MiB was available.
+            g.pending = Some(Pending {
+                kind: Kind::Grow,
+                before: Bytes::from_mib(600),
+                target: Bytes::from_mib(900),
+                since: 100.0,
+                method: "virtio-mem".into(),
+                available: Some(Bytes::from_mib(150)),
+            });
+            g.history.last_grow = Some(100.0);
+            g
+        };
+        // 700 of 900 landed, and only 40 MiB available now: grow again, by the last step.
+        let mut g = fresh(false);
+        g.observe(report(102, 700, 660, 40), 102.0);
+        let d = g.decide(102.0, &policy, &cfg);
+        assert_eq!(d.kind, Kind::Grow, "{d:?}");
+        assert_eq!(d.reason.label(), "still_short");
+        assert!(d.target >= Bytes::from_mib(1200) && d.target <= env.ceiling, "{d:?}");
+        assert!(env.is_realizable(d.target));
+        // Holding its own (more available than when asked): wait for the landing.
+        let mut g = fresh(false);
+        g.observe(report(102, 700, 660, 200), 102.0);
+        assert_eq!(g.decide(102.0, &policy, &cfg).reason, Reason::ResizeInProgress);
+        // No report since the ask: nothing new to go on.
+        let mut g = fresh(false);
+        g.observe(report(99, 700, 660, 40), 102.0);
+        assert_eq!(g.decide(102.0, &policy, &cfg).reason, Reason::ResizeInProgress);
+        // Pinned (an operator's size): never.
+        let mut g = fresh(true);
+        g.observe(report(102, 700, 660, 40), 102.0);
+        assert_eq!(g.decide(102.0, &policy, &cfg).kind, Kind::Hold);
+        // Near the ceiling: capped there.
+        let mut g = fresh(false);
+        if let Some(p) = g.pending.as_mut() {
+            p.before = Bytes::from_mib(1200);
+            p.target = env.ceiling.saturating_sub(Bytes::from_mib(100));
+        }
+        g.observe(report(102, 1900, 1860, 30), 102.0);
+        let d = g.decide(102.0, &policy, &cfg);
+        assert_eq!((d.kind, d.target), (Kind::Grow, env.ceiling), "{d:?}");
     }
 
     #[test]

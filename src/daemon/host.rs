@@ -1038,6 +1038,7 @@ async fn act(
                         target: decision.target,
                         since: now,
                         method: m,
+                        available: g.stats.as_ref().and_then(|s| s.guest.usable),
                     });
                     match decision.kind {
                         Kind::Grow => g.history.last_grow = Some(now),
