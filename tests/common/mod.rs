@@ -198,6 +198,20 @@ impl Guest {
     }
 }
 
+/// The daemon gets SIGKILL when the thread that started it ends, so a test or bench that is
+/// killed (a time-out, ^C) leaves no daemon behind to manage the next run's guests (seen: two
+/// daemons resizing one host's guests, each auditing half of it).
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -271,6 +285,7 @@ impl Daemon {
         }
         let logf = std::fs::File::create(&log).expect("log");
         cmd.stdout(Stdio::null()).stderr(logf);
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().expect("spawn memscale");
         let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_os_string()).collect();
         let d = Daemon {
@@ -304,12 +319,10 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log");
-        self.child = Command::new(env!("CARGO_BIN_EXE_memscale"))
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("respawn memscale");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_memscale"));
+        cmd.args(&self.args).stdout(Stdio::null()).stderr(logf);
+        die_with_parent(&mut cmd);
+        self.child = cmd.spawn().expect("respawn memscale");
         self.wait_until("the API answers again", 30, || {
             self.get("/v1/status").is_some()
         });
