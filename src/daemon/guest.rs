@@ -681,16 +681,25 @@ mod hostile_tests {
         let d = g.decide(102.0, &policy, &cfg);
         assert_eq!(d.kind, Kind::Grow, "{d:?}");
         assert_eq!(d.reason.label(), "still_short");
-        assert!(d.target >= Bytes::from_mib(1200) && d.target <= env.ceiling, "{d:?}");
+        assert!(
+            d.target >= Bytes::from_mib(1200) && d.target <= env.ceiling,
+            "{d:?}"
+        );
         assert!(env.is_realizable(d.target));
         // Holding its own (more available than when asked): wait for the landing.
         let mut g = fresh(false);
         g.observe(report(102, 700, 660, 200), 102.0);
-        assert_eq!(g.decide(102.0, &policy, &cfg).reason, Reason::ResizeInProgress);
+        assert_eq!(
+            g.decide(102.0, &policy, &cfg).reason,
+            Reason::ResizeInProgress
+        );
         // No report since the ask: nothing new to go on.
         let mut g = fresh(false);
         g.observe(report(99, 700, 660, 40), 102.0);
-        assert_eq!(g.decide(102.0, &policy, &cfg).reason, Reason::ResizeInProgress);
+        assert_eq!(
+            g.decide(102.0, &policy, &cfg).reason,
+            Reason::ResizeInProgress
+        );
         // Pinned (an operator's size): never.
         let mut g = fresh(true);
         g.observe(report(102, 700, 660, 40), 102.0);

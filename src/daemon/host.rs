@@ -746,32 +746,15 @@ async fn rebalance(
         .collect();
     let failed = host.failed_moves.clone();
     let usable: Vec<crate::rebalance::Candidate> = candidates.iter().map(|c| c.1.clone()).collect();
-    // Per candidate, the destinations not failed for it.
-    let mut choice = None;
-    for c in &usable {
-        let ds: Vec<_> = dests
-            .iter()
-            .filter(|d| !failed.iter().any(|f| f.0 == c.name && f.1 == d.name))
-            .cloned()
-            .collect();
-        if let Some(m) = crate::rebalance::pick(deficit, std::slice::from_ref(c), &ds) {
-            choice = match choice {
-                None => Some(m),
-                Some(best) => {
-                    let both = [
-                        crate::rebalance::Candidate {
-                            name: best.guest.clone(),
-                            size: best.size,
-                        },
-                        c.clone(),
-                    ];
-                    let keep = crate::rebalance::pick(deficit, &both, &dests)
-                        .is_some_and(|w| w.guest == best.guest);
-                    if keep { Some(best) } else { Some(m) }
-                }
-            };
-        }
-    }
+    // A destination a move failed to is avoided for every guest until `retry_after`: a
+    // failure there (down, unreachable, refusing) says more about it than about the guest
+    // (seen: the next proposal sent another guest to the host that was down).
+    let ds: Vec<_> = dests
+        .iter()
+        .filter(|d| !failed.iter().any(|f| f.1 == d.name))
+        .cloned()
+        .collect();
+    let choice = crate::rebalance::pick(deficit, &usable, &ds);
     let Some(m) = choice else {
         if usable.is_empty() {
             tracing::debug!(host = %host.label, deficit = %deficit, "host short of memory; no guest can move now (resizing, pinned or starting)");
