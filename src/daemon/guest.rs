@@ -72,6 +72,8 @@ pub struct Guest {
     pub samples: VecDeque<Sample>,
     /// The highest need over the policy's `peak_window`.
     pub peaks: PeakTracker,
+    /// The newest sample the peak tracker has seen (each is observed once).
+    pub peaks_seen: f64,
     pub history: History,
     pub pending: Option<Pending>,
     pub held_until: f64,
@@ -138,6 +140,7 @@ impl Guest {
             },
             samples: VecDeque::new(),
             peaks: PeakTracker::default(),
+            peaks_seen: f64::NEG_INFINITY,
             history: History::default(),
             pending: None,
             held_until: 0.0,
@@ -472,22 +475,37 @@ impl Guest {
             self.health = Health::Ok;
             return Decision::hold(size, Reason::NoSamples);
         }
-        // Window statistics may use older samples; the latest must postdate the last resize.
-        let all: Vec<Sample> = self.samples.iter().copied().collect();
+        // Keep only what the planner looks at: the window and the trend window, with a margin
+        // (a shrink wants a sample older than 0.9 of the window). Keeping an hour of them made
+        // every tick re-read and every state save write up to 3,600 samples a guest.
+        let keep = policy
+            .knobs
+            .window
+            .as_secs_f64()
+            .max(policy.knobs.trend_window.as_secs_f64())
+            * 1.25
+            + 10.0;
+        while self.samples.len() > 1 && self.samples.front().is_some_and(|f| f.at < now - keep) {
+            self.samples.pop_front();
+        }
         let span = policy.knobs.peak_window.as_secs_f64();
         if self.peaks.window() != span {
             // A new span (policy reload): start over rather than mix bucket sizes.
             self.peaks = PeakTracker::new(span);
+            self.peaks_seen = f64::NEG_INFINITY;
         }
-        for s in &all {
+        // Window statistics may use older samples; the latest must postdate the last resize.
+        let all: &[Sample] = self.samples.make_contiguous();
+        for s in all.iter().filter(|s| s.at > self.peaks_seen) {
             self.peaks.observe(s);
         }
+        self.peaks_seen = all.last().map(|s| s.at).unwrap_or(self.peaks_seen);
         let d = planner::plan(&planner::Input {
             now,
             envelope: &env,
             knobs: &policy.knobs,
             size,
-            samples: &all,
+            samples: all,
             history: self.history,
             peak: self.peaks.peak(now),
         });
@@ -713,6 +731,56 @@ mod hostile_tests {
         g.observe(report(102, 1900, 1860, 30), 102.0);
         let d = g.decide(102.0, &policy, &cfg);
         assert_eq!((d.kind, d.target), (Kind::Grow, env.ceiling), "{d:?}");
+    }
+
+    /// A guest reporting every second for ten minutes keeps about its policy's window of
+    /// samples, not an hour of them: ticks and state saves stay the same size.
+    #[test]
+    fn samples_are_kept_for_the_window_only() {
+        let (spec, env) = envelope();
+        let mut g = Guest::new("h", "u", 0.0);
+        g.envelope = Ok(env.clone());
+        g.spec = Some(spec);
+        let policy = crate::policy::Policy::builtin();
+        let cfg = Config::default();
+        let keep = policy
+            .knobs
+            .window
+            .as_secs_f64()
+            .max(policy.knobs.trend_window.as_secs_f64())
+            * 1.25
+            + 10.0;
+        for t in 1_000u64..1_600 {
+            g.observe(
+                GuestStats {
+                    name: "h".into(),
+                    uuid: "u".into(),
+                    state: RunState::Running,
+                    current: Some(Bytes::from_mib(1024)),
+                    maximum: Some(env.ceiling),
+                    guest: GuestMem {
+                        total: Some(Bytes::from_mib(980)),
+                        usable: Some(Bytes::from_mib(400 + (t % 7))),
+                        ..Default::default()
+                    },
+                    last_update: t,
+                    rss: None,
+                },
+                t as f64,
+            );
+            let _ = g.decide(t as f64, &policy, &cfg);
+            g.pending = None;
+        }
+        assert!(
+            g.samples.len() as f64 <= keep + 2.0,
+            "{} samples",
+            g.samples.len()
+        );
+        assert!(
+            g.samples.len() as f64 >= policy.knobs.window.as_secs_f64(),
+            "{}",
+            g.samples.len()
+        );
     }
 
     #[test]
