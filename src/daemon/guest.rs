@@ -101,6 +101,18 @@ pub struct Guest {
     pub inactive_read: f64,
 }
 
+/// Seconds of samples a guest under `policy` keeps: its window and trend window, with a
+/// margin (a shrink wants a sample older than 0.9 of the window).
+pub fn sample_retention(policy: &Policy) -> f64 {
+    policy
+        .knobs
+        .window
+        .as_secs_f64()
+        .max(policy.knobs.trend_window.as_secs_f64())
+        * 1.25
+        + 10.0
+}
+
 /// Seconds a cached persistent definition is trusted.
 pub const INACTIVE_MAX_AGE: f64 = 300.0;
 
@@ -478,13 +490,7 @@ impl Guest {
         // Keep only what the planner looks at: the window and the trend window, with a margin
         // (a shrink wants a sample older than 0.9 of the window). Keeping an hour of them made
         // every tick re-read and every state save write up to 3,600 samples a guest.
-        let keep = policy
-            .knobs
-            .window
-            .as_secs_f64()
-            .max(policy.knobs.trend_window.as_secs_f64())
-            * 1.25
-            + 10.0;
+        let keep = sample_retention(policy);
         while self.samples.len() > 1 && self.samples.front().is_some_and(|f| f.at < now - keep) {
             self.samples.pop_front();
         }
@@ -598,6 +604,15 @@ mod hostile_tests {
         (spec, env)
     }
 
+    /// A guest with that envelope and its definition, as the daemon holds it.
+    fn managed() -> (Guest, Envelope) {
+        let (spec, env) = envelope();
+        let mut g = Guest::new("h", "u", 0.0);
+        g.envelope = Ok(env.clone());
+        g.spec = Some(spec);
+        (g, env)
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         /// Whatever a guest reports (free above total, totals beyond its size, counters going
@@ -611,10 +626,7 @@ mod hostile_tests {
                 1..60,
             )
         ) {
-            let (spec, env) = envelope();
-            let mut g = Guest::new("h", "u", 0.0);
-            g.envelope = Ok(env.clone());
-            g.spec = Some(spec);
+            let (mut g, env) = managed();
             let policy = crate::policy::Policy::builtin();
             let cfg = Config::default();
             let mut size = Bytes::from_mib(1024);
@@ -737,19 +749,10 @@ mod hostile_tests {
     /// samples, not an hour of them: ticks and state saves stay the same size.
     #[test]
     fn samples_are_kept_for_the_window_only() {
-        let (spec, env) = envelope();
-        let mut g = Guest::new("h", "u", 0.0);
-        g.envelope = Ok(env.clone());
-        g.spec = Some(spec);
+        let (mut g, env) = managed();
         let policy = crate::policy::Policy::builtin();
         let cfg = Config::default();
-        let keep = policy
-            .knobs
-            .window
-            .as_secs_f64()
-            .max(policy.knobs.trend_window.as_secs_f64())
-            * 1.25
-            + 10.0;
+        let keep = sample_retention(&policy);
         for t in 1_000u64..1_600 {
             g.observe(
                 GuestStats {
