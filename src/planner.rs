@@ -458,6 +458,25 @@ fn since(now: f64, t: Option<f64>) -> f64 {
     t.map(|t| (now - t).max(0.0)).unwrap_or(f64::INFINITY)
 }
 
+/// The free memory a guest needing `need` is kept with: `headroom`, or `headroom_pct` of
+/// its need when that is more.
+pub fn headroom(k: &Knobs, need: Bytes) -> Bytes {
+    k.headroom.max(need.scale(k.headroom_pct.fraction()))
+}
+
+/// A growth step cut to the policy's per-step (`max_grow_step`) and per-second
+/// (`grow_rate`) limits, `since_grow` seconds after the last growth.
+pub fn limit_grow_step(k: &Knobs, env: &Envelope, step: Bytes, since_grow: f64) -> Bytes {
+    let mut step = step;
+    if k.max_grow_step.0 > 0 {
+        step = step.min(k.max_grow_step);
+    }
+    if k.grow_rate.per_sec().0 > 0 && since_grow.is_finite() {
+        step = step.min(k.grow_rate.over(since_grow).max(env.vmem_step));
+    }
+    step
+}
+
 /// Decide for one guest.
 pub fn plan(i: &Input) -> Decision {
     let env = i.envelope;
@@ -467,7 +486,7 @@ pub fn plan(i: &Input) -> Decision {
         return Decision::hold(size, Reason::NoSamples);
     };
     let need = last.need();
-    let headroom = k.headroom.max(need.scale(k.headroom_pct.fraction()));
+    let headroom = headroom(k, need);
     // A starved guest reports need clipped at its allocation, so its "trend" would only echo
     // our own growth: fit the trend to samples that still had memory to spare.
     // Only the latest unbroken run counts: a jump across a starved spell is a step, not a trend.
@@ -563,13 +582,7 @@ pub fn plan(i: &Input) -> Decision {
             };
             return d;
         }
-        let mut step = want.saturating_sub(size);
-        if k.max_grow_step.0 > 0 {
-            step = step.min(k.max_grow_step);
-        }
-        if k.grow_rate.per_sec().0 > 0 && since_grow.is_finite() {
-            step = step.min(k.grow_rate.over(since_grow).max(env.vmem_step));
-        }
+        let step = limit_grow_step(k, env, want.saturating_sub(size), since_grow);
         let target = env.realize_up(size + step);
         if target <= size {
             d.reason = Reason::AtCeiling { wanted: want };

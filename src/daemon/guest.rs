@@ -359,7 +359,7 @@ impl Guest {
         let (total, usable) = (st.guest.total?, st.guest.usable?);
         let k = &policy.knobs;
         let need = total.saturating_sub(usable.min(total));
-        let headroom = k.headroom.max(need.scale(k.headroom_pct.fraction()));
+        let headroom = planner::headroom(k, need);
         let threshold = headroom.scale(k.grow_at.fraction()).max(k.min_free);
         if usable >= threshold || usable >= p.available.unwrap_or(Bytes(u64::MAX)) {
             return None;
@@ -372,13 +372,12 @@ impl Guest {
         if since_grow < k.grow_cooldown.as_secs_f64() {
             return None;
         }
-        let mut step = p.target.saturating_sub(p.before).max(headroom);
-        if k.max_grow_step.0 > 0 {
-            step = step.min(k.max_grow_step);
-        }
-        if k.grow_rate.per_sec().0 > 0 && since_grow.is_finite() {
-            step = step.min(k.grow_rate.over(since_grow).max(env.vmem_step));
-        }
+        let step = planner::limit_grow_step(
+            k,
+            env,
+            p.target.saturating_sub(p.before).max(headroom),
+            since_grow,
+        );
         let target = env.realize_up((p.target.max(size) + step).min(env.ceiling));
         if target <= p.target.max(size) {
             return None;
