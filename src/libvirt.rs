@@ -43,7 +43,7 @@ pub fn init() {
 /// Events queued by libvirt's callbacks (on its event thread) until the host loop takes them.
 #[derive(Default)]
 struct EventSink {
-    queue: Mutex<Vec<HvEvent>>,
+    queue: Mutex<std::collections::VecDeque<HvEvent>>,
 }
 
 /// At most this many events wait for a tick; past it the oldest are dropped (a tick reads
@@ -54,9 +54,9 @@ impl EventSink {
     fn push(&self, e: HvEvent) {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() >= MAX_QUEUED_EVENTS {
-            q.remove(0);
+            q.pop_front();
         }
-        q.push(e);
+        q.push_back(e);
     }
 }
 
@@ -81,9 +81,11 @@ impl Drop for Conn {
     }
 }
 
+/// A domain's UUID string; empty when libvirt cannot say.
 fn dom_uuid(dom: sys::virDomainPtr) -> String {
     let mut buf = [0 as c_char; 80];
-    // SAFETY: a valid domain from the callback; VIR_UUID_STRING_BUFLEN (37) < 80.
+    // SAFETY: a valid domain (from a stats record or an event); VIR_UUID_STRING_BUFLEN (37)
+    // is less than the buffer.
     if !dom.is_null() && unsafe { sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) } == 0 {
         cstr(buf.as_ptr())
     } else {
@@ -350,7 +352,8 @@ impl Hypervisor for LibvirtHost {
     }
 
     fn take_events(&self) -> Vec<HvEvent> {
-        std::mem::take(&mut *self.events.queue.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut q = self.events.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.drain(..).collect()
     }
 
     fn stats(&self) -> Result<Vec<GuestStats>, HvError> {
@@ -375,14 +378,7 @@ impl Hypervisor for LibvirtHost {
                 let rec = unsafe { &**list.0.add(i) };
                 // SAFETY: the record's domain is valid while the list lives.
                 let name = cstr(unsafe { sys::virDomainGetName(rec.dom) });
-                let mut buf = [0 as c_char; 80];
-                // SAFETY: VIR_UUID_STRING_BUFLEN is 37; the buffer is larger.
-                let uuid = if unsafe { sys::virDomainGetUUIDString(rec.dom, buf.as_mut_ptr()) } == 0
-                {
-                    cstr(buf.as_ptr())
-                } else {
-                    String::new()
-                };
+                let uuid = dom_uuid(rec.dom);
                 let params: &[sys::virTypedParameter] = if rec.params.is_null() || rec.nparams <= 0
                 {
                     &[]
