@@ -17,6 +17,21 @@ fn metric(d: &Daemon, prefix: &str) -> f64 {
         .sum()
 }
 
+/// `virsh -q -c URI ARGS…`, which must succeed; its output.
+fn virsh(uri: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("virsh")
+        .args(["-q", "-c", uri])
+        .args(args)
+        .output()
+        .expect("virsh");
+    assert!(
+        out.status.success(),
+        "virsh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn a_hung_host_stalls_only_itself() {
     let a = Host::up("lfa", 31);
@@ -195,27 +210,14 @@ fn a_hung_host_stalls_only_itself() {
                 >= 3
         },
     );
-    let xml = std::process::Command::new("virsh")
-        .args(["-q", "-c", &a.uri, "dumpxml", "--inactive", "fa"])
-        .output()
-        .expect("virsh dumpxml");
-    let xml = String::from_utf8_lossy(&xml.stdout).replace(
+    let xml = virsh(&a.uri, &["dumpxml", "--inactive", "fa"]).replace(
         "<currentMemory unit='KiB'>524288</currentMemory>",
         "<currentMemory unit='KiB'>458752</currentMemory>",
     );
     assert!(xml.contains("458752"), "persistent floor found: {xml}");
     let f = d.dir.path().join("fa-edited.xml");
     std::fs::write(&f, xml).expect("write xml");
-    let out = std::process::Command::new("virsh")
-        .args(["-q", "-c", &a.uri, "define"])
-        .arg(&f)
-        .output()
-        .expect("virsh define");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    virsh(&a.uri, &["define", &f.to_string_lossy()]);
     d.wait_until(
         "the edited floor seen through the defined event",
         15,
@@ -244,21 +246,9 @@ fn a_hung_host_stalls_only_itself() {
             .iter()
             .any(|r| r["guest"] == "fp" && r["kind"] == "grow" && r["result"] == "applied")
     });
-    let virsh = |args: &[&str]| {
-        let out = std::process::Command::new("virsh")
-            .args(["-q", "-c", &b.uri])
-            .args(args)
-            .output()
-            .expect("virsh");
-        assert!(
-            out.status.success(),
-            "virsh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let errs = |d: &Daemon| metric(d, "memscale_libvirt_errors_total{");
     let errs0 = errs(&d);
-    virsh(&["suspend", "fp"]);
+    virsh(&b.uri, &["suspend", "fp"]);
     d.wait_until("fp shown not running", 20, || {
         d.get("/v1/guests/fp")
             .is_some_and(|g| g["state"] == "not-running" || g["state"] == "not_running")
@@ -272,13 +262,13 @@ fn a_hung_host_stalls_only_itself() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    virsh(&["resume", "fp"]);
+    virsh(&b.uri, &["resume", "fp"]);
     d.wait_until("fp back to normal", 30, || {
         d.get("/v1/guests/fp")
             .is_some_and(|g| g["state"] == "ok" || g["state"] == "resizing")
     });
-    virsh(&["destroy", "fp"]);
-    virsh(&["undefine", "fp"]);
+    virsh(&b.uri, &["destroy", "fp"]);
+    virsh(&b.uri, &["undefine", "fp"]);
     d.wait_until("fp gone from the API", 20, || {
         d.get("/v1/guests/fp").is_none()
     });
