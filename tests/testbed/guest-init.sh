@@ -3,7 +3,8 @@
 # (tmpfs pages cannot be reclaimed without swap, so they are real demand) and report once a
 # second on the console. Demand comes from the kernel command line schedule
 # memscale.demand=T:MIB[@RATE],... and from the control port ttyS1 ("demand MIB [RATE]",
-# "rmmod-balloon", "status", "liar").
+# "rmmod-balloon", "status", "liar", "online-kernel", "slab N", "cpus").
+# New CPUs are brought online as a udev rule would (not with memscale.nocpuonline=1).
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -38,6 +39,17 @@ control() {
         demand) echo "$a ${b:-0}" > /run/demand.new && mv /run/demand.new /run/demand; echo "ok demand $a ${b:-0}" ;;
         rmmod-balloon) if rmmod virtio_balloon; then echo "ok rmmod-balloon"; echo "MEVENT balloon driver unloaded" > /dev/console; else echo "err rmmod-balloon"; fi ;;
         status) cat /run/mstat 2>/dev/null ;;
+        cpus) echo "ok cpus $(cat /sys/devices/system/cpu/online)" ;;
+        online-kernel)
+          # Memory plugged from now on is onlined to ZONE_NORMAL, where kernel allocations
+          # (unmovable) may land: such memory cannot be unplugged once they have.
+          if echo online_kernel > /sys/devices/system/memory/auto_online_blocks; then echo "ok online-kernel"; else echo "err online-kernel"; fi ;;
+        slab)
+          # N empty files: inodes and dentries are slab, unmovable, and go to the highest
+          # zone first (ZONE_NORMAL: hot-plugged memory above 4 GiB onlined as kernel memory).
+          mkdir -p /pin; mountpoint -q /pin || mount -t tmpfs -o size=1m,nr_inodes=0 tmpfs /pin
+          i=0; while [ "$i" -lt "${a:-10000}" ]; do : > /pin/f$$.$i; i=$((i + 1)); done
+          echo "ok slab $a" ;;
         liar)
           # Claim every free page as used, forever: keep the hugepage pool as large as free
           # memory allows. The pages are reserved, never touched (boot with init_on_alloc=0),
@@ -58,6 +70,10 @@ control() {
   done
 }
 [ -e /dev/ttyS1 ] && control &
+
+CPUONLINE=1
+seen=""
+case " $CMDLINE " in *" memscale.nocpuonline=1 "*) CPUONLINE=0 ;; esac
 
 CHUNK=4
 n=0            # chunks held
@@ -106,11 +122,22 @@ while true; do
   fi
   if [ $((now - lastprint)) -ge 100 ]; then
     lastprint=$now
+    # Like a udev rule on "add": a CPU that appeared since the last look is brought online
+    # once (never one the kernel took offline itself, as it does before an eject).
+    present=""
+    for c in /sys/devices/system/cpu/cpu[0-9]*/online; do
+      [ -e "$c" ] || continue
+      present="$present ${c%/online}"
+      case " $seen " in *" ${c%/online} "*) continue ;; esac
+      [ -n "$seen" ] && [ "$CPUONLINE" = 1 ] && [ "$(cat "$c")" = 0 ] && echo 1 > "$c" 2>/dev/null && echo "MEVENT onlined ${c%/online}"
+    done
+    seen="$present "
+    cpus=$(grep -c '^processor' /proc/cpuinfo)
     mt=$(awk '/^MemTotal:/{print $2}' /proc/meminfo)
     ma=$(awk '/^MemAvailable:/{print $2}' /proc/meminfo)
     mf=$(awk '/^MemFree:/{print $2}' /proc/meminfo)
     oom=$(awk '/^oom_kill /{print $2}' /proc/vmstat)
-    line="MSTAT t=$t demand_mib=$((n * CHUNK)) target_mib=$target memtotal_kib=$mt memavail_kib=$ma memfree_kib=$mf oom_kill=${oom:-0}"
+    line="MSTAT t=$t demand_mib=$((n * CHUNK)) target_mib=$target memtotal_kib=$mt memavail_kib=$ma memfree_kib=$mf oom_kill=${oom:-0} cpus=$cpus"
     echo "$line" > /run/mstat
     echo "$line"
   fi

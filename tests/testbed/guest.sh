@@ -5,12 +5,18 @@
 #      --vmem MiB (virtio-mem size, 0 = none, default 1024)
 #     --block MiB (default 2)  --numa N (default 1)  --vcpus N (default 1)  --slots N (default 4)
 #     --stats-period S (default 2; 0 = no <stats>)  --no-balloon-driver  --no-balloon-device
-#     --nova FLAVOR:MEM_MIB[:MAX_MIB]  --nova-old FLAVOR  --nova-project NAME
+#     --max-vcpus N (hot-pluggable up to N)  --threads N (per core, default 1)  --pin (vcpupin)
+#     --acpi (needed for DIMM and vCPU hotplug)  --memhp STATE (default online_movable)
+#     --nova FLAVOR:MEM_MIB[:MAX_MIB]  --nova-spec KEY=VALUE (repeatable)
+#     --nova-old FLAVOR  --nova-project NAME
 #     --demand SCHEDULE (T:MIB[@RATE],...)  --cmdline "extra args"  --start
 #   guest.sh xml HOST NAME [options]      print the XML only
 #   guest.sh demand HOST NAME MIB [RATE]  drive the demand generator over the control port
 #   guest.sh rmmod-balloon HOST NAME      unload the balloon driver inside the guest
 #   guest.sh liar HOST NAME               the guest claims all its free memory as used, forever
+#   guest.sh online-kernel HOST NAME      memory plugged from now on goes to ZONE_NORMAL
+#   guest.sh slab HOST NAME N             N inodes of unmovable slab (pins ZONE_NORMAL memory)
+#   guest.sh cpus HOST NAME               the guest's online CPU list (e.g. 0-2)
 #   guest.sh stat HOST NAME               the last MSTAT line of the console
 #   guest.sh oom HOST NAME                exit 0 (and print it) if the console shows an OOM kill or panic
 #   guest.sh wait-boot HOST NAME [SECS]   wait for the first MSTAT line
@@ -25,7 +31,8 @@ ctl_sock() { echo "$HOSTS/$1/lib/qemu/$2.ctl.sock"; }
 xml() {
   local host=$1 name=$2; shift 2
   local mem=512 cur="" vmem=1024 block=2 numa=1 vcpus=1 slots=4 period=2 noballoon=0 nodevice=0
-  local nova="" novaold="" project="demo" demand="" extra=""
+  local nova="" novaold="" project="demo" demand="" extra="" maxv="" threads=1 pin=0 acpi=0
+  local memhp=online_movable novaspecs=""
   while (($#)); do
     case $1 in
       --mem) mem=$2; shift ;;
@@ -35,6 +42,12 @@ xml() {
       --numa) numa=$2; shift ;;
       --vcpus) vcpus=$2; shift ;;
       --slots) slots=$2; shift ;;
+      --max-vcpus) maxv=$2; shift ;;
+      --threads) threads=$2; shift ;;
+      --pin) pin=1 ;;
+      --acpi) acpi=1 ;;
+      --memhp) memhp=$2; shift ;;
+      --nova-spec) novaspecs+="<nova:extraSpec name=\"${2%%=*}\">${2#*=}</nova:extraSpec>"; shift ;;
       --stats-period) period=$2; shift ;;
       --no-balloon-driver) noballoon=1 ;;
       --no-balloon-device) nodevice=1 ;;
@@ -49,8 +62,10 @@ xml() {
     shift
   done
   local total=$((mem + vmem)) maxmem=$((mem + vmem + 4096))
-  local cells="" devs="" i cpu0 cpu1 per=$((vcpus / numa))
+  local cells="" devs="" i cpu0 cpu1 top=${maxv:-$vcpus} per
+  per=$((top / numa))
   ((per >= 1)) || die "--vcpus must be at least --numa"
+  ((top % (numa * threads) == 0)) || die "vCPUs must split into whole cores per NUMA node"
   for ((i = 0; i < numa; i++)); do
     cpu0=$((i * per)); cpu1=$((cpu0 + per - 1))
     cells+="<cell id='$i' cpus='$cpu0-$cpu1' memory='$((mem / numa))' unit='MiB'/>"
@@ -58,7 +73,7 @@ xml() {
       devs+="<memory model='virtio-mem'><target><size unit='MiB'>$((vmem / numa))</size><node>$i</node><block unit='MiB'>$block</block><requested unit='MiB'>0</requested></target></memory>"
     fi
   done
-  local cmd="console=ttyS0 quiet memhp_default_state=online_movable panic=0 $extra"
+  local cmd="console=ttyS0 quiet memhp_default_state=$memhp panic=0 $extra"
   ((noballoon)) && cmd+=" memscale.noballoon=1"
   [[ -n $demand ]] && cmd+=" memscale.demand=$demand"
   local stats=""; ((period > 0)) && stats="<stats period='$period'/>"
@@ -67,12 +82,17 @@ xml() {
   local meta=""
   if [[ -n $nova ]]; then
     IFS=: read -r fl fm fx <<<"$nova"
-    local specs=""
-    [[ -n ${fx:-} ]] && specs="<nova:extraSpecs><nova:extraSpec name=\"hw:mem_max_mb\">$fx</nova:extraSpec><nova:extraSpec name=\"hw:numa_nodes\">$numa</nova:extraSpec></nova:extraSpecs>"
+    local specs="$novaspecs"
+    [[ -n ${fx:-} ]] && specs+="<nova:extraSpec name=\"hw:mem_max_mb\">$fx</nova:extraSpec><nova:extraSpec name=\"hw:numa_nodes\">$numa</nova:extraSpec>"
+    [[ -n $specs ]] && specs="<nova:extraSpecs>$specs</nova:extraSpecs>"
     meta="<metadata><nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\"><nova:package version=\"32.0.0\"/><nova:name>$name</nova:name><nova:flavor name=\"$fl\" id=\"$(cat /proc/sys/kernel/random/uuid)\"><nova:memory>$fm</nova:memory><nova:disk>1</nova:disk><nova:swap>0</nova:swap><nova:ephemeral>0</nova:ephemeral><nova:vcpus>$vcpus</nova:vcpus>$specs</nova:flavor><nova:owner><nova:user uuid=\"u-1\">demo</nova:user><nova:project uuid=\"p-1\">$project</nova:project></nova:owner></nova:instance></metadata>"
   elif [[ -n $novaold ]]; then
     meta="<metadata><nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\"><nova:name>$name</nova:name><nova:flavor name=\"$novaold\"/><nova:owner><nova:user uuid=\"u-1\">demo</nova:user><nova:project uuid=\"p-1\">$project</nova:project></nova:owner></nova:instance></metadata>"
   fi
+  local vcpu_el="<vcpu placement='static'>$vcpus</vcpu>" features="" cputune=""
+  [[ -n $maxv ]] && vcpu_el="<vcpu placement='static' current='$vcpus'>$maxv</vcpu>"
+  ((acpi)) && features="<features><acpi/></features>"
+  ((pin)) && cputune="<cputune><vcpupin vcpu='0' cpuset='0'/></cputune>"
   cat <<XML
 <domain type='qemu'>
   <name>$name</name>
@@ -80,11 +100,13 @@ xml() {
   <maxMemory slots='$slots' unit='MiB'>$maxmem</maxMemory>
   <memory unit='MiB'>$total</memory>
   <currentMemory unit='MiB'>${cur:-$mem}</currentMemory>
-  <vcpu placement='static'>$vcpus</vcpu>
+  $vcpu_el
+  $features
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>$CACHE/vmlinuz</kernel><initrd>$CACHE/initrd.gz</initrd>
     <cmdline>$cmd</cmdline></os>
-  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model><numa>$cells</numa></cpu>
+  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model><topology sockets='$numa' dies='1' cores='$((top / numa / threads))' threads='$threads'/><numa>$cells</numa></cpu>
+  $cputune
   <clock offset='utc'/>
   <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>
   <devices>
@@ -121,6 +143,9 @@ case ${1:-} in
   demand) send "$2" "$3" "demand $4 ${5:-0}" ;;
   rmmod-balloon) send "$2" "$3" "rmmod-balloon" ;;
   liar) send "$2" "$3" "liar" ;;
+  online-kernel) send "$2" "$3" "online-kernel" ;;
+  slab) send "$2" "$3" "slab $4" ;;
+  cpus) send "$2" "$3" "cpus" ;;
   # Nothing yet (a guest just migrated in has a fresh console) prints an empty line.
   stat) { grep -a '^MSTAT' "$(console "$2" "$3")" 2>/dev/null || true; } | tail -1 ;;
   oom) grep -a -m1 -E 'Out of memory|oom-kill|Killed process|Kernel panic|invoked oom-killer' "$(console "$2" "$3")" ;;
@@ -132,6 +157,6 @@ case ${1:-} in
     die "guest $3 on $2 did not boot" ;;
   console) console "$2" "$3" ;;
   destroy) vsh "$2" destroy "$3" >/dev/null 2>&1 || true; vsh "$2" undefine "$3" >/dev/null 2>&1 || true ;;
-  -h|--help|"") sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h|--help|"") sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//' ;;
   *) die "unknown command $1 (see --help)" ;;
 esac
