@@ -186,7 +186,10 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AdjustBody {
-    memory_mib: u64,
+    #[serde(default)]
+    memory_mib: Option<u64>,
+    #[serde(default)]
+    vcpus: Option<u32>,
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
@@ -279,89 +282,152 @@ fn mutate(s: &Shared, headers: &hyper::HeaderMap, name: &str, action: &str, body
                 Err(e) => {
                     return error(
                         StatusCode::BAD_REQUEST,
-                        &format!("bad request body: {e}; expected {{\"memory_mib\": N}}"),
+                        &format!(
+                            "bad request body: {e}; expected {{\"memory_mib\": N, \"vcpus\": N}} (either or both)"
+                        ),
                     );
                 }
             };
+            if req.memory_mib.is_none() && req.vcpus.is_none() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad request body: give memory_mib, vcpus or both",
+                );
+            }
             if s.dry_run {
                 return error(
                     StatusCode::CONFLICT,
                     "memscale runs in dry-run mode: it resizes nothing",
                 );
             }
-            let blocked = match g.state {
-                crate::daemon::guest::Health::NoDriver => {
-                    Some("the guest has no balloon driver: its memory cannot be managed")
+            // Check both before queueing either: a request is taken whole or not at all.
+            let vcpus = match req.vcpus {
+                None => None,
+                Some(n) => {
+                    if g.state == crate::daemon::guest::Health::NotRunning {
+                        return error(StatusCode::CONFLICT, "the guest is not running");
+                    }
+                    let Some(v) = &g.vcpus else {
+                        return error(
+                            StatusCode::CONFLICT,
+                            "the guest's definition has not been read yet",
+                        );
+                    };
+                    if let Err(e) = v.check(n) {
+                        let status = if matches!(
+                            e,
+                            crate::envelope::VcpuError::Pinned | crate::envelope::VcpuError::NoAcpi
+                        ) {
+                            StatusCode::CONFLICT
+                        } else {
+                            StatusCode::UNPROCESSABLE_ENTITY
+                        };
+                        return error(status, &e.to_string());
+                    }
+                    Some(n)
                 }
-                crate::daemon::guest::Health::Stale => Some("the guest's statistics are stale"),
-                crate::daemon::guest::Health::NotRunning => Some("the guest is not running"),
-                crate::daemon::guest::Health::NoEnvelope => {
-                    Some("the guest has no envelope (no resize method or hot-add specs)")
-                }
-                crate::daemon::guest::Health::Starting => Some("the guest has not reported yet"),
-                _ => None,
             };
-            if let Some(why) = blocked {
-                return error(StatusCode::CONFLICT, why);
-            }
-            let Some(env) = g.envelope else {
-                return error(StatusCode::CONFLICT, "the guest has no envelope");
+            let memory = match req.memory_mib {
+                None => None,
+                Some(mib) => match check_memory(&g, mib) {
+                    Ok(b) => Some(b),
+                    Err((status, message)) => return error(status, &message),
+                },
             };
-            let Some(want) = req.memory_mib.checked_mul(1 << 20).map(crate::units::Bytes) else {
-                return error(StatusCode::UNPROCESSABLE_ENTITY, "memory_mib is too large");
-            };
-            if want > env.ceiling {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    &format!(
-                        "{} MiB is beyond the guest's ceiling of {} MiB",
-                        req.memory_mib,
-                        env.ceiling.mib()
-                    ),
-                );
+            let mut out = json!({ "guest": g.name, "queued": true });
+            if let Some(n) = vcpus {
+                s.vcpu_adjusts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(g.name.clone(), n);
+                tracing::info!(guest = %g.name, vcpus = n, "manual vCPU adjust queued");
+                out["vcpus"] = json!(n);
             }
-            if want < env.floor {
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    &format!(
-                        "{} MiB is below the guest's floor of {} MiB",
-                        req.memory_mib,
-                        env.floor.mib()
-                    ),
-                );
+            if let Some(want) = memory {
+                s.adjusts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(g.name.clone(), want);
+                // A manual size holds until the operator unpins the guest.
+                pins(true);
+                s.manual
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(g.name.clone(), want.0);
+                s.save_state();
+                tracing::info!(guest = %g.name, memory_mib = want.mib(), "manual adjust queued; guest pinned");
+                out["memory_mib"] = json!(want.mib());
+                out["pinned"] = json!(true);
             }
-            if !env.is_realizable(want) {
-                let (lo, hi) = (env.realize_down(want), env.realize_up(want));
-                return error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    &format!(
-                        "{} MiB cannot be split evenly across the guest's {} NUMA node(s) at {} MiB steps: nearest valid sizes are {} MiB and {} MiB",
-                        req.memory_mib,
-                        env.numa_nodes.max(1),
-                        env.vmem_step.mib(),
-                        lo.mib(),
-                        hi.mib()
-                    ),
-                );
-            }
-            s.adjusts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(g.name.clone(), want);
-            // A manual size holds until the operator unpins the guest.
-            pins(true);
-            s.manual
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(g.name.clone(), want.0);
-            s.save_state();
-            tracing::info!(guest = %g.name, memory_mib = req.memory_mib, "manual adjust queued; guest pinned");
-            json_resp(
-                StatusCode::ACCEPTED,
-                &json!({ "guest": g.name, "memory_mib": req.memory_mib, "queued": true, "pinned": true }),
-            )
+            json_resp(StatusCode::ACCEPTED, &out)
         }
     }
+}
+
+/// A manual memory size, checked against the guest's state and envelope.
+fn check_memory(
+    g: &crate::daemon::GuestView,
+    mib: u64,
+) -> Result<crate::units::Bytes, (StatusCode, String)> {
+    let blocked = match g.state {
+        crate::daemon::guest::Health::NoDriver => {
+            Some("the guest has no balloon driver: its memory cannot be managed")
+        }
+        crate::daemon::guest::Health::Stale => Some("the guest's statistics are stale"),
+        crate::daemon::guest::Health::NotRunning => Some("the guest is not running"),
+        crate::daemon::guest::Health::NoEnvelope => {
+            Some("the guest has no envelope (no resize method or hot-add specs)")
+        }
+        crate::daemon::guest::Health::Starting => Some("the guest has not reported yet"),
+        _ => None,
+    };
+    if let Some(why) = blocked {
+        return Err((StatusCode::CONFLICT, why.to_string()));
+    }
+    let Some(env) = &g.envelope else {
+        return Err((StatusCode::CONFLICT, "the guest has no envelope".into()));
+    };
+    let Some(want) = mib.checked_mul(1 << 20).map(crate::units::Bytes) else {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "memory_mib is too large".into(),
+        ));
+    };
+    if want > env.ceiling {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "{} MiB is beyond the guest's ceiling of {} MiB",
+                mib,
+                env.ceiling.mib()
+            ),
+        ));
+    }
+    if want < env.floor {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "{} MiB is below the guest's floor of {} MiB",
+                mib,
+                env.floor.mib()
+            ),
+        ));
+    }
+    if !env.is_realizable(want) {
+        let (lo, hi) = (env.realize_down(want), env.realize_up(want));
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "{} MiB cannot be split evenly across the guest's {} NUMA node(s) at {} MiB steps: nearest valid sizes are {} MiB and {} MiB",
+                mib,
+                env.numa_nodes.max(1),
+                env.hot_step().mib(),
+                lo.mib(),
+                hi.mib()
+            ),
+        ));
+    }
+    Ok(want)
 }
 
 /// Serve until shutdown.

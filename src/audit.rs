@@ -42,6 +42,15 @@ pub struct Record {
     pub dry_run: bool,
     /// `applied`, `dry-run`, `held`, `failed: …`, `converged`, `unconverged`.
     pub result: String,
+    /// A vCPU change: the counts before and after (memory fields then give the size held).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<VcpuChange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct VcpuChange {
+    pub before: u32,
+    pub after: u32,
 }
 
 pub struct Audit {
@@ -134,6 +143,7 @@ mod tests {
             },
             dry_run: false,
             result: "held".into(),
+            vcpus: None,
         }
     }
 

@@ -72,8 +72,11 @@ pub struct ApiArgs {
 pub struct AdjustArgs {
     pub guest: String,
     /// New size, with a unit: "4GiB", "1536MiB".
+    #[arg(long, required_unless_present = "vcpus")]
+    pub memory: Option<String>,
+    /// New number of online vCPUs (added or removed live).
     #[arg(long)]
-    pub memory: String,
+    pub vcpus: Option<u32>,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -120,18 +123,26 @@ fn mutate(a: &ApiArgs, guest: &str, action: &str, body: Option<String>) -> i32 {
 }
 
 pub fn adjust(a: &AdjustArgs) -> i32 {
-    let size = match crate::units::Bytes::parse(&a.memory) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("memscale: --memory: {e}");
-            return EXIT_USAGE;
+    let mut body = serde_json::Map::new();
+    if let Some(m) = &a.memory {
+        match crate::units::Bytes::parse(m) {
+            Ok(b) => {
+                body.insert("memory_mib".into(), b.mib().into());
+            }
+            Err(e) => {
+                eprintln!("memscale: --memory: {e}");
+                return EXIT_USAGE;
+            }
         }
-    };
+    }
+    if let Some(n) = a.vcpus {
+        body.insert("vcpus".into(), n.into());
+    }
     mutate(
         &a.api,
         &a.guest,
         "adjust",
-        Some(format!("{{\"memory_mib\": {}}}", size.mib())),
+        Some(serde_json::Value::Object(body).to_string()),
     )
 }
 

@@ -42,12 +42,42 @@ pub struct VirtioMem {
     pub current: Option<Bytes>,
 }
 
+/// Aliases of the DIMMs memscale plugs: `ua-` makes them user aliases libvirt keeps; the rest
+/// is the node and a sequence number (`ua-memscale-dimm-1-7`).
+pub const DIMM_ALIAS_PREFIX: &str = "ua-memscale-dimm-";
+
+/// Size of each DIMM memscale plugs: x86 hotplug works in 128 MiB sections and QEMU aligns
+/// DIMMs to 256 MiB on some machines, so 256 MiB is the finest size that always works.
+pub const DIMM_SIZE: Bytes = Bytes::from_mib(256);
+
 /// A hot-plugged (or cold-plugged) DIMM.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Dimm {
     pub alias: Option<String>,
     pub node: Option<u32>,
     pub size: Bytes,
+    /// Plugged by memscale (by its alias), so memscale may unplug it. Others (an operator's,
+    /// or one the guest refused to release) count as boot memory.
+    pub managed: bool,
+}
+
+impl Dimm {
+    /// The sequence number in a memscale alias.
+    pub fn seq(&self) -> Option<u64> {
+        let rest = self.alias.as_deref()?.strip_prefix(DIMM_ALIAS_PREFIX)?;
+        rest.rsplit('-').next()?.parse().ok()
+    }
+}
+
+/// The `<memory model='dimm'>` element of a DIMM to hot-plug.
+pub fn dimm_xml(alias: &str, node: Option<u32>, size: Bytes) -> String {
+    let node = node
+        .map(|n| format!("<node>{n}</node>"))
+        .unwrap_or_default();
+    format!(
+        "<memory model='dimm'><alias name='{alias}'/><target><size unit='KiB'>{}</size>{node}</target></memory>",
+        size.kib()
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -82,6 +112,10 @@ pub struct DomainSpec {
     pub vcpus_max: u32,
     pub vcpus_current: u32,
     pub cpu_pinned: bool,
+    /// Threads per core of `<cpu><topology>` (1 when absent).
+    pub cpu_threads: u32,
+    /// `<features><acpi/>`: without it QEMU has no hotplug controller for DIMMs or vCPUs.
+    pub acpi: bool,
     pub nova: Option<NovaMeta>,
     pub tags: Vec<String>,
 }
@@ -90,10 +124,16 @@ impl DomainSpec {
     pub fn virtio_mem_size(&self) -> Bytes {
         self.virtio_mem.iter().map(|d| d.size).sum()
     }
+    /// The DIMMs memscale may unplug (its own), in total.
     pub fn dimm_size(&self) -> Bytes {
-        self.dimms.iter().map(|d| d.size).sum()
+        self.dimms
+            .iter()
+            .filter(|d| d.managed)
+            .map(|d| d.size)
+            .sum()
     }
-    /// The RAM the guest boots with (the most the balloon alone can give it).
+    /// The RAM the guest boots with (the most the balloon alone can give it), with any DIMM
+    /// memscale did not plug.
     pub fn base_memory(&self) -> Bytes {
         self.memory
             .saturating_sub(self.virtio_mem_size())
@@ -139,6 +179,15 @@ impl DomainSpec {
         {
             d.cpu_pinned = true;
         }
+        d.cpu_threads = 1;
+        if let Some(t) = child(root, "cpu").and_then(|c| child(c, "topology")) {
+            d.cpu_threads = t
+                .attribute("threads")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1u32)
+                .max(1);
+        }
+        d.acpi = child(root, "features").is_some_and(|f| child(f, "acpi").is_some());
         if let Some(cpu) = child(root, "cpu")
             && let Some(numa) = child(cpu, "numa")
         {
@@ -213,7 +262,15 @@ impl DomainSpec {
                                 },
                             });
                         } else if model == "dimm" {
-                            d.dimms.push(Dimm { alias, node, size });
+                            let managed = alias
+                                .as_deref()
+                                .is_some_and(|a| a.starts_with(DIMM_ALIAS_PREFIX));
+                            d.dimms.push(Dimm {
+                                alias,
+                                node,
+                                size,
+                                managed,
+                            });
                         }
                     }
                     _ => {}

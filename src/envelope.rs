@@ -5,7 +5,7 @@
 //! flavor catalog, then tightened (never widened) by the policy. Nothing may resize a guest to a
 //! size this module does not call realizable.
 
-use crate::domain::DomainSpec;
+use crate::domain::{DIMM_SIZE, DomainSpec};
 use crate::units::{Bytes, MIB};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -69,6 +69,29 @@ pub enum Note {
     Tightened,
     /// No balloon device and no virtio-mem: the guest cannot be resized at all.
     NoMethod,
+    /// `<maxMemory slots=…>` but no `<features><acpi/>`: QEMU cannot hot-plug DIMMs.
+    DimmNoAcpi,
+    /// DIMM slots, but huge pages that a 256 MiB DIMM cannot be made of.
+    HugepagesNoDimm { page_kib: u64 },
+}
+
+/// DIMM hotplug as the envelope sees it: memscale's own DIMMs, `size` each, spread evenly
+/// over `nodes` NUMA nodes, at most `max` of them (a multiple of `nodes`: the free slots and
+/// `<maxMemory>` bound it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DimmRoom {
+    pub size: Bytes,
+    pub nodes: u32,
+    pub max: u32,
+    /// The guest has NUMA cells: each DIMM names its node.
+    pub numa: bool,
+}
+
+impl DimmRoom {
+    /// The granularity of the total: one DIMM on every node.
+    pub fn step(&self) -> Bytes {
+        Bytes(self.size.0 * self.nodes as u64)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,22 +137,29 @@ pub struct Envelope {
     pub vmem: Vec<VmemSlot>,
     /// Granularity of the total virtio-mem size (block × devices, aligned to huge pages).
     pub vmem_step: Bytes,
+    /// DIMM hotplug, for a guest with memory slots and no virtio-mem.
+    pub dimm: Option<DimmRoom>,
     pub numa_nodes: u32,
     pub source: Source,
     pub notes: Vec<Note>,
 }
 
-/// How a size is split across the methods: the balloon target and each virtio-mem device's
-/// requested size, in the envelope's device order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// How a size is split across the methods: the balloon target, each virtio-mem device's
+/// requested size, in the envelope's device order, and memscale's DIMMs on each NUMA node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Parts {
     pub balloon: Bytes,
     pub vmem: Vec<Bytes>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dimm: Vec<Bytes>,
 }
 
 impl Parts {
     pub fn total(&self) -> Bytes {
-        self.balloon + self.vmem.iter().copied().sum()
+        self.balloon + self.vmem.iter().copied().sum() + self.dimm_total()
+    }
+    pub fn dimm_total(&self) -> Bytes {
+        self.dimm.iter().copied().sum()
     }
 }
 
@@ -141,6 +171,7 @@ pub struct Limits {
     pub floor_below_base: Option<Bytes>,
     pub allow_balloon: bool,
     pub allow_vmem: bool,
+    pub allow_dimm: bool,
 }
 
 impl Limits {
@@ -148,6 +179,7 @@ impl Limits {
         Limits {
             allow_balloon: true,
             allow_vmem: true,
+            allow_dimm: true,
             ..Default::default()
         }
     }
@@ -261,7 +293,41 @@ impl Envelope {
             let min_size = vmem.iter().map(|d| d.size).min().unwrap_or(Bytes(0));
             Bytes(min_size.align_down(per_dev).0 * vmem.len() as u64)
         };
-        let hw_max = base + vmem_max;
+        // DIMMs: only where no virtio-mem is defined (virtio-mem does the same job finer).
+        let mut dimm = None;
+        if vmem.is_empty()
+            && spec.max_memory_slots > 0
+            && let Some(max_memory) = spec.max_memory
+        {
+            let nodes = spec.numa.len().max(1) as u32;
+            let page_fits = page.is_none_or(|p| p.0 != 0 && DIMM_SIZE.0.is_multiple_of(p.0));
+            if !spec.acpi {
+                notes.push(Note::DimmNoAcpi);
+            } else if !page_fits {
+                notes.push(Note::HugepagesNoDimm {
+                    page_kib: page.map(|p| p.kib()).unwrap_or(0),
+                });
+            } else {
+                let others =
+                    spec.dimms.iter().filter(|d| !d.managed).count() + spec.virtio_mem.len();
+                let slots = (spec.max_memory_slots as usize).saturating_sub(others) as u64;
+                let by_size = max_memory.saturating_sub(base).0 / DIMM_SIZE.0;
+                let n = slots.min(by_size);
+                let n = (n - n % nodes as u64) as u32;
+                if n > 0 {
+                    dimm = Some(DimmRoom {
+                        size: DIMM_SIZE,
+                        nodes,
+                        max: n,
+                        numa: !spec.numa.is_empty(),
+                    });
+                }
+            }
+        }
+        let dimm_max = dimm
+            .map(|d| Bytes(d.size.0 * d.max as u64))
+            .unwrap_or(Bytes(0));
+        let hw_max = base + vmem_max + dimm_max;
 
         let (mut floor, mut ceiling, source) = match &spec.nova {
             Some(nova) => {
@@ -313,7 +379,7 @@ impl Envelope {
         if floor > ceiling {
             return Err(EnvelopeError::FloorAboveCeiling { floor, ceiling });
         }
-        if !balloon && vmem.is_empty() {
+        if !balloon && vmem.is_empty() && dimm.is_none() {
             notes.push(Note::NoMethod);
         }
         let mut env = Envelope {
@@ -323,6 +389,7 @@ impl Envelope {
             balloon,
             vmem,
             vmem_step: step,
+            dimm,
             numa_nodes,
             source,
             notes,
@@ -356,9 +423,13 @@ impl Envelope {
     /// The envelope as a policy narrows it. Never widens, except the explicit below-base floor.
     pub fn limited(&self, l: &Limits) -> Envelope {
         let mut e = self.clone();
-        if !l.allow_vmem {
+        if !l.allow_vmem && !e.vmem.is_empty() {
             e.vmem.clear();
             e.vmem_step = Bytes(0);
+            e.ceiling = e.ceiling.min(e.base);
+        }
+        if !l.allow_dimm && e.dimm.is_some() {
+            e.dimm = None;
             e.ceiling = e.ceiling.min(e.base);
         }
         if !l.allow_balloon && e.balloon {
@@ -395,12 +466,26 @@ impl Envelope {
         e
     }
 
+    /// The step of the method that grows the guest beyond its boot RAM (virtio-mem or DIMMs),
+    /// zero when there is none.
+    pub fn hot_step(&self) -> Bytes {
+        if !self.vmem.is_empty() && self.vmem_step.0 != 0 {
+            self.vmem_step
+        } else if let Some(d) = &self.dimm {
+            d.step()
+        } else {
+            Bytes(0)
+        }
+    }
+
+    /// The most that method may add above the boot RAM, within the ceiling.
     pub fn vmem_max(&self) -> Bytes {
-        if self.vmem.is_empty() || self.vmem_step.0 == 0 {
+        let step = self.hot_step();
+        if step.0 == 0 {
             return Bytes(0);
         }
         let top = self.ceiling.saturating_sub(self.base);
-        top.align_down(self.vmem_step)
+        top.align_down(step)
     }
 
     /// Whether `size` is a size the methods can give (and inside the envelope).
@@ -412,7 +497,8 @@ impl Envelope {
             return self.balloon && size.align_down(BALLOON_STEP) == size || size == self.base;
         }
         let v = size.saturating_sub(self.base);
-        self.vmem_step.0 != 0 && v.0.is_multiple_of(self.vmem_step.0) && v <= self.vmem_max()
+        let step = self.hot_step();
+        step.0 != 0 && v.0.is_multiple_of(step.0) && v <= self.vmem_max()
     }
 
     /// The smallest realizable size at or above `t`, clamped into the envelope.
@@ -426,27 +512,26 @@ impl Envelope {
             };
             return r.min(self.ceiling.max(self.floor));
         }
-        if self.vmem_step.0 == 0 {
+        let step = self.hot_step();
+        if step.0 == 0 {
             return self.base.min(self.ceiling).max(self.floor);
         }
-        let v = t.saturating_sub(self.base).align_up(self.vmem_step);
+        let v = t.saturating_sub(self.base).align_up(step);
         (self.base + v.min(self.vmem_max())).min(self.ceiling)
     }
 
     /// The largest realizable size at or below `t`, never below the floor.
     pub fn realize_down(&self, t: Bytes) -> Bytes {
         let t = t.min(self.ceiling);
-        let r = if t >= self.base && self.vmem_step.0 != 0 {
+        let step = self.hot_step();
+        let r = if t >= self.base && step.0 != 0 {
             let top = self.ceiling.saturating_sub(self.base);
             let cap = if top.0 == 0 {
                 Bytes(0)
             } else {
-                top.align_down(self.vmem_step)
+                top.align_down(step)
             };
-            self.base
-                + t.saturating_sub(self.base)
-                    .align_down(self.vmem_step)
-                    .min(cap)
+            self.base + t.saturating_sub(self.base).align_down(step).min(cap)
         } else if t >= self.base {
             self.base
         } else if self.balloon {
@@ -464,19 +549,23 @@ impl Envelope {
     /// Balloon and virtio-mem parts of a realizable size: the balloon fills up to boot RAM
     /// first, then every virtio-mem device takes an equal share (NUMA balance).
     pub fn split(&self, size: Bytes) -> Parts {
+        let nodes = self.dimm.map(|d| d.nodes as usize).unwrap_or(0);
         let n = self.vmem.len() as u64;
-        if size <= self.base || n == 0 {
-            return Parts {
-                balloon: size.min(self.base),
-                vmem: vec![Bytes(0); self.vmem.len()],
-            };
+        let above = size.saturating_sub(self.base);
+        let mut p = Parts {
+            balloon: size.min(self.base),
+            vmem: vec![Bytes(0); self.vmem.len()],
+            dimm: vec![Bytes(0); nodes],
+        };
+        if above.0 == 0 {
+            return p;
         }
-        let v = size.saturating_sub(self.base);
-        let each = Bytes(v.0 / n);
-        Parts {
-            balloon: self.base,
-            vmem: vec![each; self.vmem.len()],
+        if let Some(each) = above.0.checked_div(n) {
+            p.vmem = vec![Bytes(each); self.vmem.len()];
+        } else if nodes > 0 {
+            p.dimm = vec![Bytes(above.0 / nodes as u64); nodes];
         }
+        p
     }
 
     /// The methods this envelope can use, in the order growth uses them.
@@ -488,7 +577,138 @@ impl Envelope {
         if !self.vmem.is_empty() {
             m.push(Method::VirtioMem);
         }
+        if self.dimm.is_some() {
+            m.push(Method::Dimm);
+        }
         m
+    }
+}
+
+/// The vCPU envelope: how many vCPUs a guest may run, in which steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Vcpus {
+    pub current: u32,
+    /// Nova's flavor vCPUs, or the persistent `<vcpu current=…>`.
+    pub floor: u32,
+    /// `hw:cpu_max_sockets × hw:cpu_max_cores × hw:cpu_max_threads`, within `<vcpu>`.
+    pub ceiling: u32,
+    /// Whole cores on every NUMA node: threads per core × nodes.
+    pub step: u32,
+    pub threads: u32,
+    pub numa_nodes: u32,
+    /// `hw:cpu_policy=dedicated` or `<vcpupin>`: not scaled.
+    pub pinned: bool,
+    /// `<features><acpi/>`: without it QEMU cannot hot-plug vCPUs.
+    pub acpi: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VcpuError {
+    #[error(
+        "the guest is CPU-pinned (hw:cpu_policy=dedicated or <vcpupin>): memscale does not scale the vCPUs of a pinned guest"
+    )]
+    Pinned,
+    #[error("the guest has no ACPI (<features><acpi/>): QEMU cannot hot-plug its vCPUs")]
+    NoAcpi,
+    #[error("{asked} vCPUs is beyond the guest's ceiling of {ceiling} vCPUs")]
+    BeyondCeiling { asked: u32, ceiling: u32 },
+    #[error("{asked} vCPUs is below the guest's floor of {floor} vCPUs")]
+    BelowFloor { asked: u32, floor: u32 },
+    #[error(
+        "{asked} vCPUs cannot be split evenly across the guest's {nodes} NUMA node(s) in whole cores of {threads} thread(s): nearest valid counts are {lower} and {upper}"
+    )]
+    Uneven {
+        asked: u32,
+        nodes: u32,
+        threads: u32,
+        lower: u32,
+        upper: u32,
+    },
+}
+
+impl Vcpus {
+    /// From the live definition and, for the plain-libvirt floor, the persistent one.
+    pub fn from_spec(live: &DomainSpec, inactive: Option<&DomainSpec>) -> Vcpus {
+        let max = live.vcpus_max.max(1);
+        let mut nodes = live.numa.len().max(1) as u32;
+        let mut ceiling = max;
+        let mut floor = inactive
+            .map(|i| i.vcpus_current)
+            .unwrap_or(live.vcpus_current);
+        if let Some(nova) = &live.nova {
+            let spec = |k: &str| {
+                nova.extra_specs
+                    .get(k)
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+            };
+            let limits = [
+                spec("hw:cpu_max_sockets"),
+                spec("hw:cpu_max_cores"),
+                spec("hw:cpu_max_threads"),
+            ];
+            if limits.iter().any(Option::is_some) {
+                let product = limits
+                    .iter()
+                    .fold(1u32, |a, l| a.saturating_mul(l.unwrap_or(u32::MAX)));
+                ceiling = ceiling.min(product.max(1));
+            }
+            if let Some(n) = spec("hw:numa_nodes") {
+                nodes = n.max(1);
+            }
+            if let Some(v) = nova.vcpus {
+                floor = v;
+            }
+        }
+        let step = live.cpu_threads.max(1) * nodes;
+        let floor = floor.clamp(1, ceiling);
+        Vcpus {
+            current: live.vcpus_current,
+            floor,
+            ceiling,
+            step,
+            threads: live.cpu_threads.max(1),
+            numa_nodes: nodes,
+            pinned: live.cpu_pinned,
+            acpi: live.acpi,
+        }
+    }
+
+    /// Whether `asked` is a count this guest may be set to, and if not, why.
+    pub fn check(&self, asked: u32) -> Result<(), VcpuError> {
+        if self.pinned {
+            return Err(VcpuError::Pinned);
+        }
+        if !self.acpi {
+            return Err(VcpuError::NoAcpi);
+        }
+        if asked > self.ceiling {
+            return Err(VcpuError::BeyondCeiling {
+                asked,
+                ceiling: self.ceiling,
+            });
+        }
+        if asked < self.floor {
+            return Err(VcpuError::BelowFloor {
+                asked,
+                floor: self.floor,
+            });
+        }
+        if !asked.is_multiple_of(self.step) {
+            let lower = asked - asked % self.step;
+            let upper = lower + self.step;
+            return Err(VcpuError::Uneven {
+                asked,
+                nodes: self.numa_nodes,
+                threads: self.threads,
+                lower: if lower >= self.floor.max(1) {
+                    lower
+                } else {
+                    upper
+                },
+                upper: if upper <= self.ceiling { upper } else { lower },
+            });
+        }
+        Ok(())
     }
 }
 
@@ -641,5 +861,113 @@ mod tests {
         });
         assert_eq!(no_vmem.ceiling, Bytes::from_mib(512));
         assert!(no_vmem.notes.contains(&Note::NoEnvelope));
+    }
+
+    fn dimm_guest(nodes: u32, slots: u32) -> DomainSpec {
+        DomainSpec {
+            name: "d".into(),
+            memory: Bytes::from_mib(512),
+            current_memory: Bytes::from_mib(512),
+            max_memory: Some(Bytes::from_mib(512 + 4096)),
+            max_memory_slots: slots,
+            balloon_device: true,
+            acpi: true,
+            cpu_threads: 1,
+            numa: (0..nodes)
+                .map(|i| crate::domain::NumaCell {
+                    id: i,
+                    memory: Bytes::from_mib(512 / nodes as u64),
+                    cpus: String::new(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn dimm_envelope_steps_by_a_dimm_per_node() {
+        let e = Envelope::from_spec(&dimm_guest(1, 8), &FlavorCatalog::new()).unwrap();
+        assert_eq!(e.methods(), vec![Method::Balloon, Method::Dimm]);
+        assert_eq!(e.hot_step(), Bytes::from_mib(256));
+        assert_eq!(e.ceiling, Bytes::from_mib(512 + 8 * 256));
+        assert!(e.is_realizable(Bytes::from_mib(768)));
+        assert!(!e.is_realizable(Bytes::from_mib(700)));
+        assert_eq!(e.realize_up(Bytes::from_mib(513)), Bytes::from_mib(768));
+        // Two nodes: one DIMM on each, so 512 MiB steps; 7 slots give 6 DIMMs.
+        let e = Envelope::from_spec(&dimm_guest(2, 7), &FlavorCatalog::new()).unwrap();
+        assert_eq!(e.hot_step(), Bytes::from_mib(512));
+        assert_eq!(e.ceiling, Bytes::from_mib(512 + 6 * 256));
+        assert!(
+            !e.is_realizable(Bytes::from_mib(768)),
+            "uneven split refused"
+        );
+        let p = e.split(Bytes::from_mib(1536));
+        assert_eq!(p.dimm, vec![Bytes::from_mib(512), Bytes::from_mib(512)]);
+        assert_eq!(p.total(), Bytes::from_mib(1536));
+        // Without ACPI QEMU cannot plug: no DIMM method, and a note says why.
+        let mut d = dimm_guest(1, 8);
+        d.acpi = false;
+        let e = Envelope::from_spec(&d, &FlavorCatalog::new()).unwrap();
+        assert!(e.dimm.is_none());
+        assert!(e.notes.contains(&Note::DimmNoAcpi));
+        // A policy without "dimm" keeps the guest at its boot RAM.
+        let e = Envelope::from_spec(&dimm_guest(1, 8), &FlavorCatalog::new()).unwrap();
+        let l = e.limited(&Limits {
+            allow_dimm: false,
+            ..Limits::all()
+        });
+        assert_eq!(l.ceiling, Bytes::from_mib(512));
+    }
+
+    #[test]
+    fn vcpu_envelope_refusals_name_the_problem() {
+        let mut d = dimm_guest(2, 0);
+        d.vcpus_max = 8;
+        d.vcpus_current = 2;
+        let v = Vcpus::from_spec(&d, None);
+        assert_eq!((v.floor, v.ceiling, v.step), (2, 8, 2));
+        assert!(v.check(4).is_ok());
+        let e = v.check(3).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                VcpuError::Uneven {
+                    lower: 2,
+                    upper: 4,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("nearest valid counts are 2 and 4"));
+        assert!(matches!(
+            v.check(10),
+            Err(VcpuError::BeyondCeiling { ceiling: 8, .. })
+        ));
+        assert!(matches!(
+            v.check(0),
+            Err(VcpuError::BelowFloor { floor: 2, .. })
+        ));
+        // Nova: the flavor's vCPUs are the floor, the max topology the ceiling; SMT steps.
+        d.cpu_threads = 2;
+        d.nova = Some(crate::domain::NovaMeta {
+            vcpus: Some(4),
+            extra_specs: [
+                ("hw:cpu_max_sockets".to_string(), "1".to_string()),
+                ("hw:cpu_max_cores".to_string(), "3".to_string()),
+                ("hw:cpu_max_threads".to_string(), "2".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        });
+        let v = Vcpus::from_spec(&d, None);
+        assert_eq!((v.floor, v.ceiling, v.step), (4, 6, 4));
+        assert!(v.check(4).is_ok());
+        assert!(matches!(v.check(6), Err(VcpuError::Uneven { .. })));
+        d.cpu_pinned = true;
+        let e = Vcpus::from_spec(&d, None).check(4).unwrap_err();
+        assert_eq!(e, VcpuError::Pinned);
+        assert!(e.to_string().contains("CPU-pinned"));
     }
 }

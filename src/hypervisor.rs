@@ -157,6 +157,13 @@ impl HvEvent {
     }
 }
 
+fn unsupported(uuid: &str, what: &str) -> HvError {
+    HvError::Guest {
+        guest: uuid.to_string(),
+        message: format!("{what} is not supported by this host"),
+    }
+}
+
 /// What memscale needs of a host. Calls block; the daemon runs them off its executor.
 pub trait Hypervisor: Send + Sync {
     /// Events received since the last call, oldest first; never blocks.
@@ -172,6 +179,26 @@ pub trait Hypervisor: Send + Sync {
     fn set_balloon(&self, uuid: &str, target: Bytes) -> Result<(), HvError>;
     /// Set one virtio-mem device's requested size (live), by alias.
     fn set_virtio_mem(&self, uuid: &str, alias: &str, requested: Bytes) -> Result<(), HvError>;
+    /// Hot-plug a memory device given as its `<memory>` XML (live).
+    fn attach_memory(&self, uuid: &str, xml: &str) -> Result<(), HvError> {
+        let _ = xml;
+        Err(unsupported(uuid, "DIMM hotplug"))
+    }
+    /// Ask the guest to release the device of this alias (live). Returns once asked: the
+    /// unplug lands when the guest has let go, or a removal-failed event says it will not.
+    fn detach_alias(&self, uuid: &str, alias: &str) -> Result<(), HvError> {
+        let _ = alias;
+        Err(unsupported(uuid, "device unplug"))
+    }
+    /// Set the number of online vCPUs (live): plug or unplug.
+    fn set_vcpus(&self, uuid: &str, count: u32) -> Result<(), HvError> {
+        let _ = count;
+        Err(unsupported(uuid, "vCPU hotplug"))
+    }
+    /// Each vCPU's cumulative run time in nanoseconds, by vCPU id.
+    fn vcpu_times(&self, uuid: &str) -> Result<Vec<(u32, u64)>, HvError> {
+        Err(unsupported(uuid, "vCPU statistics"))
+    }
     /// Set the guest's statistics period (live).
     fn set_stats_period(&self, uuid: &str, seconds: u32) -> Result<(), HvError>;
     /// The host's physical memory.

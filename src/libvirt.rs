@@ -419,6 +419,85 @@ impl Hypervisor for LibvirtHost {
         })
     }
 
+    fn attach_memory(&self, uuid: &str, xml: &str) -> Result<(), HvError> {
+        self.on_guest(uuid, |d| {
+            d.attach_device_flags(xml, sys::VIR_DOMAIN_AFFECT_LIVE)
+        })
+    }
+
+    fn detach_alias(&self, uuid: &str, alias: &str) -> Result<(), HvError> {
+        let c_alias = std::ffi::CString::new(alias).map_err(|_| HvError::Guest {
+            guest: uuid.to_string(),
+            message: format!("alias {alias:?} has a NUL byte"),
+        })?;
+        self.on_guest(uuid, |d| {
+            // SAFETY: a valid domain and a NUL-terminated alias that outlives the call.
+            let rc = unsafe {
+                sys::virDomainDetachDeviceAlias(
+                    d.as_ptr(),
+                    c_alias.as_ptr(),
+                    sys::VIR_DOMAIN_AFFECT_LIVE,
+                )
+            };
+            if rc < 0 {
+                Err(VirtError::last_error())
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn set_vcpus(&self, uuid: &str, count: u32) -> Result<(), HvError> {
+        self.on_guest(uuid, |d| {
+            d.set_vcpus_flags(count, sys::VIR_DOMAIN_VCPU_LIVE)
+        })
+    }
+
+    fn vcpu_times(&self, uuid: &str) -> Result<Vec<(u32, u64)>, HvError> {
+        self.on_guest(uuid, |d| {
+            let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+            // SAFETY: a NULL-terminated list of one valid domain; the result list is freed by
+            // StatsList.
+            let mut doms = [unsafe { d.as_ptr() }, std::ptr::null_mut()];
+            let n = unsafe {
+                sys::virDomainListGetStats(
+                    doms.as_mut_ptr(),
+                    sys::VIR_DOMAIN_STATS_VCPU,
+                    &mut recs,
+                    0,
+                )
+            };
+            let list = StatsList(recs);
+            if n < 0 {
+                return Err(VirtError::last_error());
+            }
+            let mut out = Vec::new();
+            for i in 0..n as usize {
+                // SAFETY: libvirt returned `n` valid record pointers.
+                let rec = unsafe { &**list.0.add(i) };
+                if rec.params.is_null() || rec.nparams <= 0 {
+                    continue;
+                }
+                // SAFETY: libvirt gives `nparams` parameters at `params`.
+                let params =
+                    unsafe { std::slice::from_raw_parts(rec.params, rec.nparams as usize) };
+                for p in params {
+                    // SAFETY: `field` is a NUL-terminated array inside the parameter.
+                    let field = unsafe { CStr::from_ptr(p.field.as_ptr()) }.to_string_lossy();
+                    if let Some(id) = field
+                        .strip_prefix("vcpu.")
+                        .and_then(|r| r.strip_suffix(".time"))
+                        .and_then(|n| n.parse::<u32>().ok())
+                        && let Some(v) = param_u64(p)
+                    {
+                        out.push((id, v));
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn set_stats_period(&self, uuid: &str, seconds: u32) -> Result<(), HvError> {
         self.on_guest(uuid, |d| {
             d.set_memory_stats_period(seconds as i32, sys::VIR_DOMAIN_AFFECT_LIVE)

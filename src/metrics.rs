@@ -230,6 +230,7 @@ mod tests {
             flavor: None,
             project: None,
             tags: vec![],
+            vcpus: None,
         };
         hosts.insert(
             "h".to_string(),

@@ -148,6 +148,25 @@ pub enum Reason {
         wanted: Bytes,
         granted: Bytes,
     },
+    /// The guest refused to release a DIMM (libvirt's removal-failed event): it is not
+    /// asked again for `hold_seconds`, and counts as boot memory meanwhile.
+    UnplugRefused {
+        alias: String,
+        hold_seconds: u64,
+    },
+    /// Memory was plugged but the guest did not bring it online.
+    NotOnlined {
+        plugged: Bytes,
+        onlined: Bytes,
+    },
+    /// An operator asked for this many vCPUs through the API.
+    ManualVcpus {
+        requested: u32,
+    },
+    /// A vCPU was plugged but the guest has not run on it (not brought online).
+    VcpuNotOnlined {
+        vcpu: u32,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -193,7 +212,28 @@ impl fmt::Display for Reason {
             Reason::Pinned => f.write_str("pinned by operator"),
             Reason::Manual { requested } => write!(f, "manual adjust to {requested} by operator"),
             Reason::NotRunning { state } => write!(f, "not running: {state}"),
-            Reason::NoMethod => f.write_str("no resize method: no balloon and no virtio-mem"),
+            Reason::NoMethod => {
+                f.write_str("no resize method: no balloon, no virtio-mem and no usable DIMM slots")
+            }
+            Reason::UnplugRefused {
+                alias,
+                hold_seconds,
+            } => write!(
+                f,
+                "the guest refused to release DIMM {alias}: not asked again for {}s; it counts as boot memory (the balloon may reclaim it)",
+                hold_seconds
+            ),
+            Reason::NotOnlined { plugged, onlined } => write!(
+                f,
+                "the guest did not online plugged memory: {plugged} plugged, {onlined} came online (check memhp_default_state / auto_online_blocks)"
+            ),
+            Reason::ManualVcpus { requested } => {
+                write!(f, "manual adjust to {requested} vCPUs by operator")
+            }
+            Reason::VcpuNotOnlined { vcpu } => write!(
+                f,
+                "the guest did not bring vCPU {vcpu} online (no udev rule or CPU hotplug support in the guest)"
+            ),
             Reason::BadEnvelope { message } => write!(f, "bad envelope: {message}"),
             Reason::HostError { message } => write!(f, "host error: {message}"),
             Reason::Migrate { to, deficit } => write!(
@@ -262,6 +302,10 @@ impl Reason {
             Reason::HostShare { .. } => "host_share",
             Reason::Migrate { .. } => "migrate",
             Reason::StillShort { .. } => "still_short",
+            Reason::UnplugRefused { .. } => "unplug_refused",
+            Reason::NotOnlined { .. } => "not_onlined",
+            Reason::ManualVcpus { .. } => "manual_vcpus",
+            Reason::VcpuNotOnlined { .. } => "vcpu_not_onlined",
         }
     }
 }

@@ -99,7 +99,19 @@ pub struct Guest {
     /// `virsh edit` of the floor is seen within that).
     pub inactive: Option<DomainSpec>,
     pub inactive_read: f64,
+    /// DIMMs the guest refused to release, and until when they are left alone (they count as
+    /// boot memory meanwhile).
+    pub refused: std::collections::HashMap<String, f64>,
+    /// Memory plugged and not yet seen online: (since, the guest's MemTotal before, plugged).
+    pub onlining: Option<(f64, Bytes, Bytes)>,
+    /// vCPUs plugged and not yet seen running: (since, their ids).
+    pub vcpu_check: Option<(f64, Vec<u32>)>,
 }
+
+/// Seconds a DIMM the guest refused to release is left alone.
+pub const REFUSED_HOLD: f64 = 3600.0;
+/// Seconds a guest has to bring plugged memory or a vCPU online before it is reported.
+pub const ONLINE_GRACE: f64 = 30.0;
 
 /// Seconds of samples a guest under `policy` keeps: its window and trend window, with a
 /// margin (a shrink wants a sample older than 0.9 of the window).
@@ -127,13 +139,24 @@ pub fn live_parts(spec: &DomainSpec, current: Option<Bytes>) -> Parts {
         .iter()
         .map(|d| d.current.unwrap_or(d.requested))
         .sum();
+    // memscale's DIMMs, per NUMA node (for a guest that could take them).
+    let mut dimm = Vec::new();
+    if spec.virtio_mem.is_empty() && spec.max_memory_slots > 0 {
+        dimm = vec![Bytes(0); spec.numa.len().max(1)];
+        for d in spec.dimms.iter().filter(|d| d.managed) {
+            let i = (d.node.unwrap_or(0) as usize).min(dimm.len() - 1);
+            dimm[i] = dimm[i] + d.size;
+        }
+    }
     let total = current.unwrap_or(spec.current_memory);
+    let plugged = plugged + dimm.iter().copied().sum();
     Parts {
         balloon: total
             .saturating_sub(plugged)
             .align_up(Bytes(MIB))
             .min(spec.base_memory()),
         vmem,
+        dimm,
     }
 }
 
@@ -149,6 +172,7 @@ impl Guest {
             parts: Parts {
                 balloon: Bytes(0),
                 vmem: vec![],
+                dimm: Vec::new(),
             },
             samples: VecDeque::new(),
             peaks: PeakTracker::default(),
@@ -169,6 +193,9 @@ impl Guest {
             policy_ix: None,
             inactive: None,
             inactive_read: f64::NEG_INFINITY,
+            refused: Default::default(),
+            onlining: None,
+            vcpu_check: None,
         }
     }
 
@@ -241,10 +268,18 @@ impl Guest {
     /// operator's floor, the live one only says where memscale (or anyone) last left it.
     pub fn set_definition(
         &mut self,
-        live: DomainSpec,
+        mut live: DomainSpec,
         inactive: Option<DomainSpec>,
         flavors: &FlavorCatalog,
     ) {
+        for d in &mut live.dimms {
+            if d.alias
+                .as_ref()
+                .is_some_and(|a| self.refused.contains_key(a))
+            {
+                d.managed = false;
+            }
+        }
         let mut env_spec = live.clone();
         if let Some(i) = &inactive {
             env_spec.current_memory = i.current_memory;

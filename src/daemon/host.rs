@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
+mod hotplug;
+
 struct Host {
     cfg: HostConfig,
     label: String,
@@ -307,6 +309,8 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
     for p in plans {
         act(host, shared, p, &policies, now, deadline).await;
     }
+    hotplug::vcpu_adjusts(host, shared, now).await;
+    hotplug::check_online(host, shared, now).await;
     host.deficit = host
         .capacity
         .map(|cap| crate::rebalance::deficit(needs, cap, host.cfg.reserve))
@@ -347,11 +351,7 @@ fn take_events(host: &mut Host, shared: &Shared) {
                 }
             }
             HvEvent::RemovalFailed { uuid, alias } => {
-                let name = g_name(host, &uuid);
-                tracing::warn!(host = %host.label, guest = %name, device = %alias, "the guest refused to release a device");
-                if let Some(g) = host.guests.get_mut(&uuid) {
-                    g.needs_xml = true;
-                }
+                hotplug::removal_failed(host, shared, &uuid, &alias, epoch_now());
             }
         }
     }
@@ -957,6 +957,7 @@ fn record_migration(
         },
         dry_run: propose,
         result,
+        vcpus: None,
     });
 }
 
@@ -971,7 +972,7 @@ async fn act(
     let Plan {
         uuid,
         policy,
-        decision,
+        mut decision,
         before,
         env,
     } = plan;
@@ -980,13 +981,21 @@ async fn act(
     let dry = shared.dry_run || policy.dry_run;
     let mut result = "held".to_string();
     let mut method = None;
-    let Some(parts) = host.guests.get(uuid).map(|g| g.parts.clone()) else {
+    let Some((parts, dimms)) = host.guests.get(uuid).map(|g| {
+        let dimms = g.spec.as_ref().map(|s| s.dimms.clone()).unwrap_or_default();
+        (g.parts.clone(), dimms)
+    }) else {
         return;
     };
+    if decision.kind != Kind::Hold
+        && let Some(e) = &env
+    {
+        decision.target = actuator::step_target(e, &parts, decision.target);
+    }
     if decision.kind != Kind::Hold {
         match env
             .as_ref()
-            .map(|e| actuator::ops(e, &parts, decision.target))
+            .map(|e| actuator::ops(e, &parts, decision.target, &dimms))
         {
             Some(Ok(ops)) => {
                 let m = actuator::method_label(&ops);
@@ -1010,6 +1019,7 @@ async fn act(
                     .with_label_values(&[dir, &m, result.split(':').next().unwrap_or("failed")])
                     .inc();
                 if result == "applied" {
+                    hotplug::expect_online(g, &ops, now);
                     shared
                         .metrics
                         .bytes_moved
@@ -1084,6 +1094,7 @@ async fn act(
             },
             dry_run: dry,
             result: result.clone(),
+            vcpus: None,
         };
         if decision.kind == Kind::Hold {
             tracing::info!(host = %label, guest = %g.name, size = %before, reason = %why, "hold");
@@ -1123,6 +1134,10 @@ async fn execute(
             .call("resize", deadline, move |h| match &o {
                 Op::Balloon { target } => h.set_balloon(&u, *target),
                 Op::VirtioMem { alias, requested } => h.set_virtio_mem(&u, alias, *requested),
+                Op::DimmAdd { alias, node, size } => {
+                    h.attach_memory(&u, &crate::domain::dimm_xml(alias, *node, *size))
+                }
+                Op::DimmRemove { alias, .. } => h.detach_alias(&u, alias),
             })
             .await;
         match r {
@@ -1142,6 +1157,7 @@ async fn execute(
                                 *p = *requested;
                             }
                         }
+                        Op::DimmAdd { .. } | Op::DimmRemove { .. } => hotplug::dimm_done(g, op),
                     }
                 }
             }
@@ -1215,6 +1231,10 @@ fn publish(host: &mut Host, shared: &Shared, now: f64) {
             flavor: nova.and_then(|n| n.flavor_name.clone()),
             project: nova.and_then(|n| n.project.clone()),
             tags,
+            vcpus: g
+                .spec
+                .as_ref()
+                .map(|s| crate::envelope::Vcpus::from_spec(s, g.inactive.as_ref())),
         };
         guests.push(view);
     }

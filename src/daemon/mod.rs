@@ -56,6 +56,8 @@ pub struct GuestView {
     pub flavor: Option<String>,
     pub project: Option<String>,
     pub tags: Vec<String>,
+    /// The vCPU envelope, from the definitions.
+    pub vcpus: Option<crate::envelope::Vcpus>,
 }
 
 impl GuestView {
@@ -117,6 +119,8 @@ pub struct Shared {
     /// manual sizes waiting to be applied.
     pub pins: RwLock<std::collections::BTreeSet<String>>,
     pub adjusts: std::sync::Mutex<BTreeMap<String, Bytes>>,
+    /// vCPU counts asked for through the API, by guest name, until a host loop takes them.
+    pub vcpu_adjusts: std::sync::Mutex<BTreeMap<String, u32>>,
     /// Bearer token for mutating API calls (none: they are refused).
     pub api_token: Option<String>,
     /// When each host loop last came round (epoch seconds), for the watchdog.
@@ -181,6 +185,7 @@ impl Shared {
             },
             coord,
             adjusts: std::sync::Mutex::new(BTreeMap::new()),
+            vcpu_adjusts: std::sync::Mutex::new(BTreeMap::new()),
             api_token: None,
             heartbeat: std::sync::Mutex::new(BTreeMap::new()),
             ready: watch::channel(false).0,

@@ -110,6 +110,7 @@ impl Knobs {
             floor_below_base: self.floor_below_base,
             allow_balloon: self.methods.contains(&Method::Balloon),
             allow_vmem: self.methods.contains(&Method::VirtioMem),
+            allow_dimm: self.methods.contains(&Method::Dimm),
         }
     }
 }

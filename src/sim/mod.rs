@@ -102,6 +102,7 @@ impl Model {
                     } else {
                         vec![]
                     },
+                    dimm: None,
                     vmem_step: if room.0 > 0 { block } else { Bytes(0) },
                     numa_nodes: 1,
                     source: Source::Libvirt,
@@ -114,6 +115,7 @@ impl Model {
                 base: ceiling,
                 balloon: true,
                 vmem: vec![],
+                dimm: None,
                 vmem_step: Bytes(0),
                 numa_nodes: 1,
                 source: Source::Libvirt,

@@ -1,0 +1,350 @@
+//! DIMM and vCPU hotplug beside the memory loop: DIMMs the guest refused to release (libvirt's
+//! removal-failed event), memory or vCPUs plugged that the guest never brought online, and the
+//! vCPU counts operators ask for through the API. Every one is logged and audited.
+
+use super::super::guest::{Guest, ONLINE_GRACE, REFUSED_HOLD};
+use super::{Host, Shared};
+use crate::actuator::Op;
+use crate::audit::{Inputs, Record, VcpuChange};
+use crate::domain::{DIMM_ALIAS_PREFIX, Dimm};
+use crate::envelope::Vcpus;
+use crate::planner::{Kind, Reason};
+use crate::units::Bytes;
+use std::time::Duration;
+
+/// Seconds after a vCPU was plugged before its run time is looked at.
+const VCPU_GRACE: f64 = 10.0;
+/// libvirt waits up to 5 s for the guest to release a vCPU; a little more for the call.
+const VCPU_DEADLINE: Duration = Duration::from_secs(15);
+
+/// The audit record (and log line) of something memscale did or saw outside the planner.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    host: &str,
+    shared: &Shared,
+    g: &mut Guest,
+    kind: Kind,
+    reason: Reason,
+    method: &str,
+    result: String,
+    now: f64,
+    vcpus: Option<VcpuChange>,
+) {
+    let set = shared.policy_set();
+    let policy = g.policy(&set).name.clone();
+    let size = g.current();
+    let (floor, ceiling) = g
+        .envelope
+        .as_ref()
+        .map(|e| (e.floor, e.ceiling))
+        .unwrap_or_default();
+    let why = reason.to_string();
+    if result.starts_with("failed") || kind == Kind::Hold {
+        tracing::warn!(host, guest = %g.name, reason = %why, result = %result, "{method}");
+    } else {
+        tracing::info!(host, guest = %g.name, reason = %why, result = %result, ?vcpus, "{method}");
+    }
+    let st = g.stats.as_ref();
+    shared.audit.push(Record {
+        time: now,
+        host: host.to_string(),
+        guest: g.name.clone(),
+        policy,
+        generation: set.generation,
+        kind,
+        before: size,
+        after: size,
+        floor,
+        ceiling,
+        method: Some(method.to_string()),
+        reason,
+        why,
+        inputs: Inputs {
+            total: st.and_then(|s| s.guest.total),
+            available: st.and_then(|s| s.guest.usable),
+            free: st.and_then(|s| s.guest.unused),
+            caches: st.and_then(|s| s.guest.disk_caches),
+            stats_age_seconds: g.stats_age(now),
+            need: Bytes(0),
+            predicted: Bytes(0),
+            headroom: Bytes(0),
+        },
+        dry_run: false,
+        result,
+        vcpus,
+    });
+}
+
+/// After a growth applied: DIMMs plugged should come online in the guest within the grace.
+pub(super) fn expect_online(g: &mut Guest, ops: &[Op], now: f64) {
+    let plugged: Bytes = ops
+        .iter()
+        .map(|o| match o {
+            Op::DimmAdd { size, .. } => *size,
+            _ => Bytes(0),
+        })
+        .sum();
+    if plugged.0 == 0 {
+        return;
+    }
+    let total = g
+        .stats
+        .as_ref()
+        .and_then(|s| s.guest.total)
+        .unwrap_or_default();
+    g.onlining = Some(match g.onlining {
+        Some((since, before, p)) => (since, before, p + plugged),
+        None => (now, total, plugged),
+    });
+}
+
+/// A DIMM operation went through: keep the guest's parts and definition in step until the
+/// live definition is read again.
+pub(super) fn dimm_done(g: &mut Guest, op: &Op) {
+    match op {
+        Op::DimmAdd { alias, node, size } => {
+            let i = node.unwrap_or(0) as usize;
+            if let Some(p) = g.parts.dimm.get_mut(i) {
+                *p = *p + *size;
+            }
+            if let Some(spec) = g.spec.as_mut() {
+                spec.dimms.push(Dimm {
+                    alias: Some(alias.clone()),
+                    node: *node,
+                    size: *size,
+                    managed: true,
+                });
+            }
+        }
+        Op::DimmRemove { alias, size } => {
+            let Some(spec) = g.spec.as_mut() else {
+                return;
+            };
+            let node = spec
+                .dimms
+                .iter()
+                .find(|d| d.alias.as_deref() == Some(alias))
+                .and_then(|d| d.node)
+                .unwrap_or(0) as usize;
+            spec.dimms.retain(|d| d.alias.as_deref() != Some(alias));
+            if let Some(p) = g.parts.dimm.get_mut(node) {
+                *p = p.saturating_sub(*size);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// libvirt's removal-failed event: the guest would not offline the memory (kernel pages in
+/// it, or onlined as ZONE_NORMAL). The DIMM is left alone for `REFUSED_HOLD` and counts as
+/// boot memory meanwhile, so the planner does not ask again in a loop (the balloon may still
+/// reclaim what the guest does not use).
+pub(super) fn removal_failed(host: &mut Host, shared: &Shared, uuid: &str, alias: &str, now: f64) {
+    let label = host.label.clone();
+    let Some(g) = host.guests.get_mut(uuid) else {
+        tracing::warn!(host = %label, uuid, device = %alias, "a guest memscale does not know refused to release a device");
+        return;
+    };
+    g.needs_xml = true;
+    if !alias.starts_with(DIMM_ALIAS_PREFIX) {
+        tracing::warn!(host = %label, guest = %g.name, device = %alias, "the guest refused to release a device memscale did not plug");
+        return;
+    }
+    g.refused.insert(alias.to_string(), now + REFUSED_HOLD);
+    // The shrink that asked for it will not land: stop waiting for it.
+    g.pending = None;
+    g.settled_at = now;
+    g.history.last_shrink = Some(now);
+    shared
+        .metrics
+        .resizes
+        .with_label_values(&["shrink", "dimm", "refused"])
+        .inc();
+    let reason = Reason::UnplugRefused {
+        alias: alias.to_string(),
+        hold_seconds: REFUSED_HOLD as u64,
+    };
+    record(
+        &label,
+        shared,
+        g,
+        Kind::Hold,
+        reason,
+        "dimm",
+        "refused".into(),
+        now,
+        None,
+    );
+}
+
+/// Plugged memory and vCPUs the guest has not brought online, reported once each; refused
+/// DIMMs whose hold is over become memscale's to unplug again.
+pub(super) async fn check_online(host: &mut Host, shared: &Shared, now: f64) {
+    let label = host.label.clone();
+    let mut vcpu_checks = Vec::new();
+    for (uuid, g) in host.guests.iter_mut() {
+        let before = g.refused.len();
+        g.refused.retain(|_, until| *until > now);
+        if g.refused.len() != before {
+            g.needs_xml = true;
+        }
+        if let Some((since, total_before, plugged)) = g.onlining {
+            let total = g
+                .stats
+                .as_ref()
+                .and_then(|s| s.guest.total)
+                .unwrap_or_default();
+            let onlined = total.saturating_sub(total_before);
+            if onlined.0 >= plugged.0 / 2 {
+                g.onlining = None;
+            } else if now - since > ONLINE_GRACE {
+                g.onlining = None;
+                let reason = Reason::NotOnlined { plugged, onlined };
+                record(
+                    &label,
+                    shared,
+                    g,
+                    Kind::Hold,
+                    reason,
+                    "dimm",
+                    "not onlined".into(),
+                    now,
+                    None,
+                );
+            }
+        }
+        if let Some((since, ids)) = &g.vcpu_check
+            && now - since > VCPU_GRACE
+        {
+            vcpu_checks.push((uuid.clone(), ids.clone()));
+            g.vcpu_check = None;
+        }
+    }
+    for (uuid, ids) in vcpu_checks {
+        let u = uuid.clone();
+        let deadline = shared.config.interval.0.max(Duration::from_secs(2));
+        let times = host
+            .call("vcpu_times", deadline, move |h| h.vcpu_times(&u))
+            .await;
+        let Some(g) = host.guests.get_mut(&uuid) else {
+            continue;
+        };
+        match times {
+            Ok(times) => {
+                for id in ids {
+                    // A vCPU the guest never onlined never ran: its thread has no time.
+                    let ran = times.iter().any(|(v, t)| *v == id && *t > 0);
+                    if !ran {
+                        let reason = Reason::VcpuNotOnlined { vcpu: id };
+                        record(
+                            &label,
+                            shared,
+                            g,
+                            Kind::Hold,
+                            reason,
+                            "vcpu",
+                            "not onlined".into(),
+                            now,
+                            None,
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(host = %label, guest = %g.name, error = %e, "cannot read vCPU statistics")
+            }
+        }
+    }
+}
+
+/// Run the vCPU counts operators asked for on this host's guests.
+pub(super) async fn vcpu_adjusts(host: &mut Host, shared: &Shared, now: f64) {
+    let asked: Vec<(String, u32)> = {
+        let mut q = shared
+            .vcpu_adjusts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if q.is_empty() {
+            return;
+        }
+        host.guests
+            .iter()
+            .filter_map(|(uuid, g)| q.remove(&g.name).map(|n| (uuid.clone(), n)))
+            .collect()
+    };
+    let label = host.label.clone();
+    for (uuid, n) in asked {
+        let Some(g) = host.guests.get_mut(&uuid) else {
+            continue;
+        };
+        let Some(spec) = g.spec.as_ref() else {
+            continue;
+        };
+        let env = Vcpus::from_spec(spec, g.inactive.as_ref());
+        let before = env.current;
+        let reason = Reason::ManualVcpus { requested: n };
+        let change = Some(VcpuChange { before, after: n });
+        if let Err(e) = env.check(n) {
+            // The API checked; the definition may have changed since.
+            record(
+                &label,
+                shared,
+                g,
+                Kind::Hold,
+                reason,
+                "vcpu",
+                format!("failed: {e}"),
+                now,
+                change,
+            );
+            continue;
+        }
+        if n == before {
+            continue;
+        }
+        let kind = if n > before { Kind::Grow } else { Kind::Shrink };
+        let u = uuid.clone();
+        let r = host
+            .call("set_vcpus", VCPU_DEADLINE, move |h| h.set_vcpus(&u, n))
+            .await;
+        let Some(g) = host.guests.get_mut(&uuid) else {
+            continue;
+        };
+        g.needs_xml = true;
+        let result = match r {
+            Ok(()) => {
+                if n > before {
+                    g.vcpu_check = Some((now, (before..n).collect()));
+                }
+                if let Some(s) = g.spec.as_mut() {
+                    s.vcpus_current = n;
+                }
+                "applied".to_string()
+            }
+            Err(e) if n < before && e.to_string().contains("timed out") => {
+                host_error(host, shared);
+                format!(
+                    "failed: {e} (libvirt saw no DEVICE_DELETED for the vCPU in time: the guest may have released it all the same; libvirt keeps counting it until it does)"
+                )
+            }
+            Err(e) => {
+                host_error(host, shared);
+                format!("failed: {e}")
+            }
+        };
+        let dir = if kind == Kind::Grow { "grow" } else { "shrink" };
+        shared
+            .metrics
+            .resizes
+            .with_label_values(&[dir, "vcpu", result.split(':').next().unwrap_or("failed")])
+            .inc();
+        let Some(g) = host.guests.get_mut(&uuid) else {
+            continue;
+        };
+        record(&label, shared, g, kind, reason, "vcpu", result, now, change);
+    }
+}
+
+fn host_error(host: &Host, shared: &Shared) {
+    host.count_error(shared, "set_vcpus");
+}
