@@ -152,6 +152,41 @@ impl Guest {
         }
         m
     }
+    /// A control-port command of `guest.sh` (`online-kernel`, `slab N`, `cpus`): its reply.
+    pub fn control(&self, cmd: &str, args: &[&str]) -> String {
+        let mut a = vec![cmd, &self.host, &self.name];
+        a.extend_from_slice(args);
+        sh("guest.sh", &a)
+    }
+    /// Everything the guest printed on its console.
+    pub fn console(&self) -> String {
+        let path = sh("guest.sh", &["console", &self.host, &self.name]);
+        std::fs::read(path.trim())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+    /// The live definition.
+    pub fn xml(&self) -> String {
+        let out = Command::new("virsh")
+            .args(["-q", "-c", &self.uri, "dumpxml", &self.name])
+            .output()
+            .expect("virsh dumpxml");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    /// The CPUs online inside the guest, counted from its answer to `cpus` (e.g. "0-2").
+    pub fn cpus_online(&self) -> u32 {
+        let reply = self.control("cpus", &[]);
+        let list = reply.trim().strip_prefix("ok cpus ").unwrap_or("");
+        list.split(',')
+            .filter(|r| !r.is_empty())
+            .map(|r| match r.split_once('-') {
+                Some((a, b)) => {
+                    b.trim().parse::<u32>().unwrap_or(0) + 1 - a.trim().parse::<u32>().unwrap_or(0)
+                }
+                None => 1,
+            })
+            .sum()
+    }
     /// The console line showing an OOM kill or a panic, if any.
     pub fn oom(&self) -> Option<String> {
         let out = Command::new(testbed().join("guest.sh"))

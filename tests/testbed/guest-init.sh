@@ -48,7 +48,8 @@ control() {
           # N empty files: inodes and dentries are slab, unmovable, and go to the highest
           # zone first (ZONE_NORMAL: hot-plugged memory above 4 GiB onlined as kernel memory).
           mkdir -p /pin; mountpoint -q /pin || mount -t tmpfs -o size=1m,nr_inodes=0 tmpfs /pin
-          i=0; while [ "$i" -lt "${a:-10000}" ]; do : > /pin/f$$.$i; i=$((i + 1)); done
+          ( i=0; while [ "$i" -lt "${a:-10000}" ]; do : > /pin/f$$.$i; i=$((i + 1)); done
+            echo "MEVENT slab done $i" > /dev/console ) &
           echo "ok slab $a" ;;
         liar)
           # Claim every free page as used, forever: keep the hugepage pool as large as free
