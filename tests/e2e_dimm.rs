@@ -208,13 +208,32 @@ fn two_node_guest_grows_and_shrinks_evenly_per_node() {
             "1",
         ],
     );
-    let d = Daemon::start(&[&h], &[("dimm.toml", DIMM)], CONFIG, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("token");
+    std::fs::write(&tok, "dimm-token\n").unwrap();
+    let cfg = format!("{CONFIG}api_token_file = \"{}\"\n", tok.display());
+    let d = Daemon::start(&[&h], &[("dimm.toml", DIMM)], &cfg, &[]);
     g.wait_boot();
     d.wait_until("the guest to be managed", 60, || {
         d.guest("dn").is_some_and(|v| v["state"] == "ok")
     });
     let v = d.guest("dn").expect("view");
     assert_eq!(v["envelope"]["dimm"]["nodes"], 2, "{v}");
+    // A manual size two nodes cannot split into whole DIMMs is refused with the nearest ones.
+    let (c, b) = d
+        .request(
+            "POST",
+            "/v1/guests/dn/adjust",
+            Some(r#"{"memory_mib": 768}"#),
+            Some("dimm-token"),
+        )
+        .expect("answer");
+    assert_eq!(c, 422, "{b}");
+    assert!(
+        b.contains("cannot be split evenly across the guest's 2 NUMA node(s) at 512 MiB steps")
+            && b.contains("nearest valid sizes are 512 MiB and 1024 MiB"),
+        "{b}"
+    );
     g.demand(900, 50);
     d.wait_until("900 MiB held", 240, || {
         no_oom(&g, &d);
