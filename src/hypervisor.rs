@@ -43,6 +43,16 @@ pub struct GuestMem {
     pub minor_fault: Option<u64>,
 }
 
+/// One vCPU as libvirt's `vcpu.N.*` statistics give it (nanoseconds, cumulative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VcpuStat {
+    pub id: u32,
+    /// `vcpu.N.time`: run time of the vCPU's thread.
+    pub time: u64,
+    /// `vcpu.N.delay`: time it waited on the host's run queue.
+    pub delay: u64,
+}
+
 /// One guest as one bulk stats call reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GuestStats {
@@ -195,8 +205,8 @@ pub trait Hypervisor: Send + Sync {
         let _ = count;
         Err(unsupported(uuid, "vCPU hotplug"))
     }
-    /// Each vCPU's cumulative run time in nanoseconds, by vCPU id.
-    fn vcpu_times(&self, uuid: &str) -> Result<Vec<(u32, u64)>, HvError> {
+    /// Each vCPU's cumulative run and run-queue wait times.
+    fn vcpu_stats(&self, uuid: &str) -> Result<Vec<VcpuStat>, HvError> {
         Err(unsupported(uuid, "vCPU statistics"))
     }
     /// Set the guest's statistics period (live).

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod coord;
+pub mod cpuplan;
 pub mod daemon;
 pub mod domain;
 pub mod envelope;

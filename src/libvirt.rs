@@ -2,7 +2,7 @@
 //! (bulk domain stats). One connection per host, reopened when it is lost.
 
 use crate::domain;
-use crate::hypervisor::{GuestStats, HvError, HvEvent, Hypervisor};
+use crate::hypervisor::{GuestStats, HvError, HvEvent, Hypervisor, VcpuStat};
 use crate::units::Bytes;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::{Arc, Mutex, Once};
@@ -453,7 +453,7 @@ impl Hypervisor for LibvirtHost {
         })
     }
 
-    fn vcpu_times(&self, uuid: &str) -> Result<Vec<(u32, u64)>, HvError> {
+    fn vcpu_stats(&self, uuid: &str) -> Result<Vec<VcpuStat>, HvError> {
         self.on_guest(uuid, |d| {
             let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
             // SAFETY: a NULL-terminated list of one valid domain; the result list is freed by
@@ -471,7 +471,7 @@ impl Hypervisor for LibvirtHost {
             if n < 0 {
                 return Err(VirtError::last_error());
             }
-            let mut out = Vec::new();
+            let mut out: Vec<VcpuStat> = Vec::new();
             for i in 0..n as usize {
                 // SAFETY: libvirt returned `n` valid record pointers.
                 let rec = unsafe { &**list.0.add(i) };
@@ -484,13 +484,30 @@ impl Hypervisor for LibvirtHost {
                 for p in params {
                     // SAFETY: `field` is a NUL-terminated array inside the parameter.
                     let field = unsafe { CStr::from_ptr(p.field.as_ptr()) }.to_string_lossy();
-                    if let Some(id) = field
+                    let Some((id, what)) = field
                         .strip_prefix("vcpu.")
-                        .and_then(|r| r.strip_suffix(".time"))
-                        .and_then(|n| n.parse::<u32>().ok())
-                        && let Some(v) = param_u64(p)
-                    {
-                        out.push((id, v));
+                        .and_then(|r| r.split_once('.'))
+                        .and_then(|(n, w)| n.parse::<u32>().ok().map(|n| (n, w)))
+                    else {
+                        continue;
+                    };
+                    let Some(v) = param_u64(p) else {
+                        continue;
+                    };
+                    let i = match out.iter().position(|s| s.id == id) {
+                        Some(i) => i,
+                        None => {
+                            out.push(VcpuStat {
+                                id,
+                                ..Default::default()
+                            });
+                            out.len() - 1
+                        }
+                    };
+                    match what {
+                        "time" => out[i].time = v,
+                        "delay" => out[i].delay = v,
+                        _ => {}
                     }
                 }
             }

@@ -167,6 +167,16 @@ pub enum Reason {
     VcpuNotOnlined {
         vcpu: u32,
     },
+    /// The CPU policy: the guest kept its vCPUs busy over the window.
+    CpuBusy {
+        busy_pct: f64,
+        vcpus: u32,
+    },
+    /// The CPU policy: the guest left its vCPUs idle over the window.
+    CpuIdle {
+        busy_pct: f64,
+        vcpus: u32,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -226,6 +236,14 @@ impl fmt::Display for Reason {
             Reason::NotOnlined { plugged, onlined } => write!(
                 f,
                 "the guest did not online plugged memory: {plugged} plugged, {onlined} came online (check memhp_default_state / auto_online_blocks)"
+            ),
+            Reason::CpuBusy { busy_pct, vcpus } => write!(
+                f,
+                "cpu busy: {vcpus} vCPUs {busy_pct:.0}% busy over the window"
+            ),
+            Reason::CpuIdle { busy_pct, vcpus } => write!(
+                f,
+                "cpu idle: {vcpus} vCPUs {busy_pct:.0}% busy over the window"
             ),
             Reason::ManualVcpus { requested } => {
                 write!(f, "manual adjust to {requested} vCPUs by operator")
@@ -306,6 +324,8 @@ impl Reason {
             Reason::NotOnlined { .. } => "not_onlined",
             Reason::ManualVcpus { .. } => "manual_vcpus",
             Reason::VcpuNotOnlined { .. } => "vcpu_not_onlined",
+            Reason::CpuBusy { .. } => "cpu_busy",
+            Reason::CpuIdle { .. } => "cpu_idle",
         }
     }
 }

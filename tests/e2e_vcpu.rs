@@ -188,3 +188,61 @@ fn vcpus_added_removed_and_refused_with_their_reasons() {
         "logged for the operator"
     );
 }
+
+/// The optional CPU policy: a vCPU added while the guest keeps its one vCPU busy, taken away
+/// again once it idles (seen inside the guest both times), each audited with its reason.
+#[test]
+fn cpu_policy_adds_a_vcpu_under_load_and_removes_it_when_idle() {
+    let h = Host::up("hcpup", 53);
+    let g = h.guest(
+        "cb",
+        &[
+            "--mem",
+            "320",
+            "--vmem",
+            "0",
+            "--acpi",
+            "--max-vcpus",
+            "2",
+            "--vcpus",
+            "1",
+            "--stats-period",
+            "1",
+        ],
+    );
+    // Thresholds low enough for a TCG guest on a loaded 2-core CI machine: a busy loop gets
+    // well over 40% of a host core, an idle guest well under 15%.
+    let policy = "[[policy]]\nname = \"cpu\"\n[policy.memory]\nmethods = [\"balloon\"]\n[policy.cpu]\nenabled = true\ngrow_at = \"40%\"\nshrink_at = \"15%\"\nwindow = \"8s\"\ncooldown = \"10s\"\nmax_delay = \"95%\"\n";
+    let d = Daemon::start(&[&h], &[("cpu.toml", policy)], CONFIG_TAIL, &[]);
+    g.wait_boot();
+    d.wait_until("the guest's definition read", 60, || {
+        d.guest("cb").is_some_and(|v| v["vcpus"].is_object())
+    });
+    assert_eq!(g.cpus_online(), 1);
+    // Idle at one vCPU (the floor): nothing happens.
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    assert!(
+        records(&d, "cb").iter().all(|r| r["method"] != "vcpu"),
+        "no change at the floor while idle"
+    );
+    assert!(g.control("burn", &["1"]).contains("ok burn 1"));
+    d.wait_until("a second vCPU online inside the guest", 90, || {
+        g.cpus_online() == 2
+    });
+    let grow = records(&d, "cb")
+        .into_iter()
+        .find(|r| r["method"] == "vcpu" && r["kind"] == "grow")
+        .expect("audited growth");
+    assert_eq!(grow["reason"]["reason"], "cpu-busy", "{grow}");
+    assert_eq!(grow["result"], "applied", "{grow}");
+    assert!(g.control("burn", &["0"]).contains("ok burn 0"));
+    d.wait_until("back to one vCPU inside the guest", 120, || {
+        g.cpus_online() == 1
+    });
+    d.wait_until("the removal audited", 30, || {
+        records(&d, "cb").iter().any(|r| {
+            r["method"] == "vcpu" && r["kind"] == "shrink" && r["reason"]["reason"] == "cpu-idle"
+        })
+    });
+    assert!(g.is_running());
+}

@@ -106,6 +106,10 @@ pub struct Guest {
     pub onlining: Option<(f64, Bytes, Bytes)>,
     /// vCPUs plugged and not yet seen running: (since, their ids).
     pub vcpu_check: Option<(f64, Vec<u32>)>,
+    /// The CPU policy's samples, its last change, and a hold after a failed change.
+    pub cpu_samples: VecDeque<crate::cpuplan::CpuSample>,
+    pub cpu_last_change: f64,
+    pub cpu_hold_until: f64,
 }
 
 /// Seconds a DIMM the guest refused to release is left alone.
@@ -196,6 +200,9 @@ impl Guest {
             refused: Default::default(),
             onlining: None,
             vcpu_check: None,
+            cpu_samples: VecDeque::new(),
+            cpu_last_change: f64::NEG_INFINITY,
+            cpu_hold_until: f64::NEG_INFINITY,
         }
     }
 

@@ -310,6 +310,7 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
         act(host, shared, p, &policies, now, deadline).await;
     }
     hotplug::vcpu_adjusts(host, shared, now).await;
+    hotplug::cpu_policy(host, shared, now).await;
     hotplug::check_online(host, shared, now).await;
     host.deficit = host
         .capacity

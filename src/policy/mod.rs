@@ -115,6 +115,42 @@ impl Knobs {
     }
 }
 
+/// The optional vCPU policy (`[policy.cpu]`), off by default: add vCPUs while the guest keeps
+/// them busy, remove them while it leaves them idle. See `docs/policies.md`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CpuKnobs {
+    pub enabled: bool,
+    /// Add a step of vCPUs when their average busy time over `window` is above this.
+    pub grow_at: Percent,
+    /// Remove a step when it is below this (and would stay below `grow_at` after).
+    pub shrink_at: Percent,
+    /// The span busy time is averaged over; a change needs a full window of samples.
+    pub window: Dur,
+    /// Time after a change before the next.
+    pub cooldown: Dur,
+    /// Hold when the vCPUs wait on the host's run queue more than this share of the time:
+    /// the host is short of CPU and more vCPUs would only wait longer.
+    pub max_delay: Percent,
+    /// Tighten the vCPU floor and ceiling (never widen them).
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+}
+
+impl Default for CpuKnobs {
+    fn default() -> CpuKnobs {
+        CpuKnobs {
+            enabled: false,
+            grow_at: Percent(0.80),
+            shrink_at: Percent(0.20),
+            window: Dur::secs(60),
+            cooldown: Dur::secs(120),
+            max_delay: Percent(0.30),
+            min: None,
+            max: None,
+        }
+    }
+}
+
 /// What a guest is known by, for selectors.
 #[derive(Debug, Clone, Default)]
 pub struct GuestLabels<'a> {
@@ -202,6 +238,7 @@ pub struct Policy {
     pub dry_run: bool,
     pub selector: Selector,
     pub knobs: Knobs,
+    pub cpu: CpuKnobs,
     /// Where it was defined: file and line, for `check --explain` and audit.
     pub origin: String,
 }
@@ -215,6 +252,7 @@ impl Policy {
             dry_run: false,
             selector: Selector::default(),
             knobs: Knobs::default(),
+            cpu: CpuKnobs::default(),
             origin: "built-in defaults".into(),
         }
     }

@@ -1,7 +1,7 @@
 //! Reading policy files: a walk over the spanned TOML document that reports every problem at
 //! once as `PATH:LINE:COL: message`, instead of stopping at the first like serde would.
 
-use super::{Knobs, Policy, PolicySet, Selector};
+use super::{CpuKnobs, Knobs, Policy, PolicySet, Selector};
 use crate::envelope::Method;
 use crate::units::{Bytes, Dur, Percent, Rate};
 use serde::Serialize;
@@ -392,6 +392,7 @@ fn parse_policy(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Option<Policy
     let mut priority = 0;
     let mut dry_run = false;
     let mut knobs = Knobs::default();
+    let mut cpu = CpuKnobs::default();
     let (mut names, mut flavors, mut projects, mut tags) = (vec![], vec![], vec![], vec![]);
     let mut sel_span = span.clone();
     let errors_before = ctx
@@ -447,11 +448,18 @@ fn parse_policy(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Option<Policy
                     format!("memory: expected a table, found {}", other.type_str()),
                 ),
             },
+            "cpu" => match v.get_ref() {
+                DeValue::Table(m) => cpu = parse_cpu(ctx, m),
+                other => ctx.err(
+                    v.span(),
+                    format!("cpu: expected a table, found {}", other.type_str()),
+                ),
+            },
             _ => unknown(
                 ctx,
                 k,
                 "[[policy]]",
-                &["name", "priority", "dry_run", "match", "memory"],
+                &["name", "priority", "dry_run", "match", "memory", "cpu"],
             ),
         }
     }
@@ -484,8 +492,78 @@ fn parse_policy(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Option<Policy
         dry_run,
         selector,
         knobs,
+        cpu,
         origin: format!("{}:{}", ctx.path, line),
     })
+}
+
+const CPU_KNOBS: &[&str] = &[
+    "enabled",
+    "grow_at",
+    "shrink_at",
+    "window",
+    "cooldown",
+    "max_delay",
+    "min",
+    "max",
+];
+
+fn parse_cpu(ctx: &mut Ctx, t: &DeTable) -> CpuKnobs {
+    let mut c = CpuKnobs::default();
+    let mut spans = std::collections::HashMap::new();
+    for (key, v) in t.iter() {
+        let name = key.get_ref().as_ref();
+        spans.insert(name, v.span());
+        let p =
+            |ctx: &mut Ctx, lo, hi| unit(ctx, name, v, Percent::parse, (Percent(lo), Percent(hi)));
+        let d =
+            |ctx: &mut Ctx, lo, hi| unit(ctx, name, v, Dur::parse, (Dur::secs(lo), Dur::secs(hi)));
+        let count = |ctx: &mut Ctx| match integer(ctx, name, v) {
+            Some(n) if (1..=4096).contains(&n) => Some(n as u32),
+            Some(n) => {
+                ctx.err(
+                    v.span(),
+                    format!("{name}: {n} is out of range 1 to 4096 vCPUs"),
+                );
+                None
+            }
+            None => None,
+        };
+        match name {
+            "enabled" => c.enabled = boolean(ctx, name, v).unwrap_or(c.enabled),
+            "grow_at" => c.grow_at = p(ctx, 0.05, 1.0).unwrap_or(c.grow_at),
+            "shrink_at" => c.shrink_at = p(ctx, 0.0, 0.95).unwrap_or(c.shrink_at),
+            "window" => c.window = d(ctx, 2, 86400).unwrap_or(c.window),
+            "cooldown" => c.cooldown = d(ctx, 0, 86400).unwrap_or(c.cooldown),
+            "max_delay" => c.max_delay = p(ctx, 0.0, 1.0).unwrap_or(c.max_delay),
+            "min" => c.min = count(ctx).or(c.min),
+            "max" => c.max = count(ctx).or(c.max),
+            _ => unknown(ctx, key, "[policy.cpu]", CPU_KNOBS),
+        }
+    }
+    if c.shrink_at.0 >= c.grow_at.0 {
+        let span = spans
+            .get("shrink_at")
+            .or(spans.get("grow_at"))
+            .cloned()
+            .unwrap_or(0..0);
+        ctx.err(
+            span,
+            format!(
+                "cpu: shrink_at ({}) must be below grow_at ({}), or the vCPU count would swing",
+                c.shrink_at, c.grow_at
+            ),
+        );
+    }
+    if let (Some(lo), Some(hi)) = (c.min, c.max)
+        && lo > hi
+    {
+        ctx.err(
+            spans.get("min").cloned().unwrap_or(0..0),
+            format!("cpu: min ({lo}) is above max ({hi})"),
+        );
+    }
+    c
 }
 
 /// Parse one file. Returns the policies that parsed cleanly and every problem found.
@@ -685,6 +763,39 @@ methods = ["balloon"]
             shown
                 .iter()
                 .any(|s| s.starts_with("bad.toml:7:13: error: shrink threshold")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn cpu_policy_parses_and_its_mistakes_are_named() {
+        let text = "[[policy]]\nname = \"c\"\n[policy.cpu]\nenabled = true\ngrow_at = \"70%\"\nwindow = \"20s\"\nmax = 8\n";
+        let (p, d) = parse_policy_text("c.toml", text);
+        assert!(d.is_empty(), "{d:?}");
+        assert!(p[0].cpu.enabled);
+        assert_eq!(p[0].cpu.grow_at, Percent(0.70));
+        assert_eq!(p[0].cpu.window, Dur::secs(20));
+        assert_eq!(p[0].cpu.max, Some(8));
+        assert!(!Policy::builtin().cpu.enabled, "off by default");
+        let text = "[[policy]]\nname = \"c\"\n[policy.cpu]\nenabeld = true\nshrink_at = \"90%\"\nmin = 0\n";
+        let (p, d) = parse_policy_text("c.toml", text);
+        assert!(p.is_empty());
+        let shown: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        assert!(
+            shown[0].starts_with("c.toml:4:1: error: unknown key \"enabeld\" in [policy.cpu]")
+                && shown[0].contains("did you mean \"enabled\""),
+            "{shown:?}"
+        );
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("min: 0 is out of range 1 to 4096 vCPUs")),
+            "{shown:?}"
+        );
+        assert!(
+            shown.iter().any(|s| s.starts_with(
+                "c.toml:5:13: error: cpu: shrink_at (90%) must be below grow_at (80%)"
+            )),
             "{shown:?}"
         );
     }

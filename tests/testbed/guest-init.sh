@@ -3,7 +3,7 @@
 # (tmpfs pages cannot be reclaimed without swap, so they are real demand) and report once a
 # second on the console. Demand comes from the kernel command line schedule
 # memscale.demand=T:MIB[@RATE],... and from the control port ttyS1 ("demand MIB [RATE]",
-# "rmmod-balloon", "status", "liar", "online-kernel", "slab N", "cpus").
+# "rmmod-balloon", "status", "liar", "online-kernel", "slab N", "cpus", "burn N").
 # New CPUs are brought online as a udev rule would (not with memscale.nocpuonline=1).
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -40,6 +40,12 @@ control() {
         rmmod-balloon) if rmmod virtio_balloon; then echo "ok rmmod-balloon"; echo "MEVENT balloon driver unloaded" > /dev/console; else echo "err rmmod-balloon"; fi ;;
         status) cat /run/mstat 2>/dev/null ;;
         cpus) echo "ok cpus $(cat /sys/devices/system/cpu/online)" ;;
+        burn)
+          # N busy loops: N vCPUs' worth of CPU demand (0 stops them).
+          for p in $(cat /run/burn.pids 2>/dev/null); do kill "$p" 2>/dev/null; done
+          : > /run/burn.pids
+          i=0; while [ "$i" -lt "${a:-0}" ]; do ( while :; do :; done ) & echo $! >> /run/burn.pids; i=$((i + 1)); done
+          echo "ok burn ${a:-0}" ;;
         online-kernel)
           # Memory plugged from now on is onlined to ZONE_NORMAL, where kernel allocations
           # (unmovable) may land: such memory cannot be unplugged once they have.

@@ -17,6 +17,7 @@
 #   guest.sh online-kernel HOST NAME      memory plugged from now on goes to ZONE_NORMAL
 #   guest.sh slab HOST NAME N             N inodes of unmovable slab (pins ZONE_NORMAL memory)
 #   guest.sh cpus HOST NAME               the guest's online CPU list (e.g. 0-2)
+#   guest.sh burn HOST NAME N             N busy loops in the guest (0 stops them)
 #   guest.sh stat HOST NAME               the last MSTAT line of the console
 #   guest.sh oom HOST NAME                exit 0 (and print it) if the console shows an OOM kill or panic
 #   guest.sh wait-boot HOST NAME [SECS]   wait for the first MSTAT line
@@ -146,6 +147,7 @@ case ${1:-} in
   online-kernel) send "$2" "$3" "online-kernel" ;;
   slab) send "$2" "$3" "slab $4" ;;
   cpus) send "$2" "$3" "cpus" ;;
+  burn) send "$2" "$3" "burn $4" ;;
   # Nothing yet (a guest just migrated in has a fresh console) prints an empty line.
   stat) { grep -a '^MSTAT' "$(console "$2" "$3")" 2>/dev/null || true; } | tail -1 ;;
   oom) grep -a -m1 -E 'Out of memory|oom-kill|Killed process|Kernel panic|invoked oom-killer' "$(console "$2" "$3")" ;;

@@ -6,6 +6,7 @@ use super::super::guest::{Guest, ONLINE_GRACE, REFUSED_HOLD};
 use super::{Host, Shared};
 use crate::actuator::Op;
 use crate::audit::{Inputs, Record, VcpuChange};
+use crate::cpuplan::CpuSample;
 use crate::domain::{DIMM_ALIAS_PREFIX, Dimm};
 use crate::envelope::Vcpus;
 use crate::planner::{Kind, Reason};
@@ -224,7 +225,7 @@ pub(super) async fn check_online(host: &mut Host, shared: &Shared, now: f64) {
         let u = uuid.clone();
         let deadline = shared.config.interval.0.max(Duration::from_secs(2));
         let times = host
-            .call("vcpu_times", deadline, move |h| h.vcpu_times(&u))
+            .call("vcpu_stats", deadline, move |h| h.vcpu_stats(&u))
             .await;
         let Some(g) = host.guests.get_mut(&uuid) else {
             continue;
@@ -233,7 +234,7 @@ pub(super) async fn check_online(host: &mut Host, shared: &Shared, now: f64) {
             Ok(times) => {
                 for id in ids {
                     // A vCPU the guest never onlined never ran: its thread has no time.
-                    let ran = times.iter().any(|(v, t)| *v == id && *t > 0);
+                    let ran = times.iter().any(|v| v.id == id && v.time > 0);
                     if !ran {
                         let reason = Reason::VcpuNotOnlined { vcpu: id };
                         record(
@@ -272,79 +273,163 @@ pub(super) async fn vcpu_adjusts(host: &mut Host, shared: &Shared, now: f64) {
             .filter_map(|(uuid, g)| q.remove(&g.name).map(|n| (uuid.clone(), n)))
             .collect()
     };
-    let label = host.label.clone();
     for (uuid, n) in asked {
-        let Some(g) = host.guests.get_mut(&uuid) else {
-            continue;
-        };
-        let Some(spec) = g.spec.as_ref() else {
-            continue;
-        };
-        let env = Vcpus::from_spec(spec, g.inactive.as_ref());
-        let before = env.current;
-        let reason = Reason::ManualVcpus { requested: n };
-        let change = Some(VcpuChange { before, after: n });
-        if let Err(e) = env.check(n) {
-            // The API checked; the definition may have changed since.
-            record(
-                &label,
-                shared,
-                g,
-                Kind::Hold,
-                reason,
-                "vcpu",
-                format!("failed: {e}"),
-                now,
-                change,
-            );
-            continue;
+        set_vcpus(
+            host,
+            shared,
+            &uuid,
+            n,
+            Reason::ManualVcpus { requested: n },
+            now,
+        )
+        .await;
+    }
+}
+
+/// Set a guest's vCPU count live, audited; returns whether it was applied.
+async fn set_vcpus(
+    host: &mut Host,
+    shared: &Shared,
+    uuid: &str,
+    n: u32,
+    reason: Reason,
+    now: f64,
+) -> bool {
+    let label = host.label.clone();
+    let Some(g) = host.guests.get_mut(uuid) else {
+        return false;
+    };
+    let Some(spec) = g.spec.as_ref() else {
+        return false;
+    };
+    let env = Vcpus::from_spec(spec, g.inactive.as_ref());
+    let before = env.current;
+    let change = Some(VcpuChange { before, after: n });
+    if let Err(e) = env.check(n) {
+        // The API checked; the definition may have changed since.
+        record(
+            &label,
+            shared,
+            g,
+            Kind::Hold,
+            reason,
+            "vcpu",
+            format!("failed: {e}"),
+            now,
+            change,
+        );
+        return false;
+    }
+    if n == before {
+        return false;
+    }
+    let kind = if n > before { Kind::Grow } else { Kind::Shrink };
+    let u = uuid.to_string();
+    let r = host
+        .call("set_vcpus", VCPU_DEADLINE, move |h| h.set_vcpus(&u, n))
+        .await;
+    if r.is_err() {
+        host.count_error(shared, "set_vcpus");
+    }
+    let Some(g) = host.guests.get_mut(uuid) else {
+        return false;
+    };
+    g.needs_xml = true;
+    g.cpu_samples.clear();
+    g.cpu_last_change = now;
+    let applied = r.is_ok();
+    let result = match r {
+        Ok(()) => {
+            if n > before {
+                g.vcpu_check = Some((now, (before..n).collect()));
+            }
+            if let Some(s) = g.spec.as_mut() {
+                s.vcpus_current = n;
+            }
+            "applied".to_string()
         }
-        if n == before {
-            continue;
+        Err(e) => {
+            // A removal that failed is not asked again by the CPU policy for a while.
+            g.cpu_hold_until = now + REFUSED_HOLD;
+            if n < before && e.to_string().contains("timed out") {
+                format!(
+                    "failed: {e} (libvirt saw no DEVICE_DELETED for the vCPU in time: the guest may have released it all the same; libvirt keeps counting it until it does)"
+                )
+            } else {
+                format!("failed: {e}")
+            }
         }
-        let kind = if n > before { Kind::Grow } else { Kind::Shrink };
+    };
+    let dir = if kind == Kind::Grow { "grow" } else { "shrink" };
+    shared
+        .metrics
+        .resizes
+        .with_label_values(&[dir, "vcpu", result.split(':').next().unwrap_or("failed")])
+        .inc();
+    record(&label, shared, g, kind, reason, "vcpu", result, now, change);
+    applied
+}
+
+/// The optional CPU policy: for guests whose policy enables it, sample their vCPUs and add or
+/// remove a step when `cpuplan` says so.
+pub(super) async fn cpu_policy(host: &mut Host, shared: &Shared, now: f64) {
+    let set = shared.policy_set();
+    let mut todo = Vec::new();
+    for (uuid, g) in host.guests.iter_mut() {
+        let running = g
+            .stats
+            .as_ref()
+            .is_some_and(|s| s.state == crate::hypervisor::RunState::Running);
+        let k = &g.policy(&set).cpu;
+        if k.enabled && running && !g.pinned && g.spec.is_some() && now >= g.cpu_hold_until {
+            todo.push(uuid.clone());
+        } else if !g.cpu_samples.is_empty() {
+            g.cpu_samples.clear();
+        }
+    }
+    let deadline = shared.config.interval.0.max(Duration::from_secs(2));
+    for uuid in todo {
         let u = uuid.clone();
-        let r = host
-            .call("set_vcpus", VCPU_DEADLINE, move |h| h.set_vcpus(&u, n))
+        let stats = host
+            .call("vcpu_stats", deadline, move |h| h.vcpu_stats(&u))
             .await;
         let Some(g) = host.guests.get_mut(&uuid) else {
             continue;
         };
-        g.needs_xml = true;
-        let result = match r {
-            Ok(()) => {
-                if n > before {
-                    g.vcpu_check = Some((now, (before..n).collect()));
-                }
-                if let Some(s) = g.spec.as_mut() {
-                    s.vcpus_current = n;
-                }
-                "applied".to_string()
-            }
-            Err(e) if n < before && e.to_string().contains("timed out") => {
-                host_error(host, shared);
-                format!(
-                    "failed: {e} (libvirt saw no DEVICE_DELETED for the vCPU in time: the guest may have released it all the same; libvirt keeps counting it until it does)"
-                )
-            }
+        let stats = match stats {
+            Ok(s) => s,
             Err(e) => {
-                host_error(host, shared);
-                format!("failed: {e}")
+                tracing::debug!(host = %host.label, guest = %g.name, error = %e, "cannot read vCPU statistics");
+                g.cpu_samples.clear();
+                continue;
             }
         };
-        let dir = if kind == Kind::Grow { "grow" } else { "shrink" };
-        shared
-            .metrics
-            .resizes
-            .with_label_values(&[dir, "vcpu", result.split(':').next().unwrap_or("failed")])
-            .inc();
-        let Some(g) = host.guests.get_mut(&uuid) else {
+        let sample = CpuSample {
+            at: now,
+            time_ns: stats.iter().map(|v| v.time).sum(),
+            delay_ns: stats.iter().map(|v| v.delay).sum(),
+            online: stats.len() as u32,
+        };
+        if g.cpu_samples
+            .back()
+            .is_some_and(|s| s.online != sample.online)
+        {
+            g.cpu_samples.clear();
+        }
+        g.cpu_samples.push_back(sample);
+        let k = g.policy(&set).cpu.clone();
+        let keep = k.window.as_secs_f64() * 1.5 + 5.0;
+        while g.cpu_samples.front().is_some_and(|s| s.at < now - keep) {
+            g.cpu_samples.pop_front();
+        }
+        let Some(spec) = g.spec.as_ref() else {
             continue;
         };
-        record(&label, shared, g, kind, reason, "vcpu", result, now, change);
+        let env = Vcpus::from_spec(spec, g.inactive.as_ref());
+        if let Some((n, reason)) =
+            crate::cpuplan::decide(&k, &env, &g.cpu_samples, now, g.cpu_last_change)
+        {
+            set_vcpus(host, shared, &uuid, n, reason, now).await;
+        }
     }
-}
-
-fn host_error(host: &Host, shared: &Shared) {
-    host.count_error(shared, "set_vcpus");
 }
