@@ -70,7 +70,7 @@ fn mib(v: &Value) -> String {
 /// The guests as a table, one line each.
 pub fn status_table(guests: &Value) -> String {
     let mut out = format!(
-        "{:<14} {:<8} {:<11} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>5}  {}\n",
+        "{:<14} {:<8} {:<11} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>5}  {}\n",
         "GUEST",
         "HOST",
         "STATE",
@@ -80,6 +80,7 @@ pub fn status_table(guests: &Value) -> String {
         "CEIL",
         "USED",
         "AVAIL",
+        "VCPUS",
         "AGE",
         "LAST DECISION"
     );
@@ -92,8 +93,15 @@ pub fn status_table(guests: &Value) -> String {
             Some(k) => format!("{k}: {}", g["why"].as_str().unwrap_or("")),
             None => String::new(),
         };
+        let vcpus = match (
+            g["vcpus"]["current"].as_u64(),
+            g["vcpus"]["ceiling"].as_u64(),
+        ) {
+            (Some(c), Some(m)) => format!("{c}/{m}"),
+            _ => "-".into(),
+        };
         out.push_str(&format!(
-            "{:<14} {:<8} {:<11} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>5}  {}\n",
+            "{:<14} {:<8} {:<11} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>6} {:>5}  {}\n",
             g["name"].as_str().unwrap_or("?"),
             g["host"].as_str().unwrap_or("?"),
             g["state"].as_str().unwrap_or("?"),
@@ -103,6 +111,7 @@ pub fn status_table(guests: &Value) -> String {
             mib(&g["envelope"]["ceiling"]),
             mib(&g["used"]),
             mib(&g["available"]),
+            vcpus,
             age,
             last
         ));
