@@ -333,6 +333,16 @@ impl PeakTracker {
         self.window
     }
 
+    /// Its buckets, oldest first: (index, highest need).
+    pub fn buckets(&self) -> impl Iterator<Item = (i64, Bytes)> + '_ {
+        self.buckets.iter().copied()
+    }
+
+    /// The latest value and its time.
+    pub fn last(&self) -> (Bytes, f64) {
+        (self.last, self.last_at)
+    }
+
     /// Its whole content, to save: (span, buckets, latest value, its time).
     pub fn parts(&self) -> (f64, Vec<(i64, Bytes)>, Bytes, f64) {
         (

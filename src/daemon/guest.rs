@@ -230,6 +230,19 @@ impl Guest {
         )
     }
 
+    /// As [`Guest::capture`], into the state captured last time (its vectors reused).
+    pub fn capture_into(&self, st: &mut crate::state::GuestState) {
+        st.update(
+            &self.name,
+            self.samples.iter().copied(),
+            &self.peaks,
+            self.history,
+            self.held_until,
+            self.settled_at,
+            self.hostile,
+        );
+    }
+
     pub fn current(&self) -> Bytes {
         self.stats
             .as_ref()

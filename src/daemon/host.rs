@@ -365,7 +365,12 @@ fn snapshot(host: &mut Host, shared: &Shared, now: f64) {
     host.last_snapshot = now;
     let mut snaps = shared.snapshots.lock().unwrap_or_else(|p| p.into_inner());
     for (uuid, g) in &host.guests {
-        snaps.insert(uuid.clone(), g.capture());
+        match snaps.get_mut(uuid) {
+            Some(st) => g.capture_into(st),
+            None => {
+                snaps.insert(uuid.clone(), g.capture());
+            }
+        }
     }
 }
 

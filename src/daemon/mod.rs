@@ -301,7 +301,8 @@ impl Shared {
         }
     }
 
-    /// Write pins, manual sizes and the guests' planner memory, atomically.
+    /// Write pins, manual sizes and the guests' planner memory, atomically. The guests are
+    /// read from the snapshots a chunk at a time, not copied whole (`state::save_locked`).
     pub fn save_state(&self) {
         let st = crate::state::State {
             version: crate::state::VERSION,
@@ -318,14 +319,10 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            guests: self
-                .snapshots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            guests: BTreeMap::new(),
         };
         let _one = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = crate::state::save(&self.config.state_dir, &st) {
+        if let Err(e) = crate::state::save_locked(&self.config.state_dir, &st, &self.snapshots) {
             self.metrics.state_errors.inc();
             tracing::error!(dir = %self.config.state_dir.display(), error = %e, "cannot save state (pins and planner memory would not survive a restart)");
         }
