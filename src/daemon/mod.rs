@@ -59,6 +59,38 @@ pub struct GuestView {
 }
 
 impl GuestView {
+    /// A view with nothing in it yet, for a host loop to fill.
+    pub(crate) fn blank() -> GuestView {
+        GuestView {
+            name: String::new(),
+            uuid: String::new(),
+            host: String::new(),
+            state: Health::Starting,
+            current: Bytes(0),
+            target: Bytes(0),
+            envelope: None,
+            envelope_error: None,
+            can_grow: false,
+            notes: Vec::new(),
+            policy: String::new(),
+            total: None,
+            available: None,
+            free: None,
+            caches: None,
+            used: None,
+            stats_age_seconds: None,
+            rss: None,
+            pinned: false,
+            last_decision: None,
+            why: None,
+            bad_stats: 0,
+            rss_capped: false,
+            flavor: None,
+            project: None,
+            tags: Vec::new(),
+        }
+    }
+
     pub fn labels(&self) -> policy::GuestLabels<'_> {
         policy::GuestLabels {
             name: &self.name,
