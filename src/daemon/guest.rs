@@ -514,7 +514,9 @@ impl Guest {
         }
         // Window statistics may use older samples; the latest must postdate the last resize.
         let all: &[Sample] = self.samples.make_contiguous();
-        for s in all.iter().filter(|s| s.at > self.peaks_seen) {
+        // Samples are in time order: only the newest few are new to the tracker.
+        let seen = self.peaks_seen;
+        for s in all[all.partition_point(|s| s.at <= seen)..].iter() {
             self.peaks.observe(s);
         }
         self.peaks_seen = all.last().map(|s| s.at).unwrap_or(self.peaks_seen);

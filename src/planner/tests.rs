@@ -345,3 +345,109 @@ fn a_starved_guest_gets_doubling_steps() {
     let d = m.tick(10.0, Bytes::from_mib(600), &e, &k);
     assert_ne!(d.kind, Kind::Grow, "{d:?}");
 }
+
+/// The statistics as they were computed with statrs, allocating, before the planner reused
+/// its scratch: the reference the faster ones must match bit for bit.
+mod reference {
+    use super::super::Sample;
+    use crate::units::Bytes;
+    use statrs::statistics::{Data, Median, OrderStatistics};
+
+    pub fn trend(samples: &[Sample]) -> f64 {
+        if samples.len() < 2 {
+            return 0.0;
+        }
+        let mut slopes = Vec::with_capacity(samples.len() * (samples.len() - 1) / 2);
+        for (i, a) in samples.iter().enumerate() {
+            for b in &samples[i + 1..] {
+                let dt = b.at - a.at;
+                if dt > 0.0 {
+                    slopes.push((b.need().0 as f64 - a.need().0 as f64) / dt);
+                }
+            }
+        }
+        if slopes.is_empty() {
+            return 0.0;
+        }
+        let d = Data::new(slopes);
+        let m = d.median();
+        if m.is_finite() { m } else { 0.0 }
+    }
+
+    pub fn percentile(samples: &[Sample], p: f64) -> Bytes {
+        let Some(first) = samples.first() else {
+            return Bytes(0);
+        };
+        let n0 = first.need();
+        if samples.iter().all(|s| s.need() == n0) {
+            return n0;
+        }
+        let v: Vec<f64> = samples.iter().map(|s| s.need().0 as f64).collect();
+        let mut d = Data::new(v);
+        let q = d.quantile(p.clamp(0.0, 1.0));
+        if q.is_finite() && q > 0.0 {
+            Bytes(q as u64)
+        } else {
+            Bytes(0)
+        }
+    }
+}
+
+/// Windows of samples with ties, repeated times, flat runs and starved reports.
+fn arb_window(max: usize) -> impl Strategy<Value = Vec<Sample>> {
+    prop::collection::vec(
+        (0u8..3, 0u64..5, 1900u64..2100, 0u64..2100, 0u64..4),
+        0..max,
+    )
+    .prop_map(|v| {
+        let mut at = 1000.0;
+        v.into_iter()
+            .map(|(dt, coarse, total, avail, fine)| {
+                at += f64::from(dt) * 0.5;
+                Sample {
+                    at,
+                    size: Bytes::from_mib(2048),
+                    total: Bytes::from_mib(total),
+                    // Coarse steps make ties and flat windows common; fine ones make odd
+                    // byte counts.
+                    available: Bytes::from_mib(avail - avail % (coarse * 100 + 1)) + Bytes(fine),
+                    swap_in_rate: 0.0,
+                }
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The statistics on the reused scratch give the statrs figures exactly.
+    #[test]
+    fn statistics_match_the_statrs_reference(
+        w in arb_window(700),
+        p in prop_oneof![Just(0.0), Just(0.5), Just(0.9), Just(0.95), Just(1.0), 0.0f64..=1.0],
+    ) {
+        prop_assert_eq!(super::percentile(&w, p), reference::percentile(&w, p));
+        let t = &w[..w.len().min(40)];
+        prop_assert_eq!(super::trend(t).to_bits(), reference::trend(t).to_bits());
+    }
+}
+
+/// A long trend window (1,770 pairwise slopes) and a scratch already in use.
+#[test]
+fn long_trend_windows_match_the_reference() {
+    let w: Vec<Sample> = (0..60u32)
+        .map(|i| Sample {
+            at: f64::from(i),
+            size: Bytes::from_mib(4096),
+            total: Bytes::from_mib(4000),
+            available: Bytes::from_mib(3000 - u64::from(i * i) % 700),
+            swap_in_rate: 0.0,
+        })
+        .collect();
+    super::with_scratch(|_| {
+        assert_eq!(super::trend(&w).to_bits(), reference::trend(&w).to_bits());
+    });
+    assert_eq!(super::trend(&w).to_bits(), reference::trend(&w).to_bits());
+    assert_eq!(super::percentile(&w, 0.95), reference::percentile(&w, 0.95));
+}
