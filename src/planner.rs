@@ -599,9 +599,11 @@ pub fn plan(i: &Input) -> Decision {
     let window_from = i.now - k.window.as_secs_f64();
     let window = &i.samples[i.samples.partition_point(|s| s.at < window_from)..];
     // A shrink must leave room for whatever growth would ask for right now.
-    let need_window = percentile(window, k.percentile.fraction())
-        .max(need)
-        .max(predicted);
+    let need_window = || {
+        percentile(window, k.percentile.fraction())
+            .max(need)
+            .max(predicted)
+    };
     let mut d = Decision {
         kind: Kind::Hold,
         target: size,
@@ -677,7 +679,6 @@ pub fn plan(i: &Input) -> Decision {
         return d;
     }
 
-    let avail_window = size.saturating_sub(need_window);
     let shrink_threshold = headroom.scale(k.shrink_at.fraction());
     // Idle means idle over the whole window: a guest seen for less than that (just booted, or
     // just adopted) is not shrunk yet.
@@ -685,6 +686,17 @@ pub fn plan(i: &Input) -> Decision {
         .samples
         .first()
         .is_some_and(|s| s.at <= i.now - k.window.as_secs_f64() * 0.9);
+    // The window's percentile is the costliest figure of a plan, and the need it gives is at
+    // least `need` and `predicted`: when those already leave no more than the threshold free
+    // (a guest in band), or the guest cannot shrink anyway, it could not make a shrink.
+    let at_least = need.max(predicted);
+    let need_window =
+        if size.saturating_sub(at_least) > shrink_threshold && size > env.floor && covered {
+            need_window()
+        } else {
+            at_least
+        };
+    let avail_window = size.saturating_sub(need_window);
     if avail_window > shrink_threshold && size > env.floor && covered {
         // A growth made on a predicted trend is only proven wrong once the trend window has
         // passed: shrinking earlier would undo it on the very data that caused it.
