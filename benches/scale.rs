@@ -7,11 +7,15 @@
 //!   cargo bench --bench scale -- --hung             # a hung host beside a healthy one
 //!   cargo bench --bench scale -- --callgrind --guests 1000 --seconds 20
 //!                                                   # instructions per tick (repeatable)
+//!   cargo bench --bench scale -- --guests 1000 --warmup 100 --seconds 60
+//!                                                   # steady state: measured once the
+//!                                                   # planner windows are full
 //!
 //! With `--callgrind` each size runs under valgrind's callgrind, counting only what the host
-//! loop's tick runs on its own thread (`--toggle-collect` on the tick), zeroed once the guests
-//! are adopted: the instruction count per tick is repeatable on this noisy machine where the
-//! CPU time is not (the model's work, on the blocking pool, is not counted).
+//! loop's tick runs on its own thread and the state file's saves (every 5 s, on the blocking
+//! pool), `--toggle-collect` on both, zeroed once the guests are adopted (and `--warmup`
+//! seconds later): the instruction count per tick is repeatable on this noisy machine where
+//! the CPU time is not (the model's work, on the blocking pool, is not counted).
 //!
 //! CPU is the process's user+system time less the model's own (thread CPU time inside its
 //! calls), over a measured window after the guests were adopted; a benchmark, not a test.
@@ -80,7 +84,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// One size, in this process: prints one JSON line.
-fn one(n: usize, seconds: u64, interval: f64, hung: bool) {
+fn one(n: usize, seconds: u64, warmup: u64, interval: f64, hung: bool) {
     memscale::cli::init_logging(memscale::cli::LogFormat::Plain);
     let state = tempfile::tempdir().expect("tempdir");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
@@ -128,6 +132,8 @@ fn one(n: usize, seconds: u64, interval: f64, hung: bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let adopt = t0.elapsed().as_secs_f64();
+    // Steady state: the planner windows full (85 s at the default policy) before measuring.
+    std::thread::sleep(Duration::from_secs(warmup));
     let loop_h = shared.metrics.loop_seconds.with_label_values(&["ok"]);
     let (c0, m0, k0, r0) = (
         process_cpu(),
@@ -160,6 +166,7 @@ fn one(n: usize, seconds: u64, interval: f64, hung: bool) {
     let resizes = model.resizes() - r0;
     let tick_wall = (loop_h.get_sample_sum() - s0) / (loop_h.get_sample_count() - n0).max(1) as f64;
     let (rss, hwm) = rss_mib();
+    let (audit_records, audit_bytes) = shared.audit.usage();
     // Exposition, after the window: its CPU is not a tick's.
     let mut ms = Vec::new();
     let mut size = 0;
@@ -178,6 +185,9 @@ fn one(n: usize, seconds: u64, interval: f64, hung: bool) {
             "guests": n,
             "hung_neighbour": hung,
             "adopt_s": adopt,
+            "warmup_s": warmup,
+            "audit_records": audit_records,
+            "audit_bytes": audit_bytes,
             "window_s": wall,
             "ticks": ticks,
             "ticks_expected": (wall / interval).floor(),
@@ -201,11 +211,12 @@ fn one(n: usize, seconds: u64, interval: f64, hung: bool) {
 
 fn main() {
     let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(30);
+    let warmup: u64 = arg("--warmup").and_then(|s| s.parse().ok()).unwrap_or(0);
     let interval: f64 = arg("--interval")
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
     if let Some(n) = arg("--one").and_then(|s| s.parse().ok()) {
-        one(n, seconds, interval, flag("--hung"));
+        one(n, seconds, warmup, interval, flag("--hung"));
         return;
     }
     let sizes: Vec<usize> = arg("--guests")
@@ -234,6 +245,7 @@ fn main() {
             let mut c = Command::new("valgrind");
             c.args(["--tool=callgrind", "--collect-atstart=no"])
                 .arg("--toggle-collect=*daemon::host::tick*")
+                .arg("--toggle-collect=*daemon::Shared::save_state*")
                 .arg(format!("--callgrind-out-file={}", cg_out.display()))
                 .arg(&exe)
                 .arg("--callgrind");
@@ -243,6 +255,7 @@ fn main() {
         };
         let out = cmd
             .args(["--one", &n.to_string(), "--seconds", &seconds.to_string()])
+            .args(["--warmup", &warmup.to_string()])
             .args(["--interval", &interval.to_string()])
             .args(if hung { &["--hung"][..] } else { &[][..] })
             .stderr(Stdio::from(log))

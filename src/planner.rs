@@ -1,12 +1,12 @@
 //! The planner: a pure function from a guest's recent samples, its envelope, the policy knobs
-//! and its resize history to one decision with a reason. No I/O, no clock, no globals: the
-//! daemon feeds it libvirt samples, the simulator feeds it a modelled guest.
+//! and its resize history to one decision with a reason. No I/O, no clock, no globals (but a
+//! per-thread scratch vector the statistics reuse, empty between calls): the daemon feeds it
+//! libvirt samples, the simulator feeds it a modelled guest.
 
 use crate::envelope::Envelope;
 use crate::policy::Knobs;
 use crate::units::Bytes;
 use serde::Serialize;
-use statrs::statistics::{Data, Median, OrderStatistics};
 use std::collections::VecDeque;
 use std::fmt;
 
@@ -397,6 +397,16 @@ impl PeakTracker {
         self.window
     }
 
+    /// Its buckets, oldest first: (index, highest need).
+    pub fn buckets(&self) -> impl Iterator<Item = (i64, Bytes)> + '_ {
+        self.buckets.iter().copied()
+    }
+
+    /// The latest value and its time.
+    pub fn last(&self) -> (Bytes, f64) {
+        (self.last, self.last_at)
+    }
+
     /// Its whole content, to save: (span, buckets, latest value, its time).
     pub fn parts(&self) -> (f64, Vec<(i64, Bytes)>, Bytes, f64) {
         (
@@ -475,47 +485,120 @@ impl PeakTracker {
     }
 }
 
+thread_local! {
+    /// Room for the statistics below, which run every tick for every guest: reused, so they
+    /// allocate nothing once it has grown to the window.
+    static SCRATCH: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` on an empty vector with room kept between calls (a fresh one if it is in use).
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f64>) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut v) => {
+            v.clear();
+            f(&mut v)
+        }
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// The value of rank `k` (0-based) in `v`, reordering it; `v[k + 1..]` then holds the values
+/// ranked above it.
+fn select(v: &mut [f64], k: usize) -> f64 {
+    *v.select_nth_unstable_by(k, f64::total_cmp).1
+}
+
+/// The least of `v` by `total_cmp`: the next rank after a [`select`] is the least of the rest.
+fn least(v: &[f64]) -> f64 {
+    v.iter().copied().min_by(f64::total_cmp).unwrap_or(f64::NAN)
+}
+
+/// The median, as statrs' `Median` computes it (the mean of the two middle values of an even
+/// count).
+fn median(v: &mut [f64]) -> f64 {
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let k = n / 2;
+    if n.is_multiple_of(2) {
+        let a = select(v, k - 1);
+        (a + least(&v[k..])) / 2.0
+    } else {
+        select(v, k)
+    }
+}
+
+/// The `tau` quantile, as statrs' `OrderStatistics::quantile` computes it (R's type 8).
+fn quantile(v: &mut [f64], tau: f64) -> f64 {
+    if !(0.0..=1.0).contains(&tau) || v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    let h = (n as f64 + 1.0 / 3.0) * tau + 1.0 / 3.0;
+    let hf = h as i64;
+    if hf <= 0 || tau == 0.0 {
+        return least(v);
+    }
+    if hf >= n as i64 || tau == 1.0 {
+        return v.iter().copied().max_by(f64::total_cmp).unwrap_or(f64::NAN);
+    }
+    let hf = hf as usize;
+    let a = select(v, hf - 1);
+    let b = least(&v[hf..]);
+    a + (h - hf as f64) * (b - a)
+}
+
 /// Slope of need over time in bytes per second, by Theil–Sen (the median of pairwise slopes):
 /// a steady climb is extrapolated, a single jump is not (it would otherwise look like a steep
 /// trend and overshoot).
 fn trend(samples: &[Sample]) -> f64 {
-    if samples.len() < 2 {
+    let n = samples.len();
+    if n < 2 {
         return 0.0;
     }
-    let mut slopes = Vec::with_capacity(samples.len() * (samples.len() - 1) / 2);
-    for (i, a) in samples.iter().enumerate() {
-        for b in &samples[i + 1..] {
-            let dt = b.at - a.at;
-            if dt > 0.0 {
-                slopes.push((b.need().0 as f64 - a.need().0 as f64) / dt);
+    with_scratch(|slopes| {
+        slopes.reserve(n * (n - 1) / 2);
+        for (i, a) in samples.iter().enumerate() {
+            let na = a.need().0 as f64;
+            for b in &samples[i + 1..] {
+                let dt = b.at - a.at;
+                if dt > 0.0 {
+                    slopes.push((b.need().0 as f64 - na) / dt);
+                }
             }
         }
-    }
-    if slopes.is_empty() {
-        return 0.0;
-    }
-    let d = Data::new(slopes);
-    let m = d.median();
-    if m.is_finite() { m } else { 0.0 }
+        if slopes.is_empty() {
+            return 0.0;
+        }
+        let m = median(slopes);
+        if m.is_finite() { m } else { 0.0 }
+    })
 }
 
 fn percentile(samples: &[Sample], p: f64) -> Bytes {
     let Some(first) = samples.first() else {
         return Bytes(0);
     };
-    // A flat window (the common case) needs no sorting.
-    let n0 = first.need();
-    if samples.iter().all(|s| s.need() == n0) {
-        return n0;
-    }
-    let v: Vec<f64> = samples.iter().map(|s| s.need().0 as f64).collect();
-    let mut d = Data::new(v);
-    let q = d.quantile(p.clamp(0.0, 1.0));
-    if q.is_finite() && q > 0.0 {
-        Bytes(q as u64)
-    } else {
-        Bytes(0)
-    }
+    with_scratch(|v| {
+        // A flat window (the common case) needs no selection.
+        let n0 = first.need();
+        let mut flat = true;
+        v.extend(samples.iter().map(|s| {
+            let need = s.need();
+            flat &= need == n0;
+            need.0 as f64
+        }));
+        if flat {
+            return n0;
+        }
+        let q = quantile(v, p.clamp(0.0, 1.0));
+        if q.is_finite() && q > 0.0 {
+            Bytes(q as u64)
+        } else {
+            Bytes(0)
+        }
+    })
 }
 
 fn since(now: f64, t: Option<f64>) -> f64 {
@@ -580,9 +663,11 @@ pub fn plan(i: &Input) -> Decision {
     let window_from = i.now - k.window.as_secs_f64();
     let window = &i.samples[i.samples.partition_point(|s| s.at < window_from)..];
     // A shrink must leave room for whatever growth would ask for right now.
-    let need_window = percentile(window, k.percentile.fraction())
-        .max(need)
-        .max(predicted);
+    let need_window = || {
+        percentile(window, k.percentile.fraction())
+            .max(need)
+            .max(predicted)
+    };
     let mut d = Decision {
         kind: Kind::Hold,
         target: size,
@@ -658,7 +743,6 @@ pub fn plan(i: &Input) -> Decision {
         return d;
     }
 
-    let avail_window = size.saturating_sub(need_window);
     let shrink_threshold = headroom.scale(k.shrink_at.fraction());
     // Idle means idle over the whole window: a guest seen for less than that (just booted, or
     // just adopted) is not shrunk yet.
@@ -666,6 +750,17 @@ pub fn plan(i: &Input) -> Decision {
         .samples
         .first()
         .is_some_and(|s| s.at <= i.now - k.window.as_secs_f64() * 0.9);
+    // The window's percentile is the costliest figure of a plan, and the need it gives is at
+    // least `need` and `predicted`: when those already leave no more than the threshold free
+    // (a guest in band), or the guest cannot shrink anyway, it could not make a shrink.
+    let at_least = need.max(predicted);
+    let need_window =
+        if size.saturating_sub(at_least) > shrink_threshold && size > env.floor && covered {
+            need_window()
+        } else {
+            at_least
+        };
+    let avail_window = size.saturating_sub(need_window);
     if avail_window > shrink_threshold && size > env.floor && covered {
         // A growth made on a predicted trend is only proven wrong once the trend window has
         // passed: shrinking earlier would undo it on the very data that caused it.

@@ -264,6 +264,19 @@ impl Guest {
         )
     }
 
+    /// As [`Guest::capture`], into the state captured last time (its vectors reused).
+    pub fn capture_into(&self, st: &mut crate::state::GuestState) {
+        st.update(
+            &self.name,
+            self.samples.iter().copied(),
+            &self.peaks,
+            self.history,
+            self.held_until,
+            self.settled_at,
+            self.hostile,
+        );
+    }
+
     pub fn current(&self) -> Bytes {
         self.stats
             .as_ref()
@@ -543,7 +556,9 @@ impl Guest {
         }
         // Window statistics may use older samples; the latest must postdate the last resize.
         let all: &[Sample] = self.samples.make_contiguous();
-        for s in all.iter().filter(|s| s.at > self.peaks_seen) {
+        // Samples are in time order: only the newest few are new to the tracker.
+        let seen = self.peaks_seen;
+        for s in all[all.partition_point(|s| s.at <= seen)..].iter() {
             self.peaks.observe(s);
         }
         self.peaks_seen = all.last().map(|s| s.at).unwrap_or(self.peaks_seen);

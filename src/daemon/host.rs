@@ -45,6 +45,8 @@ struct Host {
     last_snapshot: f64,
     /// Since when the host has not been short (None: short now).
     holding_since: Option<f64>,
+    /// The views published the tick before, to be filled again by the next publish.
+    spare_views: Vec<GuestView>,
 }
 
 /// Seconds a host must hold its guests before its migration proposals expire.
@@ -116,6 +118,7 @@ pub(super) async fn host_loop(
         no_room_reported: false,
         last_snapshot: 0.0,
         holding_since: None,
+        spare_views: Vec::new(),
     };
     let interval = shared.config.interval.0;
     let mut next = tokio::time::Instant::now();
@@ -366,7 +369,12 @@ fn snapshot(host: &mut Host, shared: &Shared, now: f64) {
     host.last_snapshot = now;
     let mut snaps = shared.snapshots.lock().unwrap_or_else(|p| p.into_inner());
     for (uuid, g) in &host.guests {
-        snaps.insert(uuid.clone(), g.capture());
+        match snaps.get_mut(uuid) {
+            Some(st) => g.capture_into(st),
+            None => {
+                snaps.insert(uuid.clone(), g.capture());
+            }
+        }
     }
 }
 
@@ -1172,15 +1180,28 @@ async fn execute(
     "applied".into()
 }
 
+/// `to` becomes a copy of `from`, in the string it holds if it holds one.
+fn set_text(to: &mut Option<String>, from: Option<&String>) {
+    match (to, from) {
+        (Some(t), Some(f)) => t.clone_from(f),
+        (to, f) => *to = f.cloned(),
+    }
+}
+
+/// Publish the host's view for the API and `/metrics`. The views are written into those of
+/// the tick before last (`spare_views`), so their strings and vectors are reused rather than
+/// allocated afresh for every guest every tick, and built in name order rather than sorted.
 fn publish(host: &mut Host, shared: &Shared, now: f64) {
     let m = &shared.metrics;
     let policies = shared.policy_set();
+    let mut spare = std::mem::take(&mut host.spare_views);
     let mut guests = Vec::with_capacity(host.guests.len());
     let mut committed = Bytes(0);
-    for g in host.guests.values_mut() {
+    let mut order: Vec<&mut super::guest::Guest> = host.guests.values_mut().collect();
+    order.sort_unstable_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
+    for g in order {
         let pol = g.policy(&policies);
         let st: Option<&GuestStats> = g.stats.as_ref();
-        let tags = g.spec.as_ref().map(|s| s.tags.clone()).unwrap_or_default();
         let nova = g.spec.as_ref().and_then(|s| s.nova.as_ref());
         let env = g
             .envelope
@@ -1205,41 +1226,52 @@ fn publish(host: &mut Host, shared: &Shared, now: f64) {
             (Some(t), Some(a)) => Some(t.saturating_sub(a.min(t))),
             _ => None,
         };
-        let view = GuestView {
-            name: g.name.clone(),
-            uuid: g.uuid.clone(),
-            host: host.label.clone(),
-            state: g.health,
-            current,
-            target,
-            can_grow: env.as_ref().is_some_and(|e| e.can_grow(current)),
-            notes: env.as_ref().map(|e| e.notes.clone()).unwrap_or_default(),
-            envelope: env.clone(),
-            envelope_error: g.envelope.as_ref().err().cloned(),
-            policy: pol.name.clone(),
-            total,
-            available: avail,
-            free: st.and_then(|s| s.guest.unused),
-            caches: st.and_then(|s| s.guest.disk_caches),
-            used,
-            stats_age_seconds: g.stats_age(now),
-            rss: st.and_then(|s| s.rss),
-            pinned: g.pinned,
-            why: g.last.as_ref().map(|d| d.reason.to_string()),
-            last_decision: g.last.clone(),
-            bad_stats: g.hostile,
-            rss_capped: g.rss_capped,
-            flavor: nova.and_then(|n| n.flavor_name.clone()),
-            project: nova.and_then(|n| n.project.clone()),
-            tags,
-            vcpus: g
-                .spec
-                .as_ref()
-                .map(|s| crate::envelope::Vcpus::from_spec(s, g.inactive.as_ref())),
-        };
+        let mut view = spare.pop().unwrap_or_else(GuestView::blank);
+        view.name.clone_from(&g.name);
+        view.uuid.clone_from(&g.uuid);
+        view.host.clone_from(&host.label);
+        view.state = g.health;
+        view.current = current;
+        view.target = target;
+        view.can_grow = env.as_ref().is_some_and(|e| e.can_grow(current));
+        match &env {
+            Some(e) => view.notes.clone_from(&e.notes),
+            None => view.notes.clear(),
+        }
+        view.envelope = env;
+        set_text(&mut view.envelope_error, g.envelope.as_ref().err());
+        view.policy.clone_from(&pol.name);
+        view.total = total;
+        view.available = avail;
+        view.free = st.and_then(|s| s.guest.unused);
+        view.caches = st.and_then(|s| s.guest.disk_caches);
+        view.used = used;
+        view.stats_age_seconds = g.stats_age(now);
+        view.rss = st.and_then(|s| s.rss);
+        view.pinned = g.pinned;
+        match (&mut view.why, &g.last) {
+            (Some(w), Some(d)) => {
+                use std::fmt::Write;
+                w.clear();
+                let _ = write!(w, "{}", d.reason);
+            }
+            (w, d) => *w = d.as_ref().map(|d| d.reason.to_string()),
+        }
+        view.last_decision.clone_from(&g.last);
+        view.bad_stats = g.hostile;
+        view.rss_capped = g.rss_capped;
+        set_text(&mut view.flavor, nova.and_then(|n| n.flavor_name.as_ref()));
+        set_text(&mut view.project, nova.and_then(|n| n.project.as_ref()));
+        match g.spec.as_ref() {
+            Some(s) => view.tags.clone_from(&s.tags),
+            None => view.tags.clear(),
+        }
+        view.vcpus = g
+            .spec
+            .as_ref()
+            .map(|s| crate::envelope::Vcpus::from_spec(s, g.inactive.as_ref()));
         guests.push(view);
     }
-    guests.sort_by(|a, b| a.name.cmp(&b.name));
     let capacity = host.capacity.unwrap_or_default();
     let hb = |k: &str, v: Bytes| {
         m.host_bytes
@@ -1270,9 +1302,11 @@ fn publish(host: &mut Host, shared: &Shared, now: f64) {
         last_tick: now,
         guests,
     };
-    shared
+    let previous = shared
         .hosts
         .write()
         .unwrap_or_else(|p| p.into_inner())
         .insert(host.label.clone(), view);
+    // Dropped outside the lock; its views are the next publish's to fill.
+    host.spare_views = previous.map(|v| v.guests).unwrap_or_default();
 }

@@ -61,6 +61,39 @@ pub struct GuestView {
 }
 
 impl GuestView {
+    /// A view with nothing in it yet, for a host loop to fill.
+    pub(crate) fn blank() -> GuestView {
+        GuestView {
+            name: String::new(),
+            uuid: String::new(),
+            host: String::new(),
+            state: Health::Starting,
+            current: Bytes(0),
+            target: Bytes(0),
+            envelope: None,
+            envelope_error: None,
+            can_grow: false,
+            notes: Vec::new(),
+            policy: String::new(),
+            total: None,
+            available: None,
+            free: None,
+            caches: None,
+            used: None,
+            stats_age_seconds: None,
+            rss: None,
+            pinned: false,
+            last_decision: None,
+            why: None,
+            bad_stats: 0,
+            rss_capped: false,
+            flavor: None,
+            project: None,
+            tags: Vec::new(),
+            vcpus: None,
+        }
+    }
+
     pub fn labels(&self) -> policy::GuestLabels<'_> {
         policy::GuestLabels {
             name: &self.name,
@@ -306,7 +339,8 @@ impl Shared {
         }
     }
 
-    /// Write pins, manual sizes and the guests' planner memory, atomically.
+    /// Write pins, manual sizes and the guests' planner memory, atomically. The guests are
+    /// read from the snapshots a chunk at a time, not copied whole (`state::save_locked`).
     pub fn save_state(&self) {
         let st = crate::state::State {
             version: crate::state::VERSION,
@@ -323,14 +357,10 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            guests: self
-                .snapshots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            guests: BTreeMap::new(),
         };
         let _one = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = crate::state::save(&self.config.state_dir, &st) {
+        if let Err(e) = crate::state::save_locked(&self.config.state_dir, &st, &self.snapshots) {
             self.metrics.state_errors.inc();
             tracing::error!(dir = %self.config.state_dir.display(), error = %e, "cannot save state (pins and planner memory would not survive a restart)");
         }

@@ -345,3 +345,323 @@ fn a_starved_guest_gets_doubling_steps() {
     let d = m.tick(10.0, Bytes::from_mib(600), &e, &k);
     assert_ne!(d.kind, Kind::Grow, "{d:?}");
 }
+
+/// The statistics as they were computed with statrs, allocating, before the planner reused
+/// its scratch: the reference the faster ones must match bit for bit.
+mod reference {
+    use super::super::Sample;
+    use crate::units::Bytes;
+    use statrs::statistics::{Data, Median, OrderStatistics};
+
+    pub fn trend(samples: &[Sample]) -> f64 {
+        if samples.len() < 2 {
+            return 0.0;
+        }
+        let mut slopes = Vec::with_capacity(samples.len() * (samples.len() - 1) / 2);
+        for (i, a) in samples.iter().enumerate() {
+            for b in &samples[i + 1..] {
+                let dt = b.at - a.at;
+                if dt > 0.0 {
+                    slopes.push((b.need().0 as f64 - a.need().0 as f64) / dt);
+                }
+            }
+        }
+        if slopes.is_empty() {
+            return 0.0;
+        }
+        let d = Data::new(slopes);
+        let m = d.median();
+        if m.is_finite() { m } else { 0.0 }
+    }
+
+    pub fn percentile(samples: &[Sample], p: f64) -> Bytes {
+        let Some(first) = samples.first() else {
+            return Bytes(0);
+        };
+        let n0 = first.need();
+        if samples.iter().all(|s| s.need() == n0) {
+            return n0;
+        }
+        let v: Vec<f64> = samples.iter().map(|s| s.need().0 as f64).collect();
+        let mut d = Data::new(v);
+        let q = d.quantile(p.clamp(0.0, 1.0));
+        if q.is_finite() && q > 0.0 {
+            Bytes(q as u64)
+        } else {
+            Bytes(0)
+        }
+    }
+}
+
+/// Windows of samples with ties, repeated times, flat runs and starved reports.
+fn arb_window(max: usize) -> impl Strategy<Value = Vec<Sample>> {
+    prop::collection::vec(
+        (0u8..3, 0u64..5, 1900u64..2100, 0u64..2100, 0u64..4),
+        0..max,
+    )
+    .prop_map(|v| {
+        let mut at = 1000.0;
+        v.into_iter()
+            .map(|(dt, coarse, total, avail, fine)| {
+                at += f64::from(dt) * 0.5;
+                Sample {
+                    at,
+                    size: Bytes::from_mib(2048),
+                    total: Bytes::from_mib(total),
+                    // Coarse steps make ties and flat windows common; fine ones make odd
+                    // byte counts.
+                    available: Bytes::from_mib(avail - avail % (coarse * 100 + 1)) + Bytes(fine),
+                    swap_in_rate: 0.0,
+                }
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The statistics on the reused scratch give the statrs figures exactly.
+    #[test]
+    fn statistics_match_the_statrs_reference(
+        w in arb_window(700),
+        p in prop_oneof![Just(0.0), Just(0.5), Just(0.9), Just(0.95), Just(1.0), 0.0f64..=1.0],
+    ) {
+        prop_assert_eq!(super::percentile(&w, p), reference::percentile(&w, p));
+        let t = &w[..w.len().min(40)];
+        prop_assert_eq!(super::trend(t).to_bits(), reference::trend(t).to_bits());
+    }
+}
+
+/// A long trend window (1,770 pairwise slopes) and a scratch already in use.
+#[test]
+fn long_trend_windows_match_the_reference() {
+    let w: Vec<Sample> = (0..60u32)
+        .map(|i| Sample {
+            at: f64::from(i),
+            size: Bytes::from_mib(4096),
+            total: Bytes::from_mib(4000),
+            available: Bytes::from_mib(3000 - u64::from(i * i) % 700),
+            swap_in_rate: 0.0,
+        })
+        .collect();
+    super::with_scratch(|_| {
+        assert_eq!(super::trend(&w).to_bits(), reference::trend(&w).to_bits());
+    });
+    assert_eq!(super::trend(&w).to_bits(), reference::trend(&w).to_bits());
+    assert_eq!(super::percentile(&w, 0.95), reference::percentile(&w, 0.95));
+}
+
+/// `plan` as it was before the percentile was skipped out of a shrink's reach and the
+/// statistics moved off statrs: every figure computed, every time.
+fn reference_plan(i: &Input) -> Decision {
+    let env = i.envelope;
+    let k = i.knobs;
+    let size = i.size;
+    let Some(last) = i.samples.last() else {
+        return Decision::hold(size, Reason::NoSamples);
+    };
+    let need = last.need();
+    let headroom = headroom(k, need);
+    // A starved guest reports need clipped at its allocation, so its "trend" would only echo
+    // our own growth: fit the trend to samples that still had memory to spare.
+    // Only the latest unbroken run counts: a jump across a starved spell is a step, not a trend.
+    let trend_from = i.now - k.trend_window.as_secs_f64();
+    let run = i
+        .samples
+        .iter()
+        .rev()
+        .take_while(|s| s.at >= trend_from && !s.saturated())
+        .count();
+    let recent = &i.samples[i.samples.len() - run..];
+    // A climb must show in most steps between reports: a jump followed by a plateau is a step,
+    // and extrapolating it would overshoot.
+    let rising = recent
+        .windows(2)
+        .filter(|w| w[1].need() > w[0].need())
+        .count();
+    let slope = if recent.len() >= 3 && rising * 5 >= (recent.len() - 1) * 3 {
+        reference::trend(recent).max(0.0)
+    } else {
+        0.0
+    };
+    // The trend buys lead time, not a new size: a burst that stops must not leave the guest
+    // with more than twice its headroom on top of what it uses.
+    let ahead = Bytes((slope * k.predict.as_secs_f64()).clamp(0.0, 1e15) as u64);
+    let predicted = need + ahead.min(headroom.scale(2.0));
+    let window_from = i.now - k.window.as_secs_f64();
+    let window = &i.samples[i.samples.partition_point(|s| s.at < window_from)..];
+    // A shrink must leave room for whatever growth would ask for right now.
+    let need_window = reference::percentile(window, k.percentile.fraction())
+        .max(need)
+        .max(predicted);
+    let mut d = Decision {
+        kind: Kind::Hold,
+        target: size,
+        reason: Reason::InBand {
+            available: size.saturating_sub(need),
+        },
+        need,
+        predicted,
+        headroom,
+    };
+
+    // The envelope is the law, before any policy judgement.
+    if size > env.ceiling {
+        d.kind = Kind::Shrink;
+        d.target = env.ceiling;
+        d.reason = Reason::AboveCeiling;
+        return d;
+    }
+    if size < env.floor {
+        d.kind = Kind::Grow;
+        d.target = env.realize_up(env.floor.max(predicted + headroom));
+        d.reason = Reason::BelowFloor;
+        return d;
+    }
+
+    let avail_pred = size.saturating_sub(predicted);
+    let grow_threshold = headroom.scale(k.grow_at.fraction());
+    let swap = last.swap_in_rate;
+    let swapping = k.swap_grow.per_sec().0 > 0 && swap > k.swap_grow.per_sec().0 as f64;
+    if avail_pred < grow_threshold || swapping || size < need + k.min_free {
+        let mut want = (predicted + headroom).max(need + k.min_free);
+        if swapping {
+            want = want.max(size + headroom);
+        }
+        // A starved guest hides how much it lacks: each report in a row that finds it starved
+        // doubles the step, as a slow-starting sender probes for bandwidth. Overshoot is given
+        // back by the normal shrink path once the guest shows free memory again.
+        let starved = i.samples.iter().rev().take_while(|s| s.saturated()).count();
+        if starved > 1 {
+            let factor = 1u64 << (starved - 1).min(6);
+            want = want.max(size + Bytes(headroom.0.saturating_mul(factor)));
+        }
+        let reason = if swapping && avail_pred >= grow_threshold {
+            Reason::Swapping {
+                bytes_per_sec: swap as u64,
+            }
+        } else {
+            Reason::Short {
+                available: avail_pred,
+                threshold: grow_threshold,
+            }
+        };
+        if size >= env.ceiling {
+            d.reason = Reason::AtCeiling { wanted: want };
+            return d;
+        }
+        let since_grow = since(i.now, i.history.last_grow);
+        if since_grow < k.grow_cooldown.as_secs_f64() {
+            d.reason = Reason::GrowCooldown {
+                seconds_left: k.grow_cooldown.as_secs_f64() - since_grow,
+            };
+            return d;
+        }
+        let step = limit_grow_step(k, env, want.saturating_sub(size), since_grow);
+        let target = env.realize_up(size + step);
+        if target <= size {
+            d.reason = Reason::AtCeiling { wanted: want };
+            return d;
+        }
+        d.kind = Kind::Grow;
+        d.target = target;
+        d.reason = reason;
+        return d;
+    }
+
+    let avail_window = size.saturating_sub(need_window);
+    let shrink_threshold = headroom.scale(k.shrink_at.fraction());
+    // Idle means idle over the whole window: a guest seen for less than that (just booted, or
+    // just adopted) is not shrunk yet.
+    let covered = i
+        .samples
+        .first()
+        .is_some_and(|s| s.at <= i.now - k.window.as_secs_f64() * 0.9);
+    if avail_window > shrink_threshold && size > env.floor && covered {
+        // A growth made on a predicted trend is only proven wrong once the trend window has
+        // passed: shrinking earlier would undo it on the very data that caused it.
+        let cooldown = k
+            .shrink_cooldown
+            .as_secs_f64()
+            .max(k.trend_window.as_secs_f64());
+        let since_grow = since(i.now, i.history.last_grow);
+        if since_grow < cooldown {
+            d.reason = Reason::ShrinkCooldown {
+                seconds_left: cooldown - since_grow,
+            };
+            return d;
+        }
+        let since_shrink = since(i.now, i.history.last_shrink);
+        if since_shrink < k.shrink_interval.as_secs_f64() {
+            d.reason = Reason::ShrinkCooldown {
+                seconds_left: k.shrink_interval.as_secs_f64() - since_shrink,
+            };
+            return d;
+        }
+        let keep = (need_window.max(i.peak) + headroom).max(need + k.min_free);
+        let mut step = size.saturating_sub(keep);
+        if k.max_shrink_step.0 > 0 {
+            step = step.min(k.max_shrink_step);
+        }
+        if k.shrink_rate.per_sec().0 > 0 {
+            let dt = since_shrink
+                .min(k.window.as_secs_f64())
+                .max(k.shrink_interval.as_secs_f64());
+            step = step.min(k.shrink_rate.over(dt));
+        }
+        // Round up: the granularity never takes a guest below its need plus headroom.
+        let target = env.realize_up(size.saturating_sub(step).max(keep.min(size)));
+        let change = size.saturating_sub(target);
+        if target >= size || (change < k.min_change && target > env.floor) {
+            d.reason = Reason::SmallChange { change };
+            return d;
+        }
+        d.kind = Kind::Shrink;
+        d.target = target;
+        d.reason = Reason::Idle {
+            available: avail_window,
+            threshold: shrink_threshold,
+        };
+        return d;
+    }
+    d
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// The planner decides exactly what the straightforward computation decides: the same
+    /// kind, target, reason and figures, over envelopes, knobs, windows, sizes and histories.
+    #[test]
+    fn plan_matches_the_straightforward_computation(
+        e in arb_env(),
+        k in arb_knobs(),
+        w in arb_window(120),
+        size_mib in 256u64..6000,
+        since_grow in prop::option::of(0.0f64..200.0),
+        since_shrink in prop::option::of(0.0f64..200.0),
+        peak_mib in 0u64..3000,
+        late in 0.0f64..30.0,
+        pct in 0.5f64..=1.0,
+    ) {
+        let k = Knobs {
+            percentile: crate::units::Percent(pct),
+            ..k
+        };
+        let now = w.last().map_or(1000.0, |s| s.at) + late;
+        let i = Input {
+            now,
+            envelope: &e,
+            knobs: &k,
+            size: Bytes::from_mib(size_mib),
+            samples: &w,
+            history: History {
+                last_grow: since_grow.map(|s| now - s),
+                last_shrink: since_shrink.map(|s| now - s),
+            },
+            peak: Bytes::from_mib(peak_mib),
+        };
+        prop_assert_eq!(plan(&i), reference_plan(&i));
+    }
+}
