@@ -110,6 +110,9 @@ pub struct Guest {
     pub cpu_samples: VecDeque<crate::cpuplan::CpuSample>,
     pub cpu_last_change: f64,
     pub cpu_hold_until: f64,
+    /// The envelope as the chosen policy limits it, for that choice (`policy_ix`): computed
+    /// once, not three times a tick.
+    pub limited: Option<((u64, usize), std::sync::Arc<Envelope>)>,
 }
 
 /// Seconds a DIMM the guest refused to release is left alone.
@@ -203,6 +206,7 @@ impl Guest {
             cpu_samples: VecDeque::new(),
             cpu_last_change: f64::NEG_INFINITY,
             cpu_hold_until: f64::NEG_INFINITY,
+            limited: None,
         }
     }
 
@@ -306,6 +310,7 @@ impl Guest {
         }
         self.inactive = inactive;
         self.envelope = Envelope::from_spec(&env_spec, flavors).map_err(|e| e.to_string());
+        self.limited = None;
         self.parts = live_parts(&live, self.stats.as_ref().and_then(|s| s.current));
         self.spec = Some(live);
         self.needs_xml = false;
@@ -451,6 +456,21 @@ impl Guest {
         })
     }
 
+    /// The envelope as `policy` (the one `policy()` chose) limits it; None without one.
+    pub fn limited_envelope(&mut self, policy: &Policy) -> Option<std::sync::Arc<Envelope>> {
+        let env = self.envelope.as_ref().ok()?;
+        match (self.policy_ix, &self.limited) {
+            (Some(k), Some((key, e))) if *key == k => Some(e.clone()),
+            (key, _) => {
+                let e = std::sync::Arc::new(env.limited(&policy.knobs.limits()));
+                if let Some(k) = key {
+                    self.limited = Some((k, e.clone()));
+                }
+                Some(e)
+            }
+        }
+    }
+
     /// Check health, then plan. The envelope is the policy-limited one.
     pub fn decide(&mut self, now: f64, policy: &Policy, cfg: &Config) -> Decision {
         let size = self.current();
@@ -458,6 +478,7 @@ impl Guest {
             me.health = h;
             Decision::hold(size, r)
         };
+        let limited = self.limited_envelope(policy);
         let Some(stats) = &self.stats else {
             return hold(Health::Starting, Reason::NoSamples, self);
         };
@@ -466,7 +487,10 @@ impl Guest {
             return hold(Health::NotRunning, Reason::NotRunning { state }, self);
         }
         let env = match &self.envelope {
-            Ok(e) => e.limited(&policy.knobs.limits()),
+            Ok(_) => match limited {
+                Some(e) => e,
+                None => return hold(Health::NoEnvelope, Reason::NoMethod, self),
+            },
             Err(m) => {
                 let message = m.clone();
                 return hold(Health::NoEnvelope, Reason::BadEnvelope { message }, self);

@@ -285,8 +285,11 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
         }
     }
     let needs = share_host(host, &mut plans);
+    // Only a host that may migrate needs its movable guests named (a name clone a guest).
+    let migrating = shared.migration_config().enabled;
     let candidates: Vec<(String, crate::rebalance::Candidate)> = plans
         .iter()
+        .filter(|_| migrating)
         .filter(|p| {
             (p.decision.reason.is_planned()
                 || matches!(p.decision.reason, Reason::HostShare { .. }))
@@ -319,7 +322,7 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
         .capacity
         .map(|cap| crate::rebalance::deficit(needs, cap, host.cfg.reserve))
         .unwrap_or_default();
-    if shared.migration_config().enabled {
+    if migrating {
         rebalance(host, shared, needs, &candidates, now).await;
     }
     forget_gone(host, shared, &seen);
@@ -483,6 +486,7 @@ async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadli
             }
             Err(e) => {
                 g.envelope = Err(e.to_string());
+                g.limited = None;
                 g.needs_xml = false;
             }
         },
@@ -503,7 +507,7 @@ struct Plan<'p> {
     policy: &'p crate::policy::Policy,
     decision: crate::planner::Decision,
     before: Bytes,
-    env: Option<crate::envelope::Envelope>,
+    env: Option<std::sync::Arc<crate::envelope::Envelope>>,
 }
 
 fn decide<'p>(
@@ -542,11 +546,7 @@ fn decide<'p>(
             };
         }
     }
-    let env = g
-        .envelope
-        .as_ref()
-        .ok()
-        .map(|e| e.limited(&policy.knobs.limits()));
+    let env = g.limited_envelope(policy);
     Some(Plan {
         uuid: uuid.to_string(),
         policy,
@@ -1201,13 +1201,9 @@ fn publish(host: &mut Host, shared: &Shared, now: f64) {
     order.sort_unstable_by(|a, b| a.name.cmp(&b.name).then_with(|| a.uuid.cmp(&b.uuid)));
     for g in order {
         let pol = g.policy(&policies);
+        let env = g.limited_envelope(pol).map(|e| (*e).clone());
         let st: Option<&GuestStats> = g.stats.as_ref();
         let nova = g.spec.as_ref().and_then(|s| s.nova.as_ref());
-        let env = g
-            .envelope
-            .as_ref()
-            .ok()
-            .map(|e| e.limited(&pol.knobs.limits()));
         let current = g.current();
         committed = committed
             + g.pending
