@@ -456,6 +456,22 @@ impl Guest {
         })
     }
 
+    /// The guest's last report and its age, as an audit record carries them, with the
+    /// planner's figures (zero for a record that is not the planner's).
+    pub fn audit_inputs(&self, now: f64, d: Option<&Decision>) -> crate::audit::Inputs {
+        let st = self.stats.as_ref();
+        crate::audit::Inputs {
+            total: st.and_then(|s| s.guest.total),
+            available: st.and_then(|s| s.guest.usable),
+            free: st.and_then(|s| s.guest.unused),
+            caches: st.and_then(|s| s.guest.disk_caches),
+            stats_age_seconds: self.stats_age(now),
+            need: d.map(|d| d.need).unwrap_or_default(),
+            predicted: d.map(|d| d.predicted).unwrap_or_default(),
+            headroom: d.map(|d| d.headroom).unwrap_or_default(),
+        }
+    }
+
     /// The envelope as `policy` (the one `policy()` chose) limits it; None without one.
     pub fn limited_envelope(&mut self, policy: &Policy) -> Option<std::sync::Arc<Envelope>> {
         let env = self.envelope.as_ref().ok()?;

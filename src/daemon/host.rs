@@ -1076,7 +1076,6 @@ async fn act(
     }
     if decision.kind != Kind::Hold || label_changed {
         let why = decision.reason.to_string();
-        let st = g.stats.as_ref();
         let rec = Record {
             time: now,
             host: label.clone(),
@@ -1091,16 +1090,7 @@ async fn act(
             method: method.clone(),
             reason: decision.reason.clone(),
             why: why.clone(),
-            inputs: Inputs {
-                total: st.and_then(|s| s.guest.total),
-                available: st.and_then(|s| s.guest.usable),
-                free: st.and_then(|s| s.guest.unused),
-                caches: st.and_then(|s| s.guest.disk_caches),
-                stats_age_seconds: g.stats_age(now),
-                need: decision.need,
-                predicted: decision.predicted,
-                headroom: decision.headroom,
-            },
+            inputs: g.audit_inputs(now, Some(&decision)),
             dry_run: dry,
             result: result.clone(),
             vcpus: None,

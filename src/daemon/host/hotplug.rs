@@ -5,7 +5,7 @@
 use super::super::guest::{Guest, ONLINE_GRACE, REFUSED_HOLD};
 use super::{Host, Shared};
 use crate::actuator::Op;
-use crate::audit::{Inputs, Record, VcpuChange};
+use crate::audit::{Record, VcpuChange};
 use crate::cpuplan::CpuSample;
 use crate::domain::{DIMM_ALIAS_PREFIX, Dimm};
 use crate::envelope::Vcpus;
@@ -45,7 +45,6 @@ fn record(
     } else {
         tracing::info!(host, guest = %g.name, reason = %why, result = %result, ?vcpus, "{method}");
     }
-    let st = g.stats.as_ref();
     shared.audit.push(Record {
         time: now,
         host: host.to_string(),
@@ -60,16 +59,7 @@ fn record(
         method: Some(method.to_string()),
         reason,
         why,
-        inputs: Inputs {
-            total: st.and_then(|s| s.guest.total),
-            available: st.and_then(|s| s.guest.usable),
-            free: st.and_then(|s| s.guest.unused),
-            caches: st.and_then(|s| s.guest.disk_caches),
-            stats_age_seconds: g.stats_age(now),
-            need: Bytes(0),
-            predicted: Bytes(0),
-            headroom: Bytes(0),
-        },
+        inputs: g.audit_inputs(now, None),
         dry_run: false,
         result,
         vcpus,
