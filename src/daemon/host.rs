@@ -316,8 +316,8 @@ async fn tick(host: &mut Host, shared: &Shared) -> bool {
         act(host, shared, p, &policies, now, deadline).await;
     }
     hotplug::vcpu_adjusts(host, shared, now).await;
-    hotplug::cpu_policy(host, shared, now).await;
-    hotplug::check_online(host, shared, now).await;
+    hotplug::cpu_policy(host, shared, now, deadline).await;
+    hotplug::check_online(host, shared, now, deadline).await;
     host.deficit = host
         .capacity
         .map(|cap| crate::rebalance::deficit(needs, cap, host.cfg.reserve))
@@ -990,18 +990,15 @@ async fn act(
     let dry = shared.dry_run || policy.dry_run;
     let mut result = "held".to_string();
     let mut method = None;
-    let Some((parts, dimms)) = host.guests.get(uuid).map(|g| {
-        let dimms = g.spec.as_ref().map(|s| s.dimms.clone()).unwrap_or_default();
-        (g.parts.clone(), dimms)
-    }) else {
+    let Some(g) = host.guests.get(uuid) else {
         return;
     };
-    if decision.kind != Kind::Hold
-        && let Some(e) = &env
-    {
-        decision.target = actuator::step_target(e, &parts, decision.target);
-    }
     if decision.kind != Kind::Hold {
+        let parts = g.parts.clone();
+        let dimms = g.spec.as_ref().map(|s| s.dimms.clone()).unwrap_or_default();
+        if let Some(e) = &env {
+            decision.target = actuator::step_target(e, &parts, decision.target);
+        }
         match env
             .as_ref()
             .map(|e| actuator::ops(e, &parts, decision.target, &dimms))

@@ -170,7 +170,7 @@ pub(super) fn removal_failed(host: &mut Host, shared: &Shared, uuid: &str, alias
 
 /// Plugged memory and vCPUs the guest has not brought online, reported once each; refused
 /// DIMMs whose hold is over become memscale's to unplug again.
-pub(super) async fn check_online(host: &mut Host, shared: &Shared, now: f64) {
+pub(super) async fn check_online(host: &mut Host, shared: &Shared, now: f64, deadline: Duration) {
     let label = host.label.clone();
     let mut vcpu_checks = Vec::new();
     for (uuid, g) in host.guests.iter_mut() {
@@ -213,7 +213,6 @@ pub(super) async fn check_online(host: &mut Host, shared: &Shared, now: f64) {
     }
     for (uuid, ids) in vcpu_checks {
         let u = uuid.clone();
-        let deadline = shared.config.interval.0.max(Duration::from_secs(2));
         let times = host
             .call("vcpu_stats", deadline, move |h| h.vcpu_stats(&u))
             .await;
@@ -362,7 +361,7 @@ async fn set_vcpus(
 
 /// The optional CPU policy: for guests whose policy enables it, sample their vCPUs and add or
 /// remove a step when `cpuplan` says so.
-pub(super) async fn cpu_policy(host: &mut Host, shared: &Shared, now: f64) {
+pub(super) async fn cpu_policy(host: &mut Host, shared: &Shared, now: f64, deadline: Duration) {
     let set = shared.policy_set();
     let mut todo = Vec::new();
     for (uuid, g) in host.guests.iter_mut() {
@@ -377,7 +376,6 @@ pub(super) async fn cpu_policy(host: &mut Host, shared: &Shared, now: f64) {
             g.cpu_samples.clear();
         }
     }
-    let deadline = shared.config.interval.0.max(Duration::from_secs(2));
     for uuid in todo {
         let u = uuid.clone();
         let stats = host
