@@ -525,13 +525,10 @@ impl Envelope {
         let t = t.min(self.ceiling);
         let step = self.hot_step();
         let r = if t >= self.base && step.0 != 0 {
-            let top = self.ceiling.saturating_sub(self.base);
-            let cap = if top.0 == 0 {
-                Bytes(0)
-            } else {
-                top.align_down(step)
-            };
-            self.base + t.saturating_sub(self.base).align_down(step).min(cap)
+            self.base
+                + t.saturating_sub(self.base)
+                    .align_down(step)
+                    .min(self.vmem_max())
         } else if t >= self.base {
             self.base
         } else if self.balloon {

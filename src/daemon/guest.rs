@@ -767,7 +767,7 @@ mod hostile_tests {
     /// guest, and never beyond the ceiling.
     #[test]
     fn a_guest_running_short_while_memory_lands_is_grown_again() {
-        let (spec, env) = envelope();
+        let (_, env) = managed();
         let policy = crate::policy::Policy::builtin();
         let cfg = Config::default();
         let report = |t: u64, size: u64, total: u64, avail: u64| GuestStats {
@@ -785,9 +785,7 @@ mod hostile_tests {
             rss: None,
         };
         let fresh = |pinned: bool| {
-            let mut g = Guest::new("h", "u", 0.0);
-            g.envelope = Ok(env.clone());
-            g.spec = Some(spec.clone());
+            let (mut g, _) = managed();
             g.pinned = pinned;
             // Asked 600 -> 900 MiB at t=100, when 150 MiB was available.
             g.pending = Some(Pending {
