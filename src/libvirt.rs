@@ -308,6 +308,30 @@ impl Drop for StatsList {
     }
 }
 
+impl StatsList {
+    /// The `n` records libvirt returned.
+    fn records(&self, n: usize) -> impl Iterator<Item = &sys::virDomainStatsRecord> {
+        // SAFETY: libvirt returned `n` valid record pointers, alive as long as the list.
+        (0..n).map(move |i| unsafe { &**self.0.add(i) })
+    }
+}
+
+/// A record's typed parameters.
+fn params(rec: &sys::virDomainStatsRecord) -> &[sys::virTypedParameter] {
+    if rec.params.is_null() || rec.nparams <= 0 {
+        &[]
+    } else {
+        // SAFETY: libvirt gives `nparams` parameters at `params`.
+        unsafe { std::slice::from_raw_parts(rec.params, rec.nparams as usize) }
+    }
+}
+
+/// A parameter's name (`balloon.current`, `vcpu.0.time`).
+fn field(p: &sys::virTypedParameter) -> &[u8] {
+    // SAFETY: `field` is a NUL-terminated array inside the parameter.
+    unsafe { CStr::from_ptr(p.field.as_ptr()) }.to_bytes()
+}
+
 fn param_u64(p: &sys::virTypedParameter) -> Option<u64> {
     // SAFETY: the union member read is the one `type_` names.
     unsafe {
@@ -338,11 +362,9 @@ fn parse_record(name: String, uuid: String, params: &[sys::virTypedParameter]) -
     GuestStats::from_fields(
         name,
         uuid,
-        params.iter().filter_map(|p| {
-            // SAFETY: `field` is a NUL-terminated array inside the parameter.
-            let field = unsafe { CStr::from_ptr(p.field.as_ptr()) }.to_bytes();
-            param_u64(p).map(|v| (field, v))
-        }),
+        params
+            .iter()
+            .filter_map(|p| param_u64(p).map(|v| (field(p), v))),
     )
 }
 
@@ -373,20 +395,11 @@ impl Hypervisor for LibvirtHost {
                 return Err(VirtError::last_error());
             }
             let mut out = Vec::with_capacity(n as usize);
-            for i in 0..n as usize {
-                // SAFETY: libvirt returned `n` valid record pointers.
-                let rec = unsafe { &**list.0.add(i) };
+            for rec in list.records(n as usize) {
                 // SAFETY: the record's domain is valid while the list lives.
                 let name = cstr(unsafe { sys::virDomainGetName(rec.dom) });
                 let uuid = dom_uuid(rec.dom);
-                let params: &[sys::virTypedParameter] = if rec.params.is_null() || rec.nparams <= 0
-                {
-                    &[]
-                } else {
-                    // SAFETY: libvirt gives `nparams` parameters at `params`.
-                    unsafe { std::slice::from_raw_parts(rec.params, rec.nparams as usize) }
-                };
-                out.push(parse_record(name, uuid, params));
+                out.push(parse_record(name, uuid, params(rec)));
             }
             Ok(out)
         })
@@ -472,18 +485,9 @@ impl Hypervisor for LibvirtHost {
                 return Err(VirtError::last_error());
             }
             let mut out: Vec<VcpuStat> = Vec::new();
-            for i in 0..n as usize {
-                // SAFETY: libvirt returned `n` valid record pointers.
-                let rec = unsafe { &**list.0.add(i) };
-                if rec.params.is_null() || rec.nparams <= 0 {
-                    continue;
-                }
-                // SAFETY: libvirt gives `nparams` parameters at `params`.
-                let params =
-                    unsafe { std::slice::from_raw_parts(rec.params, rec.nparams as usize) };
-                for p in params {
-                    // SAFETY: `field` is a NUL-terminated array inside the parameter.
-                    let field = unsafe { CStr::from_ptr(p.field.as_ptr()) }.to_string_lossy();
+            for rec in list.records(n as usize) {
+                for p in params(rec) {
+                    let field = String::from_utf8_lossy(field(p));
                     let Some((id, what)) = field
                         .strip_prefix("vcpu.")
                         .and_then(|r| r.split_once('.'))
