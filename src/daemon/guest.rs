@@ -102,6 +102,9 @@ pub struct Guest {
     /// DIMMs the guest refused to release, and until when they are left alone (they count as
     /// boot memory meanwhile).
     pub refused: std::collections::HashMap<String, f64>,
+    /// DIMMs asked to go and still in the live definition, and since when: the guest is
+    /// resizing until each is gone or refused (or `converge_timeout` has passed).
+    pub unplugging: std::collections::HashMap<String, f64>,
     /// Memory plugged and not yet seen online: (since, the guest's MemTotal before, plugged).
     pub onlining: Option<(f64, Bytes, Bytes)>,
     /// vCPUs plugged and not yet seen running: (since, their ids).
@@ -201,6 +204,7 @@ impl Guest {
             inactive: None,
             inactive_read: f64::NEG_INFINITY,
             refused: Default::default(),
+            unplugging: Default::default(),
             onlining: None,
             vcpu_check: None,
             cpu_samples: VecDeque::new(),
@@ -296,6 +300,8 @@ impl Guest {
         inactive: Option<DomainSpec>,
         flavors: &FlavorCatalog,
     ) {
+        self.unplugging
+            .retain(|a, _| live.dimms.iter().any(|d| d.alias.as_deref() == Some(a)));
         for d in &mut live.dimms {
             if d.alias
                 .as_ref()
@@ -546,6 +552,15 @@ impl Guest {
                 return hold(Health::Resizing, Reason::ResizeInProgress, self);
             }
         }
+        if !self.unplugging.is_empty() {
+            // One DIMM refused does not end the others' unplug: wait for them too, or the
+            // planner asks again for a DIMM the guest is still releasing.
+            let limit = cfg.converge_timeout.as_secs_f64();
+            self.unplugging.retain(|_, since| now - *since <= limit);
+            if !self.unplugging.is_empty() {
+                return hold(Health::Resizing, Reason::ResizeInProgress, self);
+            }
+        }
         if self.pinned {
             return hold(Health::Pinned, Reason::Pinned, self);
         }
@@ -760,6 +775,56 @@ mod hostile_tests {
                 }
             }
         }
+    }
+
+    /// A DIMM asked to go holds the guest (resizing) until the live definition no longer
+    /// lists it, even after another DIMM of the same step was refused; not past the
+    /// convergence timeout.
+    #[test]
+    fn a_dimm_still_being_released_holds_the_guest() {
+        let (mut g, env) = managed();
+        let policy = crate::policy::Policy::builtin();
+        let cfg = Config::default();
+        for t in [10u64, 11] {
+            g.observe(
+                GuestStats {
+                    name: "h".into(),
+                    uuid: "u".into(),
+                    state: RunState::Running,
+                    current: Some(Bytes::from_mib(512)),
+                    maximum: Some(env.ceiling),
+                    guest: GuestMem {
+                        total: Some(Bytes::from_mib(500)),
+                        usable: Some(Bytes::from_mib(300)),
+                        ..Default::default()
+                    },
+                    last_update: t,
+                    rss: None,
+                },
+                t as f64,
+            );
+        }
+        g.unplugging.insert("ua-memscale-dimm-0-1".into(), 11.0);
+        let d = g.decide(12.0, &policy, &cfg);
+        assert_eq!(d.reason, Reason::ResizeInProgress);
+        assert_eq!(g.health, Health::Resizing);
+        // The live definition without that DIMM: it is gone, the guest is planned again.
+        let mut live = g.spec.clone().expect("spec");
+        live.dimms.clear();
+        g.set_definition(live, None, &crate::envelope::FlavorCatalog::new());
+        assert!(g.unplugging.is_empty());
+        assert_ne!(
+            g.decide(12.0, &policy, &cfg).reason,
+            Reason::ResizeInProgress
+        );
+        // One the guest never answers for is waited for no longer than the timeout.
+        g.unplugging.insert("ua-memscale-dimm-0-2".into(), 11.0);
+        let late = 12.0 + cfg.converge_timeout.as_secs_f64();
+        assert_ne!(
+            g.decide(late, &policy, &cfg).reason,
+            Reason::ResizeInProgress
+        );
+        assert!(g.unplugging.is_empty());
     }
 
     /// A growth still landing while the guest runs shorter than when it was asked for is

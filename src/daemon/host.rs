@@ -1009,7 +1009,7 @@ async fn act(
                 if dry {
                     result = "dry-run".into();
                 } else {
-                    result = execute(host, shared, uuid, &ops, deadline).await;
+                    result = execute(host, shared, uuid, &ops, deadline, now).await;
                 }
                 let Some(g) = host.guests.get_mut(uuid) else {
                     return;
@@ -1122,6 +1122,7 @@ async fn execute(
     uuid: &str,
     ops: &[Op],
     deadline: Duration,
+    now: f64,
 ) -> String {
     for op in ops {
         let u = uuid.to_string();
@@ -1153,7 +1154,9 @@ async fn execute(
                                 *p = *requested;
                             }
                         }
-                        Op::DimmAdd { .. } | Op::DimmRemove { .. } => hotplug::dimm_done(g, op),
+                        Op::DimmAdd { .. } | Op::DimmRemove { .. } => {
+                            hotplug::dimm_done(g, op, now)
+                        }
                     }
                 }
             }

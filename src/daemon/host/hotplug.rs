@@ -91,7 +91,7 @@ pub(super) fn expect_online(g: &mut Guest, ops: &[Op], now: f64) {
 
 /// A DIMM operation went through: keep the guest's parts and definition in step until the
 /// live definition is read again.
-pub(super) fn dimm_done(g: &mut Guest, op: &Op) {
+pub(super) fn dimm_done(g: &mut Guest, op: &Op, now: f64) {
     match op {
         Op::DimmAdd { alias, node, size } => {
             let i = node.unwrap_or(0) as usize;
@@ -118,6 +118,7 @@ pub(super) fn dimm_done(g: &mut Guest, op: &Op) {
                 .and_then(|d| d.node)
                 .unwrap_or(0) as usize;
             spec.dimms.retain(|d| d.alias.as_deref() != Some(alias));
+            g.unplugging.insert(alias.clone(), now);
             if let Some(p) = g.parts.dimm.get_mut(node) {
                 *p = p.saturating_sub(*size);
             }
@@ -142,6 +143,7 @@ pub(super) fn removal_failed(host: &mut Host, shared: &Shared, uuid: &str, alias
         return;
     }
     g.refused.insert(alias.to_string(), now + REFUSED_HOLD);
+    g.unplugging.remove(alias);
     // The shrink that asked for it will not land: stop waiting for it.
     g.pending = None;
     g.settled_at = now;
