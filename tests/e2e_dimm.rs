@@ -242,13 +242,23 @@ fn two_node_guest_grows_and_shrinks_evenly_per_node() {
     let grown = dimms_per_node(&g, 2);
     assert!(grown[0] >= 1, "DIMMs plugged: {grown:?}");
     assert_eq!(grown[0], grown[1], "even per node after growth: {grown:?}");
-    g.demand(0, 0);
-    d.wait_until("the DIMMs unplugged", 240, || {
+    // Down to a demand that still needs a DIMM on each node, so the end state says something.
+    // Read once the unplugs have settled: a step unplugs one DIMM per node and they land one
+    // at a time, so a look in the middle of a step sees the nodes uneven for a moment.
+    g.demand(300, 0);
+    let mut last = (grown.clone(), std::time::Instant::now());
+    d.wait_until("the DIMMs unplugged and settled", 240, || {
         no_oom(&g, &d);
-        dimms_per_node(&g, 2).iter().sum::<usize>() < grown.iter().sum::<usize>()
-            && memscale_idle(&d, "dn")
+        let n = dimms_per_node(&g, 2);
+        if n != last.0 || !memscale_idle(&d, "dn") {
+            last = (n, std::time::Instant::now());
+            return false;
+        }
+        n.iter().sum::<usize>() < grown.iter().sum::<usize>()
+            && last.1.elapsed() > Duration::from_secs(10)
     });
     let shrunk = dimms_per_node(&g, 2);
+    assert!(shrunk[0] >= 1, "300 MiB still needs DIMMs: {shrunk:?}");
     assert_eq!(
         shrunk[0], shrunk[1],
         "even per node after shrinking: {shrunk:?}"
