@@ -158,12 +158,9 @@ fn two_short_hosts_never_overfill_one_destination_and_one_daemon_acts_per_host()
             assert!(g.oom().is_none(), "{} OOM: {:?}", g.name, g.oom());
         }
         max_on_c = max_on_c.max(bytes(&host_status(&d2, "lcoc")["committed"]));
-        d2.audit()
-            .iter()
-            .chain(d1.audit().iter())
-            .chain(d1b.audit().iter())
-            .filter_map(|r| r["time"].as_f64())
-            .any(|t| t > t_first + 40.0)
+        // 40 s after the first move by the clock, not by the audit's newest record: a host
+        // that has settled writes none (seen: the wait timed out on a quiet host).
+        now() > t_first + 40.0
     });
     let moves = all_moves();
     let applied: Vec<_> = moves.iter().filter(|r| r["result"] == "applied").collect();
