@@ -205,7 +205,7 @@ impl Hypervisor for ModelHost {
         }
         self.stats_calls.fetch_add(1, Ordering::Relaxed);
         self.timed(|| {
-            let now = crate::daemon::epoch_now() as u64;
+            let now = crate::clock::epoch_now() as u64;
             let mut gs = self.guests.lock().unwrap_or_else(|p| p.into_inner());
             let mut out = Vec::with_capacity(gs.len());
             let mut values: Vec<u64> = Vec::with_capacity(self.fields.len());
