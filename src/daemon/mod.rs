@@ -1,7 +1,8 @@
 //! The daemon: one loop per host (so a slow host never delays another), policy reloads, and
 //! the shared state the API and metrics read.
 
-pub mod guest;
+/// The guest controller, where the daemon's code has always found it.
+pub use crate::control as guest;
 mod host;
 
 use crate::audit::Audit;
@@ -183,6 +184,8 @@ pub struct Shared {
     pub nova: Option<Arc<crate::nova::Nova>>,
     /// The etcd session when `[coordination]` is set.
     pub coord: Option<Arc<crate::coord::Coord>>,
+    /// Where the loops read the time of day (the machine's clock, or a test's).
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 impl Shared {
@@ -224,7 +227,23 @@ impl Shared {
             api_token: None,
             heartbeat: std::sync::Mutex::new(BTreeMap::new()),
             ready: watch::channel(false).0,
+            clock: Arc::new(crate::clock::SystemClock),
         })
+    }
+
+    /// Seconds since the epoch, by the daemon's clock.
+    pub fn now(&self) -> f64 {
+        self.clock.now()
+    }
+
+    /// The settings the guest controller needs, from the config.
+    pub fn timing(&self) -> crate::control::Timing {
+        crate::control::Timing {
+            converge_timeout: self.config.converge_timeout.as_secs_f64(),
+            unconverged_hold: self.config.unconverged_hold.as_secs_f64(),
+            driver_grace: self.config.driver_grace.as_secs_f64(),
+            stats_period: self.config.stats_period,
+        }
     }
 
     pub fn policy_set(&self) -> Arc<PolicySet> {

@@ -2,15 +2,13 @@
 //! removal-failed event), memory or vCPUs plugged that the guest never brought online, and the
 //! vCPU counts operators ask for through the API. Every one is logged and audited.
 
-use super::super::guest::{Guest, ONLINE_GRACE, REFUSED_HOLD};
 use super::{Host, Shared};
-use crate::actuator::Op;
 use crate::audit::{Record, VcpuChange};
+use crate::control::{Guest, ONLINE_GRACE, REFUSED_HOLD};
 use crate::cpuplan::CpuSample;
-use crate::domain::{DIMM_ALIAS_PREFIX, Dimm};
+use crate::domain::DIMM_ALIAS_PREFIX;
 use crate::envelope::Vcpus;
 use crate::planner::{Kind, Reason};
-use crate::units::Bytes;
 use std::time::Duration;
 
 /// Seconds after a vCPU was plugged before its run time is looked at.
@@ -66,67 +64,6 @@ fn record(
     });
 }
 
-/// After a growth applied: DIMMs plugged should come online in the guest within the grace.
-pub(super) fn expect_online(g: &mut Guest, ops: &[Op], now: f64) {
-    let plugged: Bytes = ops
-        .iter()
-        .map(|o| match o {
-            Op::DimmAdd { size, .. } => *size,
-            _ => Bytes(0),
-        })
-        .sum();
-    if plugged.0 == 0 {
-        return;
-    }
-    let total = g
-        .stats
-        .as_ref()
-        .and_then(|s| s.guest.total)
-        .unwrap_or_default();
-    g.onlining = Some(match g.onlining {
-        Some((since, before, p)) => (since, before, p + plugged),
-        None => (now, total, plugged),
-    });
-}
-
-/// A DIMM operation went through: keep the guest's parts and definition in step until the
-/// live definition is read again.
-pub(super) fn dimm_done(g: &mut Guest, op: &Op, now: f64) {
-    match op {
-        Op::DimmAdd { alias, node, size } => {
-            let i = node.unwrap_or(0) as usize;
-            if let Some(p) = g.parts.dimm.get_mut(i) {
-                *p = *p + *size;
-            }
-            if let Some(spec) = g.spec.as_mut() {
-                spec.dimms.push(Dimm {
-                    alias: Some(alias.clone()),
-                    node: *node,
-                    size: *size,
-                    managed: true,
-                });
-            }
-        }
-        Op::DimmRemove { alias, size } => {
-            let Some(spec) = g.spec.as_mut() else {
-                return;
-            };
-            let node = spec
-                .dimms
-                .iter()
-                .find(|d| d.alias.as_deref() == Some(alias))
-                .and_then(|d| d.node)
-                .unwrap_or(0) as usize;
-            spec.dimms.retain(|d| d.alias.as_deref() != Some(alias));
-            g.unplugging.insert(alias.clone(), now);
-            if let Some(p) = g.parts.dimm.get_mut(node) {
-                *p = p.saturating_sub(*size);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// libvirt's removal-failed event: the guest would not offline the memory (kernel pages in
 /// it, or onlined as ZONE_NORMAL). The DIMM is left alone for `REFUSED_HOLD` and counts as
 /// boot memory meanwhile, so the planner does not ask again in a loop (the balloon may still
@@ -137,17 +74,13 @@ pub(super) fn removal_failed(host: &mut Host, shared: &Shared, uuid: &str, alias
         tracing::warn!(host = %label, uuid, device = %alias, "a guest memscale does not know refused to release a device");
         return;
     };
-    g.needs_xml = true;
+    g.reread_definition();
     if !alias.starts_with(DIMM_ALIAS_PREFIX) {
         tracing::warn!(host = %label, guest = %g.name, device = %alias, "the guest refused to release a device memscale did not plug");
         return;
     }
-    g.refused.insert(alias.to_string(), now + REFUSED_HOLD);
-    g.unplugging.remove(alias);
     // The shrink that asked for it will not land: stop waiting for it.
-    g.pending = None;
-    g.settled_at = now;
-    g.history.last_shrink = Some(now);
+    g.on_unplug_refused(alias, now + REFUSED_HOLD, now);
     shared
         .metrics
         .resizes
@@ -176,35 +109,20 @@ pub(super) async fn check_online(host: &mut Host, shared: &Shared, now: f64, dea
     let label = host.label.clone();
     let mut vcpu_checks = Vec::new();
     for (uuid, g) in host.guests.iter_mut() {
-        let before = g.refused.len();
-        g.refused.retain(|_, until| *until > now);
-        if g.refused.len() != before {
-            g.needs_xml = true;
-        }
-        if let Some((since, total_before, plugged)) = g.onlining {
-            let total = g
-                .stats
-                .as_ref()
-                .and_then(|s| s.guest.total)
-                .unwrap_or_default();
-            let onlined = total.saturating_sub(total_before);
-            if onlined.0 >= plugged.0 / 2 {
-                g.onlining = None;
-            } else if now - since > ONLINE_GRACE {
-                g.onlining = None;
-                let reason = Reason::NotOnlined { plugged, onlined };
-                record(
-                    &label,
-                    shared,
-                    g,
-                    Kind::Hold,
-                    reason,
-                    "dimm",
-                    "not onlined".into(),
-                    now,
-                    None,
-                );
-            }
+        g.expire_refusals(now);
+        if let Some((plugged, onlined)) = g.check_onlined(now, ONLINE_GRACE) {
+            let reason = Reason::NotOnlined { plugged, onlined };
+            record(
+                &label,
+                shared,
+                g,
+                Kind::Hold,
+                reason,
+                "dimm",
+                "not onlined".into(),
+                now,
+                None,
+            );
         }
         if let Some((since, ids)) = &g.vcpu_check
             && now - since > VCPU_GRACE

@@ -1,0 +1,80 @@
+//! Taking one stats record: a guest's report becomes a sample only when it is fresh and
+//! describes the size the guest has now; what it claims is checked against the host.
+
+use super::{Guest, MAX_SAMPLES, RSS_SLACK};
+use crate::hypervisor::GuestStats;
+use crate::planner::Sample;
+use crate::units::Bytes;
+
+impl Guest {
+    /// Take one bulk-stats record. Returns true when it carried a fresh guest report.
+    pub fn observe(&mut self, s: GuestStats, now: f64) -> bool {
+        let prev_update = self.stats.as_ref().map(|p| p.last_update).unwrap_or(0);
+        let fresh = s.last_update > prev_update && s.last_update > 0;
+        if fresh && (s.last_update as f64) > self.settled_at && self.pending.is_none() {
+            let g = &s.guest;
+            let swap_rate = match (self.prev_swap_in, g.swap_in) {
+                (Some((t0, v0)), Some(v1)) if s.last_update > t0 => {
+                    if v1 < v0 {
+                        // A counter going backwards: a guest reboot or a lie. Count, use zero.
+                        self.hostile += 1;
+                        0.0
+                    } else {
+                        (v1.0 - v0.0) as f64 / (s.last_update - t0) as f64
+                    }
+                }
+                _ => 0.0,
+            };
+            if let (Some(total), Some(avail), Some(size)) = (g.total, g.usable, s.current) {
+                if avail > total || total > size + Bytes::from_mib(64) {
+                    self.hostile += 1;
+                }
+                // A guest cannot use memory it never touched: a claim above what its QEMU
+                // process holds on the host (plus slack) is a lie or a broken driver. Believe
+                // the host: such a guest gains nothing by reporting no free memory.
+                let mut avail = avail;
+                let claimed = total.saturating_sub(avail.min(total));
+                let capped = match s.rss {
+                    Some(rss) => {
+                        let limit = rss + RSS_SLACK.max(total.scale(0.1));
+                        if claimed > limit {
+                            avail = total.saturating_sub(limit);
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    None => false,
+                };
+                if capped {
+                    self.hostile += 1;
+                    if !self.rss_capped {
+                        tracing::warn!(guest = %s.name, claimed = %claimed, rss = %s.rss.unwrap_or_default(),
+                            "guest claims to use more memory than its process holds on the host; believing the host");
+                    }
+                } else if self.rss_capped {
+                    tracing::info!(guest = %s.name, "guest's reports agree with the host again");
+                }
+                self.rss_capped = capped;
+                self.samples.push_back(Sample {
+                    at: s.last_update as f64,
+                    size,
+                    total,
+                    available: avail,
+                    swap_in_rate: swap_rate,
+                });
+                while self.samples.len() > MAX_SAMPLES
+                    || self.samples.front().is_some_and(|f| f.at < now - 3600.0)
+                {
+                    self.samples.pop_front();
+                }
+            }
+        }
+        if fresh && let Some(v) = s.guest.swap_in {
+            self.prev_swap_in = Some((s.last_update, v));
+        }
+        self.name = s.name.clone();
+        self.stats = Some(s);
+        fresh
+    }
+}

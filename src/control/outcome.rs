@@ -1,0 +1,185 @@
+//! What the actuator did, taken back by the controller: every change the daemon makes to a
+//! guest's state after a decision goes through one of these methods.
+
+use super::{Guest, Pending};
+use crate::actuator::Op;
+use crate::domain::Dimm;
+use crate::planner::{Decision, Kind};
+use crate::units::Bytes;
+
+impl Guest {
+    /// Its definitions may have changed (a lifecycle event, a reconnect after a libvirtd
+    /// restart): read both again before the next decision.
+    pub fn forget_definitions(&mut self) {
+        self.needs_xml = true;
+        self.inactive_read = f64::NEG_INFINITY;
+    }
+
+    /// The live definition may no longer say what the guest is (a resize failed, a DIMM hold
+    /// ran out): read it again.
+    pub fn reread_definition(&mut self) {
+        self.needs_xml = true;
+    }
+
+    /// One operation of a resize went through: keep the parts (and, for DIMMs, the
+    /// definition) in step until the live definition is read again.
+    pub fn on_op_applied(&mut self, op: &Op, now: f64) {
+        match op {
+            Op::Balloon { target } => self.parts.balloon = *target,
+            Op::VirtioMem { alias, requested } => {
+                let idx = self.envelope.as_ref().ok().and_then(|e| {
+                    e.vmem
+                        .iter()
+                        .position(|s| s.alias.as_deref() == Some(alias))
+                });
+                if let Some(i) = idx
+                    && let Some(p) = self.parts.vmem.get_mut(i)
+                {
+                    *p = *requested;
+                }
+            }
+            Op::DimmAdd { alias, node, size } => {
+                let i = node.unwrap_or(0) as usize;
+                if let Some(p) = self.parts.dimm.get_mut(i) {
+                    *p = p.saturating_add(*size);
+                }
+                if let Some(spec) = self.spec.as_mut() {
+                    spec.dimms.push(Dimm {
+                        alias: Some(alias.clone()),
+                        node: *node,
+                        size: *size,
+                        managed: true,
+                    });
+                }
+            }
+            Op::DimmRemove { alias, size } => {
+                let Some(spec) = self.spec.as_mut() else {
+                    return;
+                };
+                let node = spec
+                    .dimms
+                    .iter()
+                    .find(|d| d.alias.as_deref() == Some(alias))
+                    .and_then(|d| d.node)
+                    .unwrap_or(0) as usize;
+                spec.dimms.retain(|d| d.alias.as_deref() != Some(alias));
+                self.unplugging.insert(alias.clone(), now);
+                if let Some(p) = self.parts.dimm.get_mut(node) {
+                    *p = p.saturating_sub(*size);
+                }
+            }
+        }
+    }
+
+    /// A resize was asked for and every operation went through: it is landing now.
+    pub fn on_resize_applied(
+        &mut self,
+        decision: &Decision,
+        before: Bytes,
+        method: &str,
+        ops: &[Op],
+        now: f64,
+    ) {
+        self.expect_online(ops, now);
+        self.pending = Some(Pending {
+            kind: decision.kind,
+            before,
+            target: decision.target,
+            since: now,
+            method: method.to_string(),
+            available: self.stats.as_ref().and_then(|s| s.guest.usable),
+        });
+        match decision.kind {
+            Kind::Grow => self.history.last_grow = Some(now),
+            Kind::Shrink => self.history.last_shrink = Some(now),
+            Kind::Hold => {}
+        }
+    }
+
+    /// A resize failed part way: the guest is where it was; its definition is read again
+    /// before trying again.
+    pub fn on_resize_failed(&mut self) {
+        self.needs_xml = true;
+    }
+
+    /// What this tick decided, for status: transient holds (a resize landing, waiting for the
+    /// first report after it) would hide the decision that matters.
+    pub fn on_decided(&mut self, decision: Decision) {
+        self.last_reason_label = decision.reason.label();
+        let transient = decision.kind == Kind::Hold
+            && matches!(
+                decision.reason,
+                crate::planner::Reason::ResizeInProgress | crate::planner::Reason::NoSamples
+            )
+            && self.last.is_some();
+        if !transient {
+            self.last = Some(decision);
+        }
+    }
+
+    /// After a growth applied: DIMMs plugged should come online in the guest within the grace.
+    fn expect_online(&mut self, ops: &[Op], now: f64) {
+        let plugged: Bytes = ops
+            .iter()
+            .map(|o| match o {
+                Op::DimmAdd { size, .. } => *size,
+                _ => Bytes(0),
+            })
+            .sum();
+        if plugged.0 == 0 {
+            return;
+        }
+        let total = self
+            .stats
+            .as_ref()
+            .and_then(|s| s.guest.total)
+            .unwrap_or_default();
+        self.onlining = Some(match self.onlining {
+            Some((since, before, p)) => (since, before, p.saturating_add(plugged)),
+            None => (now, total, plugged),
+        });
+    }
+
+    /// libvirt's removal-failed event for one of memscale's DIMMs: the guest would not offline
+    /// it. It is left alone until `until` and counts as boot memory meanwhile, and the shrink
+    /// that asked for it is over.
+    pub fn on_unplug_refused(&mut self, alias: &str, until: f64, now: f64) {
+        self.needs_xml = true;
+        self.refused.insert(alias.to_string(), until);
+        self.unplugging.remove(alias);
+        self.pending = None;
+        self.settled_at = now;
+        self.history.last_shrink = Some(now);
+    }
+
+    /// Refused DIMMs whose hold is over become memscale's to unplug again.
+    pub fn expire_refusals(&mut self, now: f64) {
+        let before = self.refused.len();
+        self.refused.retain(|_, until| *until > now);
+        if self.refused.len() != before {
+            self.needs_xml = true;
+        }
+    }
+
+    /// Whether plugged memory came online: None while it may still come (or nothing was
+    /// plugged), Some((plugged, onlined)) once it is past the grace and still not online
+    /// (reported once). Memory seen online clears the watch.
+    pub fn check_onlined(&mut self, now: f64, grace: f64) -> Option<(Bytes, Bytes)> {
+        let (since, total_before, plugged) = self.onlining?;
+        let total = self
+            .stats
+            .as_ref()
+            .and_then(|s| s.guest.total)
+            .unwrap_or_default();
+        let onlined = total.saturating_sub(total_before);
+        if onlined.0 >= plugged.0 / 2 {
+            self.onlining = None;
+            None
+        } else if now - since > grace {
+            self.onlining = None;
+            Some((plugged, onlined))
+        } else {
+            None
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Sharing one host among its guests' decisions, once for the daemon and the simulator: when
+//! what the running guests ask for does not fit the host's capacity minus its reserve, cut
+//! the planned decisions to each guest's fair share (`crate::fairshare::share`: floors, then
+//! needs, then headroom, by shares). Guests held for other reasons (pinned, stale, resizing,
+//! manual) keep their size and count as fixed.
+
+use crate::envelope::Envelope;
+use crate::fairshare::{Claim, share as fair_share};
+use crate::planner::{Decision, Kind, Reason};
+use crate::policy::Knobs;
+use crate::units::Bytes;
+
+/// One guest's decision for this tick, as sharing sees it.
+pub struct Ask<'a> {
+    pub decision: &'a mut Decision,
+    /// Its size now.
+    pub before: Bytes,
+    /// Its policy-limited envelope (None: it has none, and keeps its size).
+    pub env: Option<&'a Envelope>,
+    pub knobs: &'a Knobs,
+    /// Whether the host holds its memory (running or paused).
+    pub holds_memory: bool,
+    /// The target of a resize still landing.
+    pub pending: Option<Bytes>,
+}
+
+/// Cut `asks` to what `available` (capacity minus reserve) holds. Returns the guests' needs
+/// (floors and needs, each at most what the guest wants): beyond `available`, only a move can
+/// help.
+pub fn share(asks: &mut [Ask<'_>], available: Bytes) -> Bytes {
+    let mut claims = Vec::with_capacity(asks.len());
+    let mut index = Vec::with_capacity(asks.len());
+    for (k, a) in asks.iter().enumerate() {
+        if !a.holds_memory {
+            continue;
+        }
+        match a.env {
+            Some(env) if a.decision.reason.is_planned() && a.pending.is_none() => {
+                let want = if a.decision.kind == Kind::Hold {
+                    a.before
+                } else {
+                    a.decision.target
+                };
+                claims.push(Claim {
+                    floor: env.floor,
+                    need: a.decision.need.saturating_add(a.knobs.min_free),
+                    want,
+                    shares: a.knobs.shares,
+                });
+                index.push(Some(k));
+            }
+            _ => {
+                let size = a.pending.map(|t| t.max(a.before)).unwrap_or(a.before);
+                claims.push(Claim {
+                    floor: size,
+                    need: size,
+                    want: size,
+                    shares: 1,
+                });
+                index.push(None);
+            }
+        }
+    }
+    let needs = claims.iter().fold(Bytes(0), |acc, c| {
+        acc.saturating_add(c.need.max(c.floor).min(c.want.max(c.floor)))
+    });
+    let wants = claims
+        .iter()
+        .fold(Bytes(0), |acc, c| acc.saturating_add(c.want.max(c.floor)));
+    if wants <= available {
+        return needs;
+    }
+    let grants = fair_share(&claims, available);
+    for ((c, granted), ix) in claims.iter().zip(grants).zip(index) {
+        let Some(k) = ix else { continue };
+        if granted >= c.want.max(c.floor) {
+            continue;
+        }
+        let a = &mut asks[k];
+        let Some(env) = a.env else { continue };
+        let t = env.realize_down(granted);
+        a.decision.reason = Reason::HostShare {
+            wanted: c.want,
+            granted,
+        };
+        a.decision.target = t;
+        a.decision.kind = if t > a.before {
+            Kind::Grow
+        } else if t < a.before {
+            Kind::Shrink
+        } else {
+            Kind::Hold
+        };
+    }
+    needs
+}

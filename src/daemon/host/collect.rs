@@ -1,0 +1,172 @@
+//! Stage 1, collect: one bulk stats call and the events libvirt queued since the last tick
+//! come in; each guest's controller takes its record (`Guest::observe`), and a definition
+//! that changed (or was never read) is read again. Nothing here resizes a guest.
+
+use super::{Host, Shared};
+use crate::control::{Guest, INACTIVE_MAX_AGE};
+use crate::domain::DomainSpec;
+use crate::hypervisor::{HvEvent, RunState};
+use std::time::Duration;
+
+/// Read the host. Returns the UUIDs of the guests it reported, in its order, or None when
+/// the host did not answer (its guests are held; a lost connection backs off).
+pub(super) async fn collect(
+    host: &mut Host,
+    shared: &Shared,
+    deadline: Duration,
+) -> Option<Vec<String>> {
+    let stats = host.call("stats", deadline, |h| h.stats()).await;
+    // After the stats call: a reconnect it made has registered its handlers already.
+    take_events(host, shared);
+    let stats = match stats {
+        Ok(s) => s,
+        Err(e) => {
+            host.count_error(shared, "stats");
+            if host.connected || host.last_error.as_deref() != Some(&e.to_string()) {
+                tracing::error!(host = %host.label, error = %e, "cannot read stats; holding this host's guests");
+            }
+            host.connected = false;
+            host.last_error = Some(e.to_string());
+            if e.is_connection() {
+                host.backoff = (host.backoff * 2).clamp(1, 30);
+                host.skip = host.backoff;
+            }
+            return None;
+        }
+    };
+    if !host.connected {
+        tracing::info!(host = %host.label, guests = stats.len(), "connected");
+        // A reconnect may follow a libvirtd restart: re-read every definition.
+        for g in host.guests.values_mut() {
+            g.forget_definitions();
+        }
+    }
+    host.connected = true;
+    host.last_error = None;
+    host.backoff = 0;
+    if host.capacity.is_none() {
+        host.capacity = match host.cfg.capacity {
+            Some(c) => Some(c),
+            None => host
+                .call("node_info", deadline, |h| h.host_memory())
+                .await
+                .ok(),
+        };
+    }
+    let now = shared.now();
+    let mut seen = Vec::with_capacity(stats.len());
+    for s in stats {
+        seen.push(s.uuid.clone());
+        let uuid = s.uuid.clone();
+        let g = host.guests.entry(uuid.clone()).or_insert_with(|| {
+            let mut g = Guest::new(&s.name, &uuid, now);
+            let saved = shared
+                .restored
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&uuid);
+            match saved {
+                Some(st) => {
+                    let kept = g.restore(&st, s.current);
+                    tracing::info!(host = %host.label, guest = %s.name, samples = kept, "guest known from saved state: planner memory restored");
+                }
+                None => tracing::info!(host = %host.label, guest = %s.name, "new guest"),
+            }
+            g
+        });
+        g.observe(s, now);
+        let running = g
+            .stats
+            .as_ref()
+            .is_some_and(|s| s.state == RunState::Running);
+        if g.needs_xml && running {
+            refresh_definition(host, shared, &uuid, deadline).await;
+        }
+    }
+    Some(seen)
+}
+
+/// What libvirt said since the last tick: a changed definition is re-read now rather than at
+/// the next resize or after `INACTIVE_MAX_AGE`; a closed connection and the handlers'
+/// registration (again after a reconnect) are logged.
+pub(super) fn take_events(host: &mut Host, shared: &Shared) {
+    for e in host.hv.take_events() {
+        shared
+            .metrics
+            .events
+            .with_label_values(&[&host.label, e.label()])
+            .inc();
+        match e {
+            HvEvent::Registered => {
+                tracing::info!(host = %host.label, "registered for libvirt events")
+            }
+            HvEvent::Closed { reason } => {
+                tracing::warn!(host = %host.label, reason, "libvirtd closed the connection")
+            }
+            HvEvent::Lifecycle { uuid, event } => {
+                if let Some(g) = host.guests.get_mut(&uuid) {
+                    tracing::debug!(host = %host.label, guest = %g.name, event, "lifecycle event");
+                    if !matches!(event, "suspended" | "resumed") {
+                        g.forget_definitions();
+                    }
+                }
+            }
+            HvEvent::RemovalFailed { uuid, alias } => {
+                super::hotplug::removal_failed(host, shared, &uuid, &alias, shared.now());
+            }
+        }
+    }
+}
+
+async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadline: Duration) {
+    let u = uuid.to_string();
+    let now = shared.now();
+    let read_inactive = host
+        .guests
+        .get(uuid)
+        .is_none_or(|g| now - g.inactive_read > INACTIVE_MAX_AGE);
+    let xmls = host
+        .call("domain_xml", deadline, move |h| {
+            let live = h.domain_xml(&u, false)?;
+            // A transient guest has no persistent definition: its live one stands in.
+            let inactive = if read_inactive {
+                h.domain_xml(&u, true).ok()
+            } else {
+                None
+            };
+            Ok((live, inactive))
+        })
+        .await;
+    let Some(g) = host.guests.get_mut(uuid) else {
+        return;
+    };
+    match xmls {
+        Ok((live, inactive)) => match DomainSpec::parse(&live) {
+            Ok(spec) => {
+                let inactive = if read_inactive {
+                    g.inactive_read = now;
+                    inactive.and_then(|x| DomainSpec::parse(&x).ok())
+                } else {
+                    g.inactive.take()
+                };
+                g.set_definition(spec, inactive, &shared.config.flavors);
+                if let Ok(e) = &g.envelope {
+                    tracing::debug!(host = %host.label, guest = %g.name, floor = %e.floor, ceiling = %e.ceiling, "envelope");
+                }
+            }
+            Err(e) => {
+                g.envelope = Err(e.to_string());
+                g.limited = None;
+                g.needs_xml = false;
+            }
+        },
+        Err(e) => {
+            shared
+                .metrics
+                .libvirt_errors
+                .with_label_values(&[&host.label, "domain_xml"])
+                .inc();
+            tracing::warn!(host = %host.label, guest = %g.name, error = %e, "cannot read definition");
+        }
+    }
+}
