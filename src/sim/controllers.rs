@@ -3,12 +3,12 @@
 //! cited in `docs/simulation.md` and beside each implementation.
 
 use super::{Controller, GuestView, HostView, Model};
-use crate::envelope::Envelope;
-use crate::fairshare::{Claim, share};
-use crate::planner::{self, History, Input, Kind, PeakTracker, Sample};
-use crate::policy::{Knobs, Policy};
+use crate::control::share::{Ask, share as share_asks};
+use crate::control::{Guest, Timing};
+use crate::hypervisor::{GuestMem, GuestStats, RunState};
+use crate::planner::{Decision, Kind, Sample};
+use crate::policy::{Policy, PolicySet};
 use crate::units::Bytes;
-use std::collections::VecDeque;
 use std::fmt;
 
 pub use super::baselines::Baseline;
@@ -35,7 +35,7 @@ impl Spec {
     }
     pub fn build(&self, guests: usize, model: &Model) -> Box<dyn Controller> {
         match self {
-            Spec::Policy(p) => Box::new(PolicyCtl::new(&p.knobs, guests, model)),
+            Spec::Policy(p) => Box::new(PolicyCtl::new(p, guests, model)),
             Spec::Baseline(b) => b.build(guests, model),
         }
     }
@@ -47,30 +47,31 @@ impl fmt::Display for Spec {
     }
 }
 
-/// The planner's view of one guest, kept across ticks as the daemon keeps it.
-#[derive(Default)]
+/// One modelled guest under the daemon's controller, and what the simulator keeps to skip
+/// ticks on which nothing can change.
 struct PolicyGuest {
-    env: Option<Envelope>,
-    samples: VecDeque<Sample>,
-    peaks: PeakTracker,
-    hist: History,
-    /// What the planner last asked for, and the need behind it (for host squeezing).
-    want: Bytes,
-    need: Bytes,
+    ctl: Guest,
+    /// The guest's cumulative swap-in, as its balloon driver would count it.
+    swap_in: f64,
+    last_seen_at: f64,
+    /// The decision of its last evaluated tick (for sharing on ticks it is skipped).
+    last: Option<Decision>,
     /// Not asked again before this time unless what it sees changes.
     wake: f64,
     seen: Option<(u64, u64, u64, bool)>,
 }
 
-/// The daemon's planner, exactly as the daemon calls it: one sample per guest per tick, the
-/// policy's envelope limits, history of its own resizes, holds while a resize is under way.
+/// The daemon's own guest controller (`crate::control`), driven as the daemon's host loop
+/// drives it: each tick a stats record in (`Guest::observe`), a decision out
+/// (`Guest::decide`: convergence, still-short, holds, then the planner), the host shared
+/// (`control::share`), and a resize asked is a resize pending until it lands. The simulator
+/// replaces only the hypervisor (the modelled guest) and the clock.
 pub struct PolicyCtl {
-    knobs: Knobs,
+    policy: Policy,
+    set: PolicySet,
+    timing: Timing,
     interval: f64,
-    /// Span of samples kept: what the planner's windows can look at, plus one tick.
-    keep: f64,
-    guests: Vec<PolicyGuest>,
-    last_now: f64,
+    guests: Vec<Option<PolicyGuest>>,
 }
 
 fn since(now: f64, t: Option<f64>) -> f64 {
@@ -78,39 +79,34 @@ fn since(now: f64, t: Option<f64>) -> f64 {
 }
 
 impl PolicyCtl {
-    pub fn new(knobs: &Knobs, guests: usize, model: &Model) -> PolicyCtl {
-        let keep = knobs
-            .window
-            .as_secs_f64()
-            .max(knobs.trend_window.as_secs_f64())
-            + model.interval;
+    pub fn new(policy: &Policy, guests: usize, model: &Model) -> PolicyCtl {
+        let mut p = policy.clone();
+        // Trace VMs have no names, flavors or tags: this policy is every guest's.
+        p.selector = crate::policy::Selector::default();
         PolicyCtl {
-            knobs: knobs.clone(),
+            set: PolicySet::new(vec![p.clone()], Vec::new(), 1),
+            policy: p,
+            timing: Timing::default(),
             interval: model.interval,
-            keep,
-            last_now: 0.0,
-            guests: (0..guests)
-                .map(|_| PolicyGuest {
-                    peaks: PeakTracker::new(knobs.peak_window.as_secs_f64()),
-                    ..PolicyGuest::default()
-                })
-                .collect(),
+            guests: (0..guests).map(|_| None).collect(),
         }
     }
 
-    /// After a hold: will every later tick hold the same way as long as what the guest
-    /// reports does not change? True when the sample window is full of identical samples and
-    /// every cooldown the planner consults has run out. Checked against evaluating every tick
-    /// by `sim::tests::skipping_quiet_ticks_changes_nothing`.
-    fn steady(&self, g: &PolicyGuest, now: f64) -> bool {
-        let k = &self.knobs;
-        if k.grow_rate.per_sec().0 > 0 {
+    /// After a planner's hold: will every later tick hold the same way as long as what the
+    /// guest reports does not change? True when the samples are identical and cover the
+    /// planner's windows, nothing is landing or held, and every cooldown the planner consults
+    /// has run out. Checked against evaluating every tick by
+    /// `sim::tests::skipping_quiet_ticks_changes_nothing`.
+    fn steady(&self, g: &Guest, now: f64) -> bool {
+        let k = &self.policy.knobs;
+        if k.grow_rate.per_sec().0 > 0 || g.pending.is_some() || now < g.held_until {
             return false;
         }
         let (Some(first), Some(last)) = (g.samples.front(), g.samples.back()) else {
             return false;
         };
-        if first.at > now - self.keep + self.interval * 0.5 {
+        let span = k.window.as_secs_f64().max(k.trend_window.as_secs_f64());
+        if first.at > now - span {
             return false;
         }
         let same = g.samples.iter().all(|s| {
@@ -121,11 +117,37 @@ impl PolicyCtl {
         });
         let grow_quiet = [k.grow_cooldown, k.shrink_cooldown, k.trend_window, k.window]
             .iter()
-            .all(|d| since(now, g.hist.last_grow) >= d.as_secs_f64());
+            .all(|d| since(now, g.history.last_grow) >= d.as_secs_f64());
         let shrink_quiet = [k.shrink_interval, k.window]
             .iter()
-            .all(|d| since(now, g.hist.last_shrink) >= d.as_secs_f64());
+            .all(|d| since(now, g.history.last_shrink) >= d.as_secs_f64());
         same && grow_quiet && shrink_quiet
+    }
+
+    /// The stats record the modelled guest gives this tick, as libvirt's bulk stats would.
+    fn report(g: &mut PolicyGuest, v: &GuestView, now: f64) -> GuestStats {
+        let s = v.sample;
+        // A guest short of memory thrashes: it swaps in its shortfall every interval.
+        if g.last_seen_at.is_finite() {
+            g.swap_in += s.swap_in_rate * (now - g.last_seen_at).max(0.0);
+        }
+        g.last_seen_at = now;
+        GuestStats {
+            name: String::new(),
+            uuid: String::new(),
+            state: RunState::Running,
+            current: Some(v.size),
+            maximum: Some(v.env.ceiling),
+            guest: GuestMem {
+                total: Some(s.total),
+                usable: Some(s.available),
+                unused: Some(s.available),
+                swap_in: Some(Bytes(g.swap_in as u64)),
+                ..GuestMem::default()
+            },
+            last_update: now as u64,
+            rss: None,
+        }
     }
 }
 
@@ -139,14 +161,27 @@ impl Controller for PolicyCtl {
     ) -> f64 {
         let mut wake = f64::INFINITY;
         let iv = self.interval;
-        self.last_now = now;
+        // (guest, its decision, whether it was evaluated this tick rather than skipped)
+        let mut decided: Vec<(usize, Decision, bool)> = Vec::new();
         for (i, v) in guests.iter().enumerate() {
             if !v.present {
                 continue;
             }
-            let Some(g) = self.guests.get_mut(i) else {
+            let Some(slot) = self.guests.get_mut(i) else {
                 continue;
             };
+            let g = slot.get_or_insert_with(|| {
+                let mut ctl = Guest::new("", "", now);
+                ctl.envelope = Ok(v.env.clone());
+                PolicyGuest {
+                    ctl,
+                    swap_in: 0.0,
+                    last_seen_at: f64::NEG_INFINITY,
+                    last: None,
+                    wake: f64::NEG_INFINITY,
+                    seen: None,
+                }
+            });
             let seen = (
                 v.sample.size.0,
                 v.sample.available.0,
@@ -155,73 +190,105 @@ impl Controller for PolicyCtl {
             );
             if now < g.wake && g.seen == Some(seen) {
                 wake = wake.min(g.wake);
+                if let Some(d) = &g.last {
+                    decided.push((i, d.clone(), false));
+                }
                 continue;
             }
             // Ticks skipped while nothing changed reported what the last one did.
-            if let Some(last) = g.samples.back().copied() {
+            if let Some(last) = g.ctl.samples.back().copied()
+                && g.ctl.pending.is_none()
+            {
                 let k_last = (last.at / iv).round() as i64;
                 let k_now = (now / iv).round() as i64;
-                let k_keep = ((now - self.keep) / iv).ceil() as i64;
-                for k in (k_last + 1).max(k_keep)..k_now {
-                    g.samples.push_back(Sample {
+                for k in (k_last + 1)..k_now {
+                    g.ctl.samples.push_back(Sample {
                         at: k as f64 * iv,
                         ..last
                     });
                 }
             }
-            g.samples.push_back(v.sample);
-            g.peaks.observe(&v.sample);
-            while g
-                .samples
-                .front()
-                .is_some_and(|s| s.at < now - self.keep - 1e-6)
-            {
-                g.samples.pop_front();
-            }
+            let stats = Self::report(g, v, now);
+            g.ctl.observe(stats, now);
             g.seen = Some(seen);
-            if v.resizing {
-                // The daemon holds a guest while its resize is under way.
-                g.wake = now + iv;
-                wake = wake.min(g.wake);
+            let policy = g.ctl.policy(&self.set);
+            let d = g.ctl.decide(now, policy, &self.timing);
+            g.last = Some(Decision {
+                kind: Kind::Hold,
+                target: v.size,
+                ..d.clone()
+            });
+            decided.push((i, d, true));
+        }
+        let mut contested = false;
+        if let Some(h) = host {
+            let policy = &self.policy;
+            let ctls = &mut self.guests;
+            let envs: Vec<Option<std::sync::Arc<crate::envelope::Envelope>>> = decided
+                .iter()
+                .map(|(i, _, _)| {
+                    ctls.get_mut(*i)
+                        .and_then(|g| g.as_mut())
+                        .and_then(|g| g.ctl.limited_envelope(policy))
+                })
+                .collect();
+            let mut asks: Vec<Ask> = decided
+                .iter_mut()
+                .zip(&envs)
+                .map(|((i, d, _), env)| {
+                    let pending = ctls
+                        .get(*i)
+                        .and_then(|g| g.as_ref())
+                        .and_then(|g| g.ctl.pending.as_ref().map(|p| p.target));
+                    Ask {
+                        decision: d,
+                        before: guests[*i].size,
+                        env: env.as_deref(),
+                        knobs: &policy.knobs,
+                        holds_memory: true,
+                        pending,
+                    }
+                })
+                .collect();
+            let wants = asks.iter().fold(Bytes(0), |a, x| {
+                let want = match (x.pending, x.decision.kind) {
+                    (Some(t), _) => t.max(x.before),
+                    (None, Kind::Hold) => x.before,
+                    (None, _) => x.decision.target,
+                };
+                a.saturating_add(want)
+            });
+            contested = wants > h.memory;
+            share_asks(&mut asks, h.memory);
+        }
+        for (i, d, evaluated) in decided {
+            let Some(Some(g)) = self.guests.get_mut(i) else {
+                continue;
+            };
+            let v = &guests[i];
+            let resize = d.kind != Kind::Hold && d.target != v.size;
+            if resize {
+                g.ctl.on_resize_applied(&d, v.size, "virtio-mem", &[], now);
+                out.push((i, d.target));
+            }
+            if !evaluated && !resize {
                 continue;
             }
-            let knobs = &self.knobs;
-            let env = g.env.get_or_insert_with(|| v.env.limited(&knobs.limits()));
-            let d = planner::plan(&Input {
-                now,
-                envelope: env,
-                knobs,
-                size: v.size,
-                samples: g.samples.make_contiguous(),
-                history: g.hist,
-                peak: g.peaks.peak(now),
-            });
-            g.want = d.target;
-            g.need = (d.need + knobs.min_free).min(d.target.max(v.size));
-            match d.kind {
-                Kind::Grow => {
-                    g.hist.last_grow = Some(now);
-                    out.push((i, d.target));
-                }
-                Kind::Shrink => {
-                    g.hist.last_shrink = Some(now);
-                    out.push((i, d.target));
-                }
-                Kind::Hold => {}
-            }
-            let steady = d.kind == Kind::Hold && self.steady(&self.guests[i], now);
-            let g = &mut self.guests[i];
+            let steady =
+                !resize && d.kind == Kind::Hold && d.reason.is_planned() && self.steady_at(i, now);
+            let Some(Some(g)) = self.guests.get_mut(i) else {
+                continue;
+            };
+            g.ctl.on_decided(d);
             // A kept peak falls when its bucket leaves the window: look again then.
             g.wake = if steady {
-                g.peaks.next_expiry()
+                g.ctl.peaks.next_expiry()
             } else {
                 now + iv
             };
             wake = wake.min(g.wake);
         }
-        if let Some(h) = host
-            && self.squeeze(guests, h, out)
-        {
+        if contested {
             // While the host is contested every guest is looked at every tick.
             wake = now + iv;
         }
@@ -230,64 +297,11 @@ impl Controller for PolicyCtl {
 }
 
 impl PolicyCtl {
-    /// Host mode: when what the guests ask for does not fit the host, share it
-    /// (`fairshare::share`: floors, then needs, then headroom, by shares) and cut the guests
-    /// that asked for more than their grant. Returns whether the host was contested.
-    fn squeeze(
-        &mut self,
-        guests: &[GuestView],
-        h: &HostView,
-        out: &mut Vec<(usize, Bytes)>,
-    ) -> bool {
-        let mut asked: Vec<Option<Bytes>> = vec![None; guests.len()];
-        for &(i, t) in out.iter() {
-            if let Some(a) = asked.get_mut(i) {
-                *a = Some(t);
-            }
+    fn steady_at(&self, i: usize, now: f64) -> bool {
+        match self.guests.get(i) {
+            Some(Some(g)) => self.steady(&g.ctl, now),
+            _ => false,
         }
-        let present: Vec<usize> = (0..guests.len()).filter(|&i| guests[i].present).collect();
-        let claims: Vec<Claim> = present
-            .iter()
-            .map(|&i| {
-                let v = &guests[i];
-                let g = &self.guests[i];
-                let env = g.env.as_ref().unwrap_or(v.env);
-                let want = if v.resizing {
-                    v.target
-                } else {
-                    asked[i].unwrap_or(if g.want.0 > 0 { g.want } else { v.target })
-                };
-                Claim {
-                    floor: env.floor,
-                    need: g.need.max(env.floor),
-                    want,
-                    shares: self.knobs.shares,
-                }
-            })
-            .collect();
-        let wants: u64 = claims.iter().map(|c| c.want.0).sum();
-        if wants <= h.memory.0 {
-            return false;
-        }
-        let grants = share(&claims, h.memory);
-        for (k, &i) in present.iter().enumerate() {
-            let v = &guests[i];
-            let env = self.guests[i].env.as_ref().unwrap_or(v.env);
-            if grants[k] >= claims[k].want {
-                continue;
-            }
-            let t = env.realize_down(grants[k]);
-            if t == v.target {
-                out.retain(|(j, _)| *j != i);
-                continue;
-            }
-            if t < v.size {
-                self.guests[i].hist.last_shrink = Some(self.last_now);
-            }
-            out.retain(|(j, _)| *j != i);
-            out.push((i, t));
-        }
-        true
     }
 }
 
