@@ -8,6 +8,42 @@ use crate::planner::{Decision, Kind};
 use crate::units::Bytes;
 
 impl Guest {
+    /// The definitions as just read: `inactive` is None when the persistent one was not read
+    /// this time (the last one read stands), Some(None) when the guest has none.
+    pub fn take_definitions(
+        &mut self,
+        live: crate::domain::DomainSpec,
+        inactive: Option<Option<crate::domain::DomainSpec>>,
+        flavors: &crate::envelope::FlavorCatalog,
+        now: f64,
+    ) {
+        let inactive = match inactive {
+            Some(i) => {
+                self.inactive_read = now;
+                i
+            }
+            None => self.inactive.take(),
+        };
+        self.set_definition(live, inactive, flavors);
+    }
+
+    /// The live definition could not be parsed: no envelope until it can.
+    pub fn definition_unreadable(&mut self, why: String) {
+        self.envelope = Err(why);
+        self.limited = None;
+        self.needs_xml = false;
+    }
+
+    /// Whether an operator pinned it (the API's pins, by name).
+    pub fn set_pinned(&mut self, pinned: bool) {
+        self.pinned = pinned;
+    }
+
+    /// Its stats period was asked for once; not again.
+    pub fn on_stats_period_asked(&mut self) {
+        self.period_set = true;
+    }
+
     /// Its definitions may have changed (a lifecycle event, a reconnect after a libvirtd
     /// restart): read both again before the next decision.
     pub fn forget_definitions(&mut self) {
@@ -180,6 +216,58 @@ impl Guest {
             Some((plugged, onlined))
         } else {
             None
+        }
+    }
+}
+
+/// vCPUs: what the CPU policy samples and what a live vCPU change did.
+impl Guest {
+    /// A vCPU count was asked of libvirt (`applied` or not): the definition is read again and
+    /// the CPU policy starts its window afresh. vCPUs added are checked for running later; a
+    /// change that failed is not asked again by the CPU policy before `hold_until`.
+    pub fn on_vcpus_set(&mut self, before: u32, n: u32, applied: bool, now: f64, hold_until: f64) {
+        self.needs_xml = true;
+        self.cpu_samples.clear();
+        self.cpu_last_change = now;
+        if applied {
+            if n > before {
+                self.vcpu_check = Some((now, (before..n).collect()));
+            }
+            if let Some(s) = self.spec.as_mut() {
+                s.vcpus_current = n;
+            }
+        } else {
+            self.cpu_hold_until = hold_until;
+        }
+    }
+
+    /// The vCPUs plugged whose run time is due to be looked at (after `grace`), taken once.
+    pub fn take_vcpu_check(&mut self, now: f64, grace: f64) -> Option<Vec<u32>> {
+        match &self.vcpu_check {
+            Some((since, _)) if now - since > grace => self.vcpu_check.take().map(|(_, ids)| ids),
+            _ => None,
+        }
+    }
+
+    /// The CPU policy does not look at this guest now: its window starts afresh.
+    pub fn forget_cpu_samples(&mut self) {
+        self.cpu_samples.clear();
+    }
+
+    /// One CPU sample in; a change in the online count starts the window afresh, and samples
+    /// older than `keep` seconds go.
+    pub fn observe_cpu(&mut self, sample: crate::cpuplan::CpuSample, keep: f64) {
+        if self
+            .cpu_samples
+            .back()
+            .is_some_and(|s| s.online != sample.online)
+        {
+            self.cpu_samples.clear();
+        }
+        let now = sample.at;
+        self.cpu_samples.push_back(sample);
+        while self.cpu_samples.front().is_some_and(|s| s.at < now - keep) {
+            self.cpu_samples.pop_front();
         }
     }
 }

@@ -65,7 +65,7 @@ pub(super) async fn set_stats_periods(host: &mut Host, shared: &Shared, deadline
         .collect();
     for uuid in want {
         if let Some(g) = host.guests.get_mut(&uuid) {
-            g.period_set = true;
+            g.on_stats_period_asked();
         }
         let period = shared.config.stats_period;
         let u = uuid.clone();

@@ -143,22 +143,15 @@ async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadli
     match xmls {
         Ok((live, inactive)) => match DomainSpec::parse(&live) {
             Ok(spec) => {
-                let inactive = if read_inactive {
-                    g.inactive_read = now;
-                    inactive.and_then(|x| DomainSpec::parse(&x).ok())
-                } else {
-                    g.inactive.take()
-                };
-                g.set_definition(spec, inactive, &shared.config.flavors);
+                // None: the persistent definition was not read this time; keep the last.
+                let inactive =
+                    read_inactive.then(|| inactive.and_then(|x| DomainSpec::parse(&x).ok()));
+                g.take_definitions(spec, inactive, &shared.config.flavors, now);
                 if let Ok(e) = &g.envelope {
                     tracing::debug!(host = %host.label, guest = %g.name, floor = %e.floor, ceiling = %e.ceiling, "envelope");
                 }
             }
-            Err(e) => {
-                g.envelope = Err(e.to_string());
-                g.limited = None;
-                g.needs_xml = false;
-            }
+            Err(e) => g.definition_unreadable(e.to_string()),
         },
         Err(e) => {
             shared

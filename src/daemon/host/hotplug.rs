@@ -124,11 +124,8 @@ pub(super) async fn check_online(host: &mut Host, shared: &Shared, now: f64, dea
                 None,
             );
         }
-        if let Some((since, ids)) = &g.vcpu_check
-            && now - since > VCPU_GRACE
-        {
-            vcpu_checks.push((uuid.clone(), ids.clone()));
-            g.vcpu_check = None;
+        if let Some(ids) = g.take_vcpu_check(now, VCPU_GRACE) {
+            vcpu_checks.push((uuid.clone(), ids));
         }
     }
     for (uuid, ids) in vcpu_checks {
@@ -243,31 +240,15 @@ async fn set_vcpus(
     let Some(g) = host.guests.get_mut(uuid) else {
         return false;
     };
-    g.needs_xml = true;
-    g.cpu_samples.clear();
-    g.cpu_last_change = now;
     let applied = r.is_ok();
+    g.on_vcpus_set(before, n, applied, now, now + REFUSED_HOLD);
     let result = match r {
-        Ok(()) => {
-            if n > before {
-                g.vcpu_check = Some((now, (before..n).collect()));
-            }
-            if let Some(s) = g.spec.as_mut() {
-                s.vcpus_current = n;
-            }
-            "applied".to_string()
-        }
-        Err(e) => {
-            // A removal that failed is not asked again by the CPU policy for a while.
-            g.cpu_hold_until = now + REFUSED_HOLD;
-            if n < before && e.to_string().contains("timed out") {
-                format!(
-                    "failed: {e} (libvirt saw no DEVICE_DELETED for the vCPU in time: the guest may have released it all the same; libvirt keeps counting it until it does)"
-                )
-            } else {
-                format!("failed: {e}")
-            }
-        }
+        Ok(()) => "applied".to_string(),
+        // A removal that failed is not asked again by the CPU policy for a while.
+        Err(e) if n < before && e.to_string().contains("timed out") => format!(
+            "failed: {e} (libvirt saw no DEVICE_DELETED for the vCPU in time: the guest may have released it all the same; libvirt keeps counting it until it does)"
+        ),
+        Err(e) => format!("failed: {e}"),
     };
     let dir = if kind == Kind::Grow { "grow" } else { "shrink" };
     shared
@@ -293,7 +274,7 @@ pub(super) async fn cpu_policy(host: &mut Host, shared: &Shared, now: f64, deadl
         if k.enabled && running && !g.pinned && g.spec.is_some() && now >= g.cpu_hold_until {
             todo.push(uuid.clone());
         } else if !g.cpu_samples.is_empty() {
-            g.cpu_samples.clear();
+            g.forget_cpu_samples();
         }
     }
     for uuid in todo {
@@ -308,7 +289,7 @@ pub(super) async fn cpu_policy(host: &mut Host, shared: &Shared, now: f64, deadl
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(host = %host.label, guest = %g.name, error = %e, "cannot read vCPU statistics");
-                g.cpu_samples.clear();
+                g.forget_cpu_samples();
                 continue;
             }
         };
@@ -318,18 +299,8 @@ pub(super) async fn cpu_policy(host: &mut Host, shared: &Shared, now: f64, deadl
             delay_ns: stats.iter().map(|v| v.delay).sum(),
             online: stats.len() as u32,
         };
-        if g.cpu_samples
-            .back()
-            .is_some_and(|s| s.online != sample.online)
-        {
-            g.cpu_samples.clear();
-        }
-        g.cpu_samples.push_back(sample);
         let k = g.policy(&set).cpu.clone();
-        let keep = k.window.as_secs_f64() * 1.5 + 5.0;
-        while g.cpu_samples.front().is_some_and(|s| s.at < now - keep) {
-            g.cpu_samples.pop_front();
-        }
+        g.observe_cpu(sample, k.window.as_secs_f64() * 1.5 + 5.0);
         let Some(spec) = g.spec.as_ref() else {
             continue;
         };

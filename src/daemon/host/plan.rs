@@ -37,11 +37,13 @@ pub(super) fn decide<'p>(
         };
         let policy = g.policy(policies);
         let before = g.current();
-        g.pinned = shared
-            .pins
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&g.name);
+        g.set_pinned(
+            shared
+                .pins
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&g.name),
+        );
         let manual = shared
             .adjusts
             .lock()
