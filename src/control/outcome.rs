@@ -34,6 +34,31 @@ impl Guest {
         self.needs_xml = false;
     }
 
+    /// An envelope given outright, not read from a definition (the simulator's guests).
+    pub fn set_envelope(&mut self, env: crate::envelope::Envelope) {
+        self.envelope = Ok(env);
+        self.limited = None;
+    }
+
+    /// Reports that came every `interval` seconds up to `now` (excluded) and said what the
+    /// last one did, taken as samples: the simulator skips ticks on which nothing changes.
+    pub fn repeat_last_sample(&mut self, now: f64, interval: f64) {
+        let Some(last) = self.samples.back().copied() else {
+            return;
+        };
+        if self.pending.is_some() || interval <= 0.0 {
+            return;
+        }
+        let k_last = (last.at / interval).round() as i64;
+        let k_now = (now / interval).round() as i64;
+        for k in (k_last + 1)..k_now {
+            self.samples.push_back(crate::planner::Sample {
+                at: k as f64 * interval,
+                ..last
+            });
+        }
+    }
+
     /// Whether an operator pinned it (the API's pins, by name).
     pub fn set_pinned(&mut self, pinned: bool) {
         self.pinned = pinned;

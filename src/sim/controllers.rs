@@ -6,7 +6,7 @@ use super::{Controller, GuestView, HostView, Model};
 use crate::control::share::{Ask, share as share_asks};
 use crate::control::{Guest, Timing};
 use crate::hypervisor::{GuestMem, GuestStats, RunState};
-use crate::planner::{Decision, Kind, Sample};
+use crate::planner::{Decision, Kind};
 use crate::policy::{Policy, PolicySet};
 use crate::units::Bytes;
 use std::fmt;
@@ -172,7 +172,7 @@ impl Controller for PolicyCtl {
             };
             let g = slot.get_or_insert_with(|| {
                 let mut ctl = Guest::new("", "", now);
-                ctl.envelope = Ok(v.env.clone());
+                ctl.set_envelope(v.env.clone());
                 PolicyGuest {
                     ctl,
                     swap_in: 0.0,
@@ -196,18 +196,7 @@ impl Controller for PolicyCtl {
                 continue;
             }
             // Ticks skipped while nothing changed reported what the last one did.
-            if let Some(last) = g.ctl.samples.back().copied()
-                && g.ctl.pending.is_none()
-            {
-                let k_last = (last.at / iv).round() as i64;
-                let k_now = (now / iv).round() as i64;
-                for k in (k_last + 1)..k_now {
-                    g.ctl.samples.push_back(Sample {
-                        at: k as f64 * iv,
-                        ..last
-                    });
-                }
-            }
+            g.ctl.repeat_last_sample(now, iv);
             let stats = Self::report(g, v, now);
             g.ctl.observe(stats, now);
             g.seen = Some(seen);
