@@ -19,6 +19,8 @@
 
 mod guest;
 mod spec;
+#[cfg(test)]
+mod tests;
 
 pub use guest::{Counters, KERNEL_RESERVE};
 pub use spec::GuestSpec;
