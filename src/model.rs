@@ -7,6 +7,8 @@
 //! once, so the daemon's convergence checks pass. The model's own CPU time is counted
 //! separately, so a benchmark can subtract it from the process's.
 
+pub mod scenario;
+
 use crate::hypervisor::{GuestStats, HvError, Hypervisor};
 use crate::units::Bytes;
 use std::sync::Mutex;
