@@ -30,6 +30,8 @@ mod hotplug;
 mod plan;
 mod publish;
 mod rebalance;
+#[cfg(test)]
+mod tests;
 
 pub(super) struct Host {
     cfg: HostConfig,
