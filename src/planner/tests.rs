@@ -445,7 +445,7 @@ fn long_trend_windows_match_the_reference() {
             swap_in_rate: 0.0,
         })
         .collect();
-    super::with_scratch(|_| {
+    super::stats::with_scratch(|_| {
         assert_eq!(super::trend(&w).to_bits(), reference::trend(&w).to_bits());
     });
     assert_eq!(super::trend(&w).to_bits(), reference::trend(&w).to_bits());

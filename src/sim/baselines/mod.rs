@@ -1,0 +1,79 @@
+//! The baselines: what memscale is measured against, each from its published rules.
+//!
+//! `Baseline` names them and builds each one's controller; every family lives in its own file
+//! with its published constants: `vpa` (Kubernetes), `mom` (oVirt), `proxmox` and `autopilot`
+//! (Google). The static and oracle ones are in `controllers`.
+
+pub mod autopilot;
+pub mod mom;
+pub mod proxmox;
+pub mod vpa;
+
+pub use autopilot::AutopilotCtl;
+pub use mom::MomCtl;
+pub use proxmox::{ProxmoxCtl, PveGuest, pve_compute};
+pub use vpa::VpaCtl;
+
+use super::controllers::{OracleCtl, StaticCtl};
+use super::{Controller, Model};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Baseline {
+    Static,
+    Oracle,
+    Mom,
+    Proxmox,
+    Vpa,
+    Autopilot,
+}
+
+impl Baseline {
+    pub const ALL: [Baseline; 6] = [
+        Baseline::Static,
+        Baseline::Oracle,
+        Baseline::Mom,
+        Baseline::Proxmox,
+        Baseline::Vpa,
+        Baseline::Autopilot,
+    ];
+
+    pub fn build(&self, guests: usize, model: &Model) -> Box<dyn Controller> {
+        match self {
+            Baseline::Vpa => Box::new(VpaCtl::new(guests)),
+            Baseline::Mom => Box::new(MomCtl::new()),
+            Baseline::Autopilot => Box::new(AutopilotCtl::new(guests)),
+            Baseline::Proxmox => Box::new(ProxmoxCtl::new()),
+            Baseline::Static => Box::new(StaticCtl),
+            Baseline::Oracle => Box::new(OracleCtl::new(model)),
+        }
+    }
+}
+
+impl fmt::Display for Baseline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Baseline::Static => "static",
+            Baseline::Oracle => "oracle",
+            Baseline::Vpa => "vpa",
+            Baseline::Mom => "mom",
+            Baseline::Autopilot => "autopilot",
+            Baseline::Proxmox => "proxmox",
+        })
+    }
+}
+
+impl FromStr for Baseline {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Baseline, String> {
+        Baseline::ALL
+            .iter()
+            .copied()
+            .find(|b| b.to_string() == s)
+            .ok_or_else(|| {
+                let names: Vec<String> = Baseline::ALL.iter().map(|b| b.to_string()).collect();
+                format!("unknown baseline {s:?}: choose from {}", names.join(", "))
+            })
+    }
+}
