@@ -147,7 +147,12 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
                     s.audit
                         .recent(None, 10_000)
                         .into_iter()
-                        .filter(|r| matches!(r.reason, crate::planner::Reason::Migrate { .. }))
+                        .filter(|r| matches!(
+                            r.reason,
+                            crate::planner::Reason::Event(
+                                crate::planner::EventReason::Migrate { .. }
+                            )
+                        ))
                         .collect::<Vec<_>>()
                 ),
             ),

@@ -1,6 +1,8 @@
 //! The audit trail: every resize, and every hold whose reason changed, with its inputs and
 //! reason. Kept in a bounded ring for the API and appended as JSON lines to a file.
 
+use crate::planner::{EventReason, HoldReason};
+
 use crate::planner::{Kind, Reason};
 use crate::units::Bytes;
 use serde::Serialize;
@@ -89,10 +91,11 @@ impl Kept {
     /// as if none were shared.
     fn cost(r: &Record) -> usize {
         let reason = match &r.reason {
-            Reason::NotRunning { state } => state.len(),
-            Reason::BadEnvelope { message } | Reason::HostError { message } => message.len(),
-            Reason::Migrate { to, .. } => to.len(),
-            Reason::UnplugRefused { alias, .. } => alias.len(),
+            Reason::Hold(HoldReason::NotRunning { state }) => state.len(),
+            Reason::Hold(HoldReason::BadEnvelope { message })
+            | Reason::Hold(HoldReason::HostError { message }) => message.len(),
+            Reason::Event(EventReason::Migrate { to, .. }) => to.len(),
+            Reason::Event(EventReason::UnplugRefused { alias, .. }) => alias.len(),
             _ => 0,
         };
         std::mem::size_of::<Kept>()
@@ -272,6 +275,7 @@ impl Audit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::planner::PlannerReason;
 
     fn rec(g: &str) -> Record {
         Record {
@@ -286,7 +290,7 @@ mod tests {
             floor: Bytes(0),
             ceiling: Bytes(2),
             method: None,
-            reason: Reason::NoSamples,
+            reason: Reason::Plan(PlannerReason::NoSamples),
             why: String::new(),
             inputs: Inputs {
                 total: None,
@@ -321,10 +325,10 @@ mod tests {
     }
 
     fn resize(g: &str, i: u64) -> Record {
-        let reason = Reason::Short {
+        let reason = Reason::Plan(PlannerReason::Short {
             available: Bytes(i),
             threshold: Bytes(2 * i),
-        };
+        });
         Record {
             kind: Kind::Grow,
             method: Some("balloon".into()),
@@ -345,19 +349,19 @@ mod tests {
         let mut own_why = resize("b", 3);
         own_why.why = "a sentence of its own".into();
         let failed = Record {
-            reason: Reason::HostError {
+            reason: Reason::Hold(HoldReason::HostError {
                 message: "connection reset".into(),
-            },
+            }),
             why: "host error: connection reset".into(),
             result: "failed: connection reset".into(),
             method: None,
             ..rec("c")
         };
         let migrate = Record {
-            reason: Reason::Migrate {
+            reason: Reason::Event(EventReason::Migrate {
                 to: "h2".into(),
                 deficit: Bytes(7),
-            },
+            }),
             policy: String::new(),
             dry_run: true,
             ..resize("a", 9)
@@ -390,10 +394,10 @@ mod tests {
         assert_eq!(b[0].inputs.need, Bytes(0));
         assert_eq!(
             b[0].reason,
-            Reason::Short {
+            Reason::Plan(PlannerReason::Short {
                 available: Bytes(2),
                 threshold: Bytes(4)
-            }
+            })
         );
         assert_eq!(a.recent(Some("b"), 10)[0].why, "a sentence of its own");
     }
@@ -407,9 +411,9 @@ mod tests {
         for i in 0..200u64 {
             let mut r = resize(&format!("g{i}"), i);
             if i % 3 == 0 {
-                r.reason = Reason::HostError {
+                r.reason = Reason::Hold(HoldReason::HostError {
                     message: "x".repeat(i as usize * 10),
-                };
+                });
                 r.why = r.reason.to_string();
             }
             a.push(r);

@@ -4,6 +4,8 @@
 //! queue makes the vCPUs wait (libvirt's per-vCPU `delay`) is short of CPU itself: adding
 //! vCPUs there would only make them wait longer, so it holds. Pure: the daemon feeds it.
 
+use crate::planner::EventReason;
+
 use crate::envelope::Vcpus;
 use crate::planner::Reason;
 use crate::policy::CpuKnobs;
@@ -58,10 +60,10 @@ pub fn decide(
         }
         return Some((
             n + step,
-            Reason::CpuBusy {
+            Reason::Event(EventReason::CpuBusy {
                 busy_pct: (busy * 100.0).round(),
                 vcpus: n,
-            },
+            }),
         ));
     }
     if busy < k.shrink_at.0 && n >= floor + step {
@@ -71,10 +73,10 @@ pub fn decide(
         if after < k.grow_at.0 {
             return Some((
                 n - step,
-                Reason::CpuIdle {
+                Reason::Event(EventReason::CpuIdle {
                     busy_pct: (busy * 100.0).round(),
                     vcpus: n,
-                },
+                }),
             ));
         }
     }
@@ -126,7 +128,10 @@ mod tests {
         let e = env(1, 4, 1);
         let (to, why) = decide(&k, &e, &run(2, 0.95, 0.0, 12), 12.0, -100.0).unwrap();
         assert_eq!(to, 3);
-        assert!(matches!(why, Reason::CpuBusy { vcpus: 2, .. }));
+        assert!(matches!(
+            why,
+            Reason::Event(EventReason::CpuBusy { vcpus: 2, .. })
+        ));
         let (to, _) = decide(&k, &e, &run(3, 0.05, 0.0, 12), 12.0, -100.0).unwrap();
         assert_eq!(to, 2);
         // 15% of 2 is 30% of 1: below the growth line, so it may go.

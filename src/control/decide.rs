@@ -1,6 +1,8 @@
 //! Deciding for one guest: health first (no stats, not running, no envelope, a resize
 //! landing or unconverged, pinned, stale), then the planner on its samples and peaks.
 
+use crate::planner::{HoldReason, PlannerReason};
+
 use super::{CONVERGE_TOLERANCE, Guest, Health, Timing, sample_retention};
 use crate::envelope::{Envelope, Note};
 use crate::hypervisor::RunState;
@@ -49,11 +51,11 @@ impl Guest {
         Some(Decision {
             kind: Kind::Grow,
             target,
-            reason: Reason::StillShort {
+            reason: Reason::Hold(HoldReason::StillShort {
                 available: usable,
                 asked: p.target,
                 has: size,
-            },
+            }),
             need,
             predicted: need,
             headroom,
@@ -69,24 +71,36 @@ impl Guest {
         };
         let limited = self.limited_envelope(policy);
         let Some(stats) = &self.stats else {
-            return hold(Health::Starting, Reason::NoSamples, self);
+            return hold(
+                Health::Starting,
+                Reason::Plan(PlannerReason::NoSamples),
+                self,
+            );
         };
         if stats.state != RunState::Running {
             let state = format!("{:?}", stats.state).to_lowercase();
-            return hold(Health::NotRunning, Reason::NotRunning { state }, self);
+            return hold(
+                Health::NotRunning,
+                Reason::Hold(HoldReason::NotRunning { state }),
+                self,
+            );
         }
         let env = match &self.envelope {
             Ok(_) => match limited {
                 Some(e) => e,
-                None => return hold(Health::NoEnvelope, Reason::NoMethod, self),
+                None => return hold(Health::NoEnvelope, Reason::Hold(HoldReason::NoMethod), self),
             },
             Err(m) => {
                 let message = m.clone();
-                return hold(Health::NoEnvelope, Reason::BadEnvelope { message }, self);
+                return hold(
+                    Health::NoEnvelope,
+                    Reason::Hold(HoldReason::BadEnvelope { message }),
+                    self,
+                );
             }
         };
         if env.notes.contains(&Note::NoMethod) {
-            return hold(Health::NoEnvelope, Reason::NoMethod, self);
+            return hold(Health::NoEnvelope, Reason::Hold(HoldReason::NoMethod), self);
         }
         if let Some(p) = &self.pending {
             let (target, since) = (p.target, p.since);
@@ -102,10 +116,10 @@ impl Guest {
                 self.needs_xml = true;
                 return hold(
                     Health::Held,
-                    Reason::Unconverged {
+                    Reason::Hold(HoldReason::Unconverged {
                         target,
                         actual: size,
-                    },
+                    }),
                     self,
                 );
             } else if let Some(d) = self.still_short(size, &env, policy) {
@@ -116,7 +130,11 @@ impl Guest {
                 self.health = Health::Ok;
                 return d;
             } else {
-                return hold(Health::Resizing, Reason::ResizeInProgress, self);
+                return hold(
+                    Health::Resizing,
+                    Reason::Hold(HoldReason::ResizeInProgress),
+                    self,
+                );
             }
         }
         if !self.unplugging.is_empty() {
@@ -125,28 +143,36 @@ impl Guest {
             let limit = cfg.converge_timeout;
             self.unplugging.retain(|_, since| now - *since <= limit);
             if !self.unplugging.is_empty() {
-                return hold(Health::Resizing, Reason::ResizeInProgress, self);
+                return hold(
+                    Health::Resizing,
+                    Reason::Hold(HoldReason::ResizeInProgress),
+                    self,
+                );
             }
         }
         if self.pinned {
-            return hold(Health::Pinned, Reason::Pinned, self);
+            return hold(Health::Pinned, Reason::Hold(HoldReason::Pinned), self);
         }
         if now < self.held_until {
             let target = self.last.as_ref().map(|d| d.target).unwrap_or(size);
             return hold(
                 Health::Held,
-                Reason::Unconverged {
+                Reason::Hold(HoldReason::Unconverged {
                     target,
                     actual: size,
-                },
+                }),
                 self,
             );
         }
         if stats.last_update == 0 {
             if now - self.first_seen > cfg.driver_grace {
-                return hold(Health::NoDriver, Reason::NoDriver, self);
+                return hold(Health::NoDriver, Reason::Hold(HoldReason::NoDriver), self);
             }
-            return hold(Health::Starting, Reason::NoSamples, self);
+            return hold(
+                Health::Starting,
+                Reason::Plan(PlannerReason::NoSamples),
+                self,
+            );
         }
         let period = self.stats_period(cfg) as f64;
         let stale_after = if policy.knobs.stale_after.0.is_zero() {
@@ -156,12 +182,16 @@ impl Guest {
         };
         let age = self.stats_age(now).unwrap_or(f64::INFINITY);
         if age > stale_after {
-            return hold(Health::Stale, Reason::Stale { age_seconds: age }, self);
+            return hold(
+                Health::Stale,
+                Reason::Hold(HoldReason::Stale { age_seconds: age }),
+                self,
+            );
         }
         // The latest report must postdate the last resize: older ones describe the old size.
         if !self.samples.back().is_some_and(|s| s.at > self.settled_at) {
             self.health = Health::Ok;
-            return Decision::hold(size, Reason::NoSamples);
+            return Decision::hold(size, Reason::Plan(PlannerReason::NoSamples));
         }
         // Keep only what the planner looks at: the window and the trend window, with a margin
         // (a shrink wants a sample older than 0.9 of the window). Keeping an hour of them made

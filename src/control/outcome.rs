@@ -4,7 +4,7 @@
 use super::{Guest, Pending};
 use crate::actuator::Op;
 use crate::domain::Dimm;
-use crate::planner::{Decision, Kind};
+use crate::planner::{Decision, HoldReason, Kind, PlannerReason, Reason};
 use crate::units::Bytes;
 
 impl Guest {
@@ -170,7 +170,7 @@ impl Guest {
         let transient = decision.kind == Kind::Hold
             && matches!(
                 decision.reason,
-                crate::planner::Reason::ResizeInProgress | crate::planner::Reason::NoSamples
+                Reason::Hold(HoldReason::ResizeInProgress) | Reason::Plan(PlannerReason::NoSamples)
             )
             && self.last.is_some();
         if !transient {

@@ -4,6 +4,8 @@
 //! needs, then headroom, by shares). Guests held for other reasons (pinned, stale, resizing,
 //! manual) keep their size and count as fixed.
 
+use crate::planner::HoldReason;
+
 use crate::envelope::Envelope;
 use crate::fairshare::{Claim, share as fair_share};
 use crate::planner::{Decision, Kind, Reason};
@@ -79,10 +81,10 @@ pub fn share(asks: &mut [Ask<'_>], available: Bytes) -> Bytes {
         let a = &mut asks[k];
         let Some(env) = a.env else { continue };
         let t = env.realize_down(granted);
-        a.decision.reason = Reason::HostShare {
+        a.decision.reason = Reason::Hold(HoldReason::HostShare {
             wanted: c.want,
             granted,
-        };
+        });
         a.decision.target = t;
         a.decision.kind = if t > a.before {
             Kind::Grow

@@ -1,6 +1,8 @@
 //! The controller's own tests: hostile reports, still-short, DIMMs being released, sample
 //! retention.
 
+use crate::planner::HoldReason;
+
 use super::*;
 use crate::hypervisor::{GuestStats, RunState};
 use crate::planner::{Kind, Reason};
@@ -178,7 +180,7 @@ mod hostile_tests {
         }
         g.unplugging.insert("ua-memscale-dimm-0-1".into(), 11.0);
         let d = g.decide(12.0, &policy, &cfg);
-        assert_eq!(d.reason, Reason::ResizeInProgress);
+        assert_eq!(d.reason, Reason::Hold(HoldReason::ResizeInProgress));
         assert_eq!(g.health, Health::Resizing);
         // The live definition without that DIMM: it is gone, the guest is planned again.
         let mut live = g.spec.clone().expect("spec");
@@ -187,14 +189,14 @@ mod hostile_tests {
         assert!(g.unplugging.is_empty());
         assert_ne!(
             g.decide(12.0, &policy, &cfg).reason,
-            Reason::ResizeInProgress
+            Reason::Hold(HoldReason::ResizeInProgress)
         );
         // One the guest never answers for is waited for no longer than the timeout.
         g.unplugging.insert("ua-memscale-dimm-0-2".into(), 11.0);
         let late = 12.0 + cfg.converge_timeout;
         assert_ne!(
             g.decide(late, &policy, &cfg).reason,
-            Reason::ResizeInProgress
+            Reason::Hold(HoldReason::ResizeInProgress)
         );
         assert!(g.unplugging.is_empty());
     }
@@ -252,14 +254,14 @@ mod hostile_tests {
         g.observe(report(102, 700, 660, 200), 102.0);
         assert_eq!(
             g.decide(102.0, &policy, &cfg).reason,
-            Reason::ResizeInProgress
+            Reason::Hold(HoldReason::ResizeInProgress)
         );
         // No report since the ask: nothing new to go on.
         let mut g = fresh(false);
         g.observe(report(99, 700, 660, 40), 102.0);
         assert_eq!(
             g.decide(102.0, &policy, &cfg).reason,
-            Reason::ResizeInProgress
+            Reason::Hold(HoldReason::ResizeInProgress)
         );
         // Pinned (an operator's size): never.
         let mut g = fresh(true);

@@ -12,10 +12,20 @@ pub enum Kind {
     Hold,
 }
 
-/// Why a decision was taken. Holds and resizes alike carry one.
+/// Why a decision was taken. Holds and resizes alike carry one; which part of memscale gave it
+/// is the variant. The JSON is the inner reason's (`{"reason": "short", ...}`), whoever gave it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Reason {
+    Plan(PlannerReason),
+    Hold(HoldReason),
+    Event(EventReason),
+}
+
+/// What the planner (`planner::plan`) decided from a guest's reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "reason", rename_all = "kebab-case")]
-pub enum Reason {
+pub enum PlannerReason {
     /// Predicted MemAvailable is below the grow threshold.
     Short {
         available: Bytes,
@@ -51,7 +61,13 @@ pub enum Reason {
         change: Bytes,
     },
     NoSamples,
-    // Holds decided outside the planner, kept here so every decision has one reason type.
+}
+
+/// What the guest controller and the daemon decided around the planner: holds while the
+/// guest cannot be planned, an operator's size, the host's share, a growth re-asked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+pub enum HoldReason {
     NoDriver,
     Stale {
         age_seconds: f64,
@@ -76,11 +92,6 @@ pub enum Reason {
     HostError {
         message: String,
     },
-    /// The host cannot hold its guests' needs: this guest is moved to another host.
-    Migrate {
-        to: String,
-        deficit: Bytes,
-    },
     /// A growth was still landing when the guest ran shorter than when it was asked for.
     StillShort {
         available: Bytes,
@@ -92,121 +103,92 @@ pub enum Reason {
         wanted: Bytes,
         granted: Bytes,
     },
-    /// The guest refused to release a DIMM (libvirt's removal-failed event): it is not
-    /// asked again for `hold_seconds`, and counts as boot memory meanwhile.
-    UnplugRefused {
-        alias: String,
-        hold_seconds: u64,
-    },
-    /// Memory was plugged but the guest did not bring it online.
-    NotOnlined {
-        plugged: Bytes,
-        onlined: Bytes,
-    },
-    /// An operator asked for this many vCPUs through the API.
-    ManualVcpus {
-        requested: u32,
-    },
-    /// A vCPU was plugged but the guest has not run on it (not brought online).
-    VcpuNotOnlined {
-        vcpu: u32,
-    },
-    /// The CPU policy: the guest kept its vCPUs busy over the window.
-    CpuBusy {
-        busy_pct: f64,
-        vcpus: u32,
-    },
-    /// The CPU policy: the guest left its vCPUs idle over the window.
-    CpuIdle {
-        busy_pct: f64,
-        vcpus: u32,
-    },
 }
 
-impl fmt::Display for Reason {
+/// Something memscale did or saw outside a memory decision: a migration, a DIMM the guest
+/// refused, memory or vCPUs never onlined, a vCPU change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "kebab-case")]
+pub enum EventReason {
+    /// The host cannot hold its guests' needs: this guest is moved to another host.
+    Migrate { to: String, deficit: Bytes },
+    /// The guest refused to release a DIMM (libvirt's removal-failed event): it is not
+    /// asked again for `hold_seconds`, and counts as boot memory meanwhile.
+    UnplugRefused { alias: String, hold_seconds: u64 },
+    /// Memory was plugged but the guest did not bring it online.
+    NotOnlined { plugged: Bytes, onlined: Bytes },
+    /// An operator asked for this many vCPUs through the API.
+    ManualVcpus { requested: u32 },
+    /// A vCPU was plugged but the guest has not run on it (not brought online).
+    VcpuNotOnlined { vcpu: u32 },
+    /// The CPU policy: the guest kept its vCPUs busy over the window.
+    CpuBusy { busy_pct: f64, vcpus: u32 },
+    /// The CPU policy: the guest left its vCPUs idle over the window.
+    CpuIdle { busy_pct: f64, vcpus: u32 },
+}
+
+impl fmt::Display for PlannerReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reason::Short {
+            PlannerReason::Short {
                 available,
                 threshold,
             } => write!(
                 f,
                 "short: predicted available {available} below {threshold}"
             ),
-            Reason::Swapping { bytes_per_sec } => {
+            PlannerReason::Swapping { bytes_per_sec } => {
                 write!(f, "swapping in at {}/s", Bytes(*bytes_per_sec))
             }
-            Reason::Idle {
+            PlannerReason::Idle {
                 available,
                 threshold,
             } => write!(
                 f,
                 "idle: available {available} above {threshold} over the window"
             ),
-            Reason::BelowFloor => f.write_str("below floor"),
-            Reason::AboveCeiling => f.write_str("above ceiling"),
-            Reason::InBand { available } => write!(f, "in band: available {available}"),
-            Reason::AtCeiling { wanted } => write!(f, "at ceiling: wants {wanted}"),
-            Reason::GrowCooldown { seconds_left } => {
+            PlannerReason::BelowFloor => f.write_str("below floor"),
+            PlannerReason::AboveCeiling => f.write_str("above ceiling"),
+            PlannerReason::InBand { available } => write!(f, "in band: available {available}"),
+            PlannerReason::AtCeiling { wanted } => write!(f, "at ceiling: wants {wanted}"),
+            PlannerReason::GrowCooldown { seconds_left } => {
                 write!(f, "grow cooldown: {seconds_left:.0}s left")
             }
-            Reason::ShrinkCooldown { seconds_left } => {
+            PlannerReason::ShrinkCooldown { seconds_left } => {
                 write!(f, "shrink cooldown: {seconds_left:.0}s left")
             }
-            Reason::SmallChange { change } => write!(f, "change of {change} too small"),
-            Reason::NoSamples => f.write_str("no stats yet"),
-            Reason::NoDriver => f.write_str("no balloon driver: guest never reported stats"),
-            Reason::Stale { age_seconds } => {
+            PlannerReason::SmallChange { change } => write!(f, "change of {change} too small"),
+            PlannerReason::NoSamples => f.write_str("no stats yet"),
+        }
+    }
+}
+
+impl fmt::Display for HoldReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HoldReason::NoDriver => f.write_str("no balloon driver: guest never reported stats"),
+            HoldReason::Stale { age_seconds } => {
                 write!(f, "stale stats: last update {age_seconds:.0}s ago")
             }
-            Reason::ResizeInProgress => f.write_str("resize in progress"),
-            Reason::Unconverged { target, actual } => {
+            HoldReason::ResizeInProgress => f.write_str("resize in progress"),
+            HoldReason::Unconverged { target, actual } => {
                 write!(f, "resize did not converge: asked {target}, has {actual}")
             }
-            Reason::Pinned => f.write_str("pinned by operator"),
-            Reason::Manual { requested } => write!(f, "manual adjust to {requested} by operator"),
-            Reason::NotRunning { state } => write!(f, "not running: {state}"),
-            Reason::NoMethod => {
+            HoldReason::Pinned => f.write_str("pinned by operator"),
+            HoldReason::Manual { requested } => {
+                write!(f, "manual adjust to {requested} by operator")
+            }
+            HoldReason::NotRunning { state } => write!(f, "not running: {state}"),
+            HoldReason::NoMethod => {
                 f.write_str("no resize method: no balloon, no virtio-mem and no usable DIMM slots")
             }
-            Reason::UnplugRefused {
-                alias,
-                hold_seconds,
-            } => write!(
-                f,
-                "the guest refused to release DIMM {alias}: not asked again for {}s; it counts as boot memory (the balloon may reclaim it)",
-                hold_seconds
-            ),
-            Reason::NotOnlined { plugged, onlined } => write!(
-                f,
-                "the guest did not online plugged memory: {plugged} plugged, {onlined} came online (check memhp_default_state / auto_online_blocks)"
-            ),
-            Reason::CpuBusy { busy_pct, vcpus } => write!(
-                f,
-                "cpu busy: {vcpus} vCPUs {busy_pct:.0}% busy over the window"
-            ),
-            Reason::CpuIdle { busy_pct, vcpus } => write!(
-                f,
-                "cpu idle: {vcpus} vCPUs {busy_pct:.0}% busy over the window"
-            ),
-            Reason::ManualVcpus { requested } => {
-                write!(f, "manual adjust to {requested} vCPUs by operator")
-            }
-            Reason::VcpuNotOnlined { vcpu } => write!(
-                f,
-                "the guest did not bring vCPU {vcpu} online (no udev rule or CPU hotplug support in the guest)"
-            ),
-            Reason::BadEnvelope { message } => write!(f, "bad envelope: {message}"),
-            Reason::HostError { message } => write!(f, "host error: {message}"),
-            Reason::Migrate { to, deficit } => write!(
-                f,
-                "host short of {deficit} for its guests' needs: moving to {to}"
-            ),
-            Reason::HostShare { wanted, granted } => write!(
+            HoldReason::BadEnvelope { message } => write!(f, "bad envelope: {message}"),
+            HoldReason::HostError { message } => write!(f, "host error: {message}"),
+            HoldReason::HostShare { wanted, granted } => write!(
                 f,
                 "host short of memory: wants {wanted}, its fair share is {granted}"
             ),
-            Reason::StillShort {
+            HoldReason::StillShort {
                 available,
                 asked,
                 has,
@@ -218,58 +200,125 @@ impl fmt::Display for Reason {
     }
 }
 
+impl fmt::Display for EventReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventReason::UnplugRefused {
+                alias,
+                hold_seconds,
+            } => write!(
+                f,
+                "the guest refused to release DIMM {alias}: not asked again for {}s; it counts as boot memory (the balloon may reclaim it)",
+                hold_seconds
+            ),
+            EventReason::NotOnlined { plugged, onlined } => write!(
+                f,
+                "the guest did not online plugged memory: {plugged} plugged, {onlined} came online (check memhp_default_state / auto_online_blocks)"
+            ),
+            EventReason::CpuBusy { busy_pct, vcpus } => write!(
+                f,
+                "cpu busy: {vcpus} vCPUs {busy_pct:.0}% busy over the window"
+            ),
+            EventReason::CpuIdle { busy_pct, vcpus } => write!(
+                f,
+                "cpu idle: {vcpus} vCPUs {busy_pct:.0}% busy over the window"
+            ),
+            EventReason::ManualVcpus { requested } => {
+                write!(f, "manual adjust to {requested} vCPUs by operator")
+            }
+            EventReason::VcpuNotOnlined { vcpu } => write!(
+                f,
+                "the guest did not bring vCPU {vcpu} online (no udev rule or CPU hotplug support in the guest)"
+            ),
+            EventReason::Migrate { to, deficit } => write!(
+                f,
+                "host short of {deficit} for its guests' needs: moving to {to}"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Plan(r) => r.fmt(f),
+            Reason::Hold(r) => r.fmt(f),
+            Reason::Event(r) => r.fmt(f),
+        }
+    }
+}
+
 impl Reason {
     /// Whether the planner decided this from the guest's reports (and a host squeeze may
     /// change it), rather than an outside hold (pinned, stale, resizing, manual...).
     pub fn is_planned(&self) -> bool {
-        matches!(
-            self,
-            Reason::Short { .. }
-                | Reason::StillShort { .. }
-                | Reason::Swapping { .. }
-                | Reason::Idle { .. }
-                | Reason::BelowFloor
-                | Reason::InBand { .. }
-                | Reason::AtCeiling { .. }
-                | Reason::GrowCooldown { .. }
-                | Reason::ShrinkCooldown { .. }
-                | Reason::SmallChange { .. }
-        )
+        match self {
+            Reason::Plan(r) => !matches!(r, PlannerReason::AboveCeiling | PlannerReason::NoSamples),
+            Reason::Hold(r) => matches!(r, HoldReason::StillShort { .. }),
+            Reason::Event(_) => false,
+        }
     }
 
     /// A short stable label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
-            Reason::Short { .. } => "short",
-            Reason::Swapping { .. } => "swapping",
-            Reason::Idle { .. } => "idle",
-            Reason::BelowFloor => "below_floor",
-            Reason::AboveCeiling => "above_ceiling",
-            Reason::InBand { .. } => "in_band",
-            Reason::AtCeiling { .. } => "at_ceiling",
-            Reason::GrowCooldown { .. } => "grow_cooldown",
-            Reason::ShrinkCooldown { .. } => "shrink_cooldown",
-            Reason::SmallChange { .. } => "small_change",
-            Reason::NoSamples => "no_samples",
-            Reason::NoDriver => "no_driver",
-            Reason::Stale { .. } => "stale",
-            Reason::ResizeInProgress => "in_progress",
-            Reason::Unconverged { .. } => "unconverged",
-            Reason::Pinned => "pinned",
-            Reason::Manual { .. } => "manual",
-            Reason::NotRunning { .. } => "not_running",
-            Reason::NoMethod => "no_method",
-            Reason::BadEnvelope { .. } => "bad_envelope",
-            Reason::HostError { .. } => "host_error",
-            Reason::HostShare { .. } => "host_share",
-            Reason::Migrate { .. } => "migrate",
-            Reason::StillShort { .. } => "still_short",
-            Reason::UnplugRefused { .. } => "unplug_refused",
-            Reason::NotOnlined { .. } => "not_onlined",
-            Reason::ManualVcpus { .. } => "manual_vcpus",
-            Reason::VcpuNotOnlined { .. } => "vcpu_not_onlined",
-            Reason::CpuBusy { .. } => "cpu_busy",
-            Reason::CpuIdle { .. } => "cpu_idle",
+            Reason::Plan(r) => r.label(),
+            Reason::Hold(r) => r.label(),
+            Reason::Event(r) => r.label(),
+        }
+    }
+}
+
+impl PlannerReason {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PlannerReason::Short { .. } => "short",
+            PlannerReason::Swapping { .. } => "swapping",
+            PlannerReason::Idle { .. } => "idle",
+            PlannerReason::BelowFloor => "below_floor",
+            PlannerReason::AboveCeiling => "above_ceiling",
+            PlannerReason::InBand { .. } => "in_band",
+            PlannerReason::AtCeiling { .. } => "at_ceiling",
+            PlannerReason::GrowCooldown { .. } => "grow_cooldown",
+            PlannerReason::ShrinkCooldown { .. } => "shrink_cooldown",
+            PlannerReason::SmallChange { .. } => "small_change",
+            PlannerReason::NoSamples => "no_samples",
+        }
+    }
+}
+
+impl HoldReason {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HoldReason::NoDriver => "no_driver",
+            HoldReason::Stale { .. } => "stale",
+            HoldReason::ResizeInProgress => "in_progress",
+            HoldReason::Unconverged { .. } => "unconverged",
+            HoldReason::Pinned => "pinned",
+            HoldReason::Manual { .. } => "manual",
+            HoldReason::NotRunning { .. } => "not_running",
+            HoldReason::NoMethod => "no_method",
+            HoldReason::BadEnvelope { .. } => "bad_envelope",
+            HoldReason::HostError { .. } => "host_error",
+            HoldReason::HostShare { .. } => "host_share",
+            HoldReason::StillShort { .. } => "still_short",
+        }
+    }
+}
+
+impl EventReason {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EventReason::Migrate { .. } => "migrate",
+            EventReason::UnplugRefused { .. } => "unplug_refused",
+            EventReason::NotOnlined { .. } => "not_onlined",
+            EventReason::ManualVcpus { .. } => "manual_vcpus",
+            EventReason::VcpuNotOnlined { .. } => "vcpu_not_onlined",
+            EventReason::CpuBusy { .. } => "cpu_busy",
+            EventReason::CpuIdle { .. } => "cpu_idle",
         }
     }
 }
@@ -296,5 +345,67 @@ impl Decision {
             predicted: Bytes(0),
             headroom: Bytes(0),
         }
+    }
+}
+
+#[cfg(test)]
+mod wire {
+    use super::*;
+
+    /// Whoever gave a reason, its JSON is the inner reason's, as audit records and the API
+    /// always wrote it: `{"reason": "<kebab-case name>", fields...}`.
+    #[test]
+    fn reasons_serialize_as_before_the_split() {
+        let cases = [
+            (
+                Reason::Plan(PlannerReason::Short {
+                    available: Bytes(1),
+                    threshold: Bytes(2),
+                }),
+                r#"{"reason":"short","available":1,"threshold":2}"#,
+                "short",
+            ),
+            (
+                Reason::Plan(PlannerReason::NoSamples),
+                r#"{"reason":"no-samples"}"#,
+                "no_samples",
+            ),
+            (
+                Reason::Hold(HoldReason::StillShort {
+                    available: Bytes(1),
+                    asked: Bytes(2),
+                    has: Bytes(3),
+                }),
+                r#"{"reason":"still-short","available":1,"asked":2,"has":3}"#,
+                "still_short",
+            ),
+            (
+                Reason::Hold(HoldReason::ResizeInProgress),
+                r#"{"reason":"resize-in-progress"}"#,
+                "in_progress",
+            ),
+            (
+                Reason::Event(EventReason::Migrate {
+                    to: "b".into(),
+                    deficit: Bytes(5),
+                }),
+                r#"{"reason":"migrate","to":"b","deficit":5}"#,
+                "migrate",
+            ),
+        ];
+        for (r, json, label) in cases {
+            assert_eq!(serde_json::to_string(&r).expect("json"), json);
+            assert_eq!(r.label(), label);
+        }
+        assert!(
+            Reason::Hold(HoldReason::StillShort {
+                available: Bytes(1),
+                asked: Bytes(2),
+                has: Bytes(3)
+            })
+            .is_planned()
+        );
+        assert!(!Reason::Plan(PlannerReason::AboveCeiling).is_planned());
+        assert!(!Reason::Hold(HoldReason::Pinned).is_planned());
     }
 }

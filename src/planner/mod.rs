@@ -12,7 +12,7 @@ mod peak;
 mod sample;
 mod stats;
 
-pub use decision::{Decision, Kind, Reason};
+pub use decision::{Decision, EventReason, HoldReason, Kind, PlannerReason, Reason};
 pub use peak::PeakTracker;
 pub use sample::Sample;
 
@@ -73,7 +73,7 @@ pub fn plan(i: &Input) -> Decision {
     let k = i.knobs;
     let size = i.size;
     let Some(last) = i.samples.last() else {
-        return Decision::hold(size, Reason::NoSamples);
+        return Decision::hold(size, Reason::Plan(PlannerReason::NoSamples));
     };
     let need = last.need();
     let headroom = headroom(k, need);
@@ -114,9 +114,9 @@ pub fn plan(i: &Input) -> Decision {
     let mut d = Decision {
         kind: Kind::Hold,
         target: size,
-        reason: Reason::InBand {
+        reason: Reason::Plan(PlannerReason::InBand {
             available: size.saturating_sub(need),
-        },
+        }),
         need,
         predicted,
         headroom,
@@ -126,13 +126,13 @@ pub fn plan(i: &Input) -> Decision {
     if size > env.ceiling {
         d.kind = Kind::Shrink;
         d.target = env.ceiling;
-        d.reason = Reason::AboveCeiling;
+        d.reason = Reason::Plan(PlannerReason::AboveCeiling);
         return d;
     }
     if size < env.floor {
         d.kind = Kind::Grow;
         d.target = env.realize_up(env.floor.max(predicted + headroom));
-        d.reason = Reason::BelowFloor;
+        d.reason = Reason::Plan(PlannerReason::BelowFloor);
         return d;
     }
 
@@ -154,30 +154,30 @@ pub fn plan(i: &Input) -> Decision {
             want = want.max(size + Bytes(headroom.0.saturating_mul(factor)));
         }
         let reason = if swapping && avail_pred >= grow_threshold {
-            Reason::Swapping {
+            Reason::Plan(PlannerReason::Swapping {
                 bytes_per_sec: swap as u64,
-            }
+            })
         } else {
-            Reason::Short {
+            Reason::Plan(PlannerReason::Short {
                 available: avail_pred,
                 threshold: grow_threshold,
-            }
+            })
         };
         if size >= env.ceiling {
-            d.reason = Reason::AtCeiling { wanted: want };
+            d.reason = Reason::Plan(PlannerReason::AtCeiling { wanted: want });
             return d;
         }
         let since_grow = since(i.now, i.history.last_grow);
         if since_grow < k.grow_cooldown.as_secs_f64() {
-            d.reason = Reason::GrowCooldown {
+            d.reason = Reason::Plan(PlannerReason::GrowCooldown {
                 seconds_left: k.grow_cooldown.as_secs_f64() - since_grow,
-            };
+            });
             return d;
         }
         let step = limit_grow_step(k, env, want.saturating_sub(size), since_grow);
         let target = env.realize_up(size + step);
         if target <= size {
-            d.reason = Reason::AtCeiling { wanted: want };
+            d.reason = Reason::Plan(PlannerReason::AtCeiling { wanted: want });
             return d;
         }
         d.kind = Kind::Grow;
@@ -213,16 +213,16 @@ pub fn plan(i: &Input) -> Decision {
             .max(k.trend_window.as_secs_f64());
         let since_grow = since(i.now, i.history.last_grow);
         if since_grow < cooldown {
-            d.reason = Reason::ShrinkCooldown {
+            d.reason = Reason::Plan(PlannerReason::ShrinkCooldown {
                 seconds_left: cooldown - since_grow,
-            };
+            });
             return d;
         }
         let since_shrink = since(i.now, i.history.last_shrink);
         if since_shrink < k.shrink_interval.as_secs_f64() {
-            d.reason = Reason::ShrinkCooldown {
+            d.reason = Reason::Plan(PlannerReason::ShrinkCooldown {
                 seconds_left: k.shrink_interval.as_secs_f64() - since_shrink,
-            };
+            });
             return d;
         }
         let keep = (need_window.max(i.peak) + headroom).max(need + k.min_free);
@@ -240,15 +240,15 @@ pub fn plan(i: &Input) -> Decision {
         let target = env.realize_up(size.saturating_sub(step).max(keep.min(size)));
         let change = size.saturating_sub(target);
         if target >= size || (change < k.min_change && target > env.floor) {
-            d.reason = Reason::SmallChange { change };
+            d.reason = Reason::Plan(PlannerReason::SmallChange { change });
             return d;
         }
         d.kind = Kind::Shrink;
         d.target = target;
-        d.reason = Reason::Idle {
+        d.reason = Reason::Plan(PlannerReason::Idle {
             available: avail_window,
             threshold: shrink_threshold,
-        };
+        });
         return d;
     }
     d

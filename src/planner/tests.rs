@@ -1,5 +1,6 @@
 use super::*;
 use crate::envelope::{Envelope, FlavorCatalog, Limits};
+use crate::planner::PlannerReason;
 use crate::policy::Knobs;
 use crate::units::{Bytes, MIB};
 use proptest::prelude::*;
@@ -87,7 +88,10 @@ fn grows_when_short_and_shrinks_when_idle() {
     let d = m.tick(0.0, Bytes::from_mib(450), &e, &k);
     assert_eq!(d.kind, Kind::Grow, "{d:?}");
     assert!(d.target >= Bytes::from_mib(450) + k.headroom);
-    assert!(matches!(d.reason, Reason::Short { .. }));
+    assert!(matches!(
+        d.reason,
+        Reason::Plan(PlannerReason::Short { .. })
+    ));
     // idle for a long time: back to the floor, step by step
     let mut t = 1.0;
     while t < 400.0 {
@@ -122,7 +126,10 @@ fn at_ceiling_is_a_hold_with_a_reason() {
     let mut m = Model::new(Bytes::from_mib(1024));
     let d = m.tick(0.0, Bytes::from_mib(1500), &e, &k);
     assert_eq!(d.kind, Kind::Hold);
-    assert!(matches!(d.reason, Reason::AtCeiling { .. }), "{d:?}");
+    assert!(
+        matches!(d.reason, Reason::Plan(PlannerReason::AtCeiling { .. })),
+        "{d:?}"
+    );
 }
 
 #[test]
@@ -186,7 +193,10 @@ fn swapping_guest_grows() {
         peak: Bytes(0),
     });
     assert_eq!(d.kind, Kind::Grow);
-    assert!(matches!(d.reason, Reason::Swapping { .. }));
+    assert!(matches!(
+        d.reason,
+        Reason::Plan(PlannerReason::Swapping { .. })
+    ));
 }
 
 fn arb_env() -> impl Strategy<Value = Envelope> {
@@ -256,7 +266,7 @@ proptest! {
                 prop_assert!(d.target >= e.floor && d.target <= e.ceiling, "{d:?} outside {}..{}", e.floor, e.ceiling);
                 prop_assert!(e.is_realizable(d.target), "{} not realizable in {e:?}", d.target);
             }
-            if d.kind == Kind::Shrink && d.reason != Reason::AboveCeiling {
+            if d.kind == Kind::Shrink && d.reason != Reason::Plan(PlannerReason::AboveCeiling) {
                 prop_assert!(d.target >= e.floor.max(d.need + k.min_free).min(before), "{d:?}");
             }
         }
@@ -298,7 +308,7 @@ proptest! {
                 let before = m.size;
                 let d = m.tick(t, need, &e, &k);
                 let probe = d.kind == Kind::Grow && m.samples.last().is_some_and(|s| s.saturated());
-                if d.kind != Kind::Hold && !probe && d.reason != Reason::AboveCeiling && d.reason != Reason::BelowFloor {
+                if d.kind != Kind::Hold && !probe && d.reason != Reason::Plan(PlannerReason::AboveCeiling) && d.reason != Reason::Plan(PlannerReason::BelowFloor) {
                     dirs.push(d.kind);
                     log.push(format!("t={t} {before}->{} need={} pred={} H={} {} samples={:?}", d.target, d.need, d.predicted, d.headroom, d.reason, m.samples.iter().rev().take(12).map(|s| (s.at, s.need().mib(), s.available.mib(), s.saturated())).collect::<Vec<_>>()));
                 }
@@ -319,7 +329,7 @@ fn limits_are_respected_by_plan() {
     let mut m = Model::new(Bytes::from_mib(2048));
     let d = m.tick(0.0, Bytes::from_mib(100), &e, &Knobs::default());
     assert_eq!(d.kind, Kind::Shrink);
-    assert_eq!(d.reason, Reason::AboveCeiling);
+    assert_eq!(d.reason, Reason::Plan(PlannerReason::AboveCeiling));
     assert_eq!(d.target, Bytes::from_mib(1024));
 }
 
@@ -459,7 +469,7 @@ fn reference_plan(i: &Input) -> Decision {
     let k = i.knobs;
     let size = i.size;
     let Some(last) = i.samples.last() else {
-        return Decision::hold(size, Reason::NoSamples);
+        return Decision::hold(size, Reason::Plan(PlannerReason::NoSamples));
     };
     let need = last.need();
     let headroom = headroom(k, need);
@@ -498,9 +508,9 @@ fn reference_plan(i: &Input) -> Decision {
     let mut d = Decision {
         kind: Kind::Hold,
         target: size,
-        reason: Reason::InBand {
+        reason: Reason::Plan(PlannerReason::InBand {
             available: size.saturating_sub(need),
-        },
+        }),
         need,
         predicted,
         headroom,
@@ -510,13 +520,13 @@ fn reference_plan(i: &Input) -> Decision {
     if size > env.ceiling {
         d.kind = Kind::Shrink;
         d.target = env.ceiling;
-        d.reason = Reason::AboveCeiling;
+        d.reason = Reason::Plan(PlannerReason::AboveCeiling);
         return d;
     }
     if size < env.floor {
         d.kind = Kind::Grow;
         d.target = env.realize_up(env.floor.max(predicted + headroom));
-        d.reason = Reason::BelowFloor;
+        d.reason = Reason::Plan(PlannerReason::BelowFloor);
         return d;
     }
 
@@ -538,30 +548,30 @@ fn reference_plan(i: &Input) -> Decision {
             want = want.max(size + Bytes(headroom.0.saturating_mul(factor)));
         }
         let reason = if swapping && avail_pred >= grow_threshold {
-            Reason::Swapping {
+            Reason::Plan(PlannerReason::Swapping {
                 bytes_per_sec: swap as u64,
-            }
+            })
         } else {
-            Reason::Short {
+            Reason::Plan(PlannerReason::Short {
                 available: avail_pred,
                 threshold: grow_threshold,
-            }
+            })
         };
         if size >= env.ceiling {
-            d.reason = Reason::AtCeiling { wanted: want };
+            d.reason = Reason::Plan(PlannerReason::AtCeiling { wanted: want });
             return d;
         }
         let since_grow = since(i.now, i.history.last_grow);
         if since_grow < k.grow_cooldown.as_secs_f64() {
-            d.reason = Reason::GrowCooldown {
+            d.reason = Reason::Plan(PlannerReason::GrowCooldown {
                 seconds_left: k.grow_cooldown.as_secs_f64() - since_grow,
-            };
+            });
             return d;
         }
         let step = limit_grow_step(k, env, want.saturating_sub(size), since_grow);
         let target = env.realize_up(size + step);
         if target <= size {
-            d.reason = Reason::AtCeiling { wanted: want };
+            d.reason = Reason::Plan(PlannerReason::AtCeiling { wanted: want });
             return d;
         }
         d.kind = Kind::Grow;
@@ -587,16 +597,16 @@ fn reference_plan(i: &Input) -> Decision {
             .max(k.trend_window.as_secs_f64());
         let since_grow = since(i.now, i.history.last_grow);
         if since_grow < cooldown {
-            d.reason = Reason::ShrinkCooldown {
+            d.reason = Reason::Plan(PlannerReason::ShrinkCooldown {
                 seconds_left: cooldown - since_grow,
-            };
+            });
             return d;
         }
         let since_shrink = since(i.now, i.history.last_shrink);
         if since_shrink < k.shrink_interval.as_secs_f64() {
-            d.reason = Reason::ShrinkCooldown {
+            d.reason = Reason::Plan(PlannerReason::ShrinkCooldown {
                 seconds_left: k.shrink_interval.as_secs_f64() - since_shrink,
-            };
+            });
             return d;
         }
         let keep = (need_window.max(i.peak) + headroom).max(need + k.min_free);
@@ -614,15 +624,15 @@ fn reference_plan(i: &Input) -> Decision {
         let target = env.realize_up(size.saturating_sub(step).max(keep.min(size)));
         let change = size.saturating_sub(target);
         if target >= size || (change < k.min_change && target > env.floor) {
-            d.reason = Reason::SmallChange { change };
+            d.reason = Reason::Plan(PlannerReason::SmallChange { change });
             return d;
         }
         d.kind = Kind::Shrink;
         d.target = target;
-        d.reason = Reason::Idle {
+        d.reason = Reason::Plan(PlannerReason::Idle {
             available: avail_window,
             threshold: shrink_threshold,
-        };
+        });
         return d;
     }
     d

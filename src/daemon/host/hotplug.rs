@@ -2,6 +2,8 @@
 //! removal-failed event), memory or vCPUs plugged that the guest never brought online, and the
 //! vCPU counts operators ask for through the API. Every one is logged and audited.
 
+use crate::planner::EventReason;
+
 use super::{Host, Shared};
 use crate::audit::{Record, VcpuChange};
 use crate::control::{Guest, ONLINE_GRACE, REFUSED_HOLD};
@@ -86,10 +88,10 @@ pub(super) fn removal_failed(host: &mut Host, shared: &Shared, uuid: &str, alias
         .resizes
         .with_label_values(&["shrink", "dimm", "refused"])
         .inc();
-    let reason = Reason::UnplugRefused {
+    let reason = Reason::Event(EventReason::UnplugRefused {
         alias: alias.to_string(),
         hold_seconds: REFUSED_HOLD as u64,
-    };
+    });
     record(
         &label,
         shared,
@@ -111,7 +113,7 @@ pub(super) async fn check_online(host: &mut Host, shared: &Shared, now: f64, dea
     for (uuid, g) in host.guests.iter_mut() {
         g.expire_refusals(now);
         if let Some((plugged, onlined)) = g.check_onlined(now, ONLINE_GRACE) {
-            let reason = Reason::NotOnlined { plugged, onlined };
+            let reason = Reason::Event(EventReason::NotOnlined { plugged, onlined });
             record(
                 &label,
                 shared,
@@ -142,7 +144,7 @@ pub(super) async fn check_online(host: &mut Host, shared: &Shared, now: f64, dea
                     // A vCPU the guest never onlined never ran: its thread has no time.
                     let ran = times.iter().any(|v| v.id == id && v.time > 0);
                     if !ran {
-                        let reason = Reason::VcpuNotOnlined { vcpu: id };
+                        let reason = Reason::Event(EventReason::VcpuNotOnlined { vcpu: id });
                         record(
                             &label,
                             shared,
@@ -185,7 +187,7 @@ pub(super) async fn vcpu_adjusts(host: &mut Host, shared: &Shared, now: f64) {
             shared,
             &uuid,
             n,
-            Reason::ManualVcpus { requested: n },
+            Reason::Event(EventReason::ManualVcpus { requested: n }),
             now,
         )
         .await;

@@ -2,6 +2,8 @@
 //! an operator's manual size stands in for the planner's, and the host is shared when the
 //! guests together ask for more than it can give. Nothing here calls libvirt.
 
+use crate::planner::HoldReason;
+
 use super::{Host, Shared};
 use crate::control::share::{Ask, share as share_asks};
 use crate::envelope::Envelope;
@@ -60,8 +62,8 @@ pub(super) fn decide<'p>(
                         Kind::Shrink
                     },
                     target: requested,
-                    reason: Reason::Manual { requested },
-                    ..Decision::hold(before, Reason::Manual { requested })
+                    reason: Reason::Hold(HoldReason::Manual { requested }),
+                    ..Decision::hold(before, Reason::Hold(HoldReason::Manual { requested }))
                 };
             }
         }
@@ -110,7 +112,10 @@ pub(super) fn movable(host: &Host, plans: &[Plan]) -> Vec<(String, Candidate)> {
         .iter()
         .filter(|p| {
             (p.decision.reason.is_planned()
-                || matches!(p.decision.reason, Reason::HostShare { .. }))
+                || matches!(
+                    p.decision.reason,
+                    Reason::Hold(HoldReason::HostShare { .. })
+                ))
                 && host.guests.get(&p.uuid).is_some_and(|g| {
                     g.pending.is_none()
                         && !g.pinned

@@ -3,6 +3,8 @@
 //! (`crate::rebalance::pick`), after its room there is promised (`crate::coord`), by libvirt
 //! peer to peer or Nova's `os-migrateLive`; or, in propose-only mode, is proposed.
 
+use crate::planner::EventReason;
+
 use super::{Host, PROPOSAL_GRACE, Shared};
 use crate::audit::{Inputs, Record};
 use crate::hypervisor::HvError;
@@ -327,10 +329,10 @@ fn record_migration(
     } else if !propose {
         tracing::info!(host = %host.label, guest = %m.guest, to = %m.to, result = %result, "migration");
     }
-    let reason = Reason::Migrate {
+    let reason = Reason::Event(EventReason::Migrate {
         to: m.to.clone(),
         deficit,
-    };
+    });
     shared.audit.push(Record {
         time: now,
         host: host.label.clone(),

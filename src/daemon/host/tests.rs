@@ -3,6 +3,8 @@
 //! suite shows on real guests run here in seconds, without root. They add to the end-to-end
 //! tests and never replace them.
 
+use crate::planner::{EventReason, HoldReason};
+
 use super::{Host, tick};
 use crate::clock::ManualClock;
 use crate::config::{Config, HostConfig};
@@ -147,7 +149,9 @@ async fn a_guest_still_short_while_its_growth_lands_is_grown_again() {
     let reasons = bed.reasons("g");
     let still_short = reasons
         .iter()
-        .filter(|(r, res)| matches!(r, Reason::StillShort { .. }) && res == "applied")
+        .filter(|(r, res)| {
+            matches!(r, Reason::Hold(HoldReason::StillShort { .. })) && res == "applied"
+        })
         .count();
     assert!(
         still_short >= 1,
@@ -182,7 +186,7 @@ async fn a_refused_dimm_unplug_is_not_retried() {
         .reasons("d")
         .into_iter()
         .filter_map(|(r, _)| match r {
-            Reason::UnplugRefused { alias, .. } => Some(alias),
+            Reason::Event(EventReason::UnplugRefused { alias, .. }) => Some(alias),
             _ => None,
         })
         .collect();
@@ -222,7 +226,7 @@ async fn stale_stats_hold_the_guest() {
     assert!(
         bed.reasons("s")
             .iter()
-            .any(|(r, _)| matches!(r, Reason::Stale { .. }))
+            .any(|(r, _)| matches!(r, Reason::Hold(HoldReason::Stale { .. })))
     );
     h.freeze_stats("s", false);
     let grown = bed
@@ -253,7 +257,7 @@ async fn a_resize_that_does_not_converge_is_held_and_reported() {
     assert!(
         bed.reasons("n")
             .iter()
-            .any(|(r, _)| matches!(r, Reason::Unconverged { .. }))
+            .any(|(r, _)| matches!(r, Reason::Hold(HoldReason::Unconverged { .. })))
     );
     bed.run(hold - 5).await;
     assert_eq!(h.resizes("n"), first, "asked again during the hold");
@@ -302,16 +306,15 @@ async fn a_short_host_is_shared_then_a_guest_moves() {
     let shared: Vec<_> = ["p", "q"]
         .iter()
         .flat_map(|g| bed.reasons(g))
-        .filter(|(r, _)| matches!(r, Reason::HostShare { .. }))
+        .filter(|(r, _)| matches!(r, Reason::Hold(HoldReason::HostShare { .. })))
         .collect();
     assert!(!shared.is_empty(), "never shared: {:?}", bed.reasons("p"));
     assert!(moved.is_some(), "no move: {:?}", bed.reasons("p"));
     let m = &a.migrations()[0];
     assert_eq!(m.dest_uri, "scenario://roomy");
-    let migrated = bed
-        .reasons(&m.name)
-        .into_iter()
-        .any(|(r, res)| matches!(r, Reason::Migrate { .. }) && res == "applied");
+    let migrated = bed.reasons(&m.name).into_iter().any(|(r, res)| {
+        matches!(r, Reason::Event(EventReason::Migrate { .. })) && res == "applied"
+    });
     assert!(migrated, "{:?}", bed.reasons(&m.name));
     assert!(bed.hosts[1].has_guest(&m.name));
     // Both demands met: the mover on its new host, the other at home.
