@@ -3,7 +3,7 @@
 
 use crate::planner::{HoldReason, PlannerReason};
 
-use super::{CONVERGE_TOLERANCE, Guest, Health, Timing, sample_retention};
+use super::{CONVERGE_TOLERANCE, Guest, Health, REFUSAL_BACKOFF, Timing, sample_retention};
 use crate::envelope::{Envelope, Note};
 use crate::hypervisor::RunState;
 use crate::planner::{self, Decision, Kind, PeakTracker, Reason, Sample};
@@ -224,6 +224,19 @@ impl Guest {
             peak: self.peaks.peak(now),
         });
         self.health = Health::Ok;
+        let backoff = self.refused_at + REFUSAL_BACKOFF - now;
+        if d.kind == Kind::Shrink && backoff > 0.0 {
+            // The guest just refused to release memory: the next unplug would most likely be
+            // refused too (its plugged memory holds kernel pages). No shrink for a while.
+            return Decision {
+                kind: Kind::Hold,
+                target: size,
+                reason: Reason::Plan(PlannerReason::ShrinkCooldown {
+                    seconds_left: backoff,
+                }),
+                ..d
+            };
+        }
         d
     }
 }

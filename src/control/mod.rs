@@ -110,6 +110,8 @@ pub struct Guest {
     /// DIMMs the guest refused to release, and until when they are left alone (they count as
     /// boot memory meanwhile).
     pub refused: std::collections::HashMap<String, f64>,
+    /// When the guest last refused to release a DIMM.
+    pub refused_at: f64,
     /// DIMMs asked to go and still in the live definition, and since when: the guest is
     /// resizing until each is gone or refused (or `converge_timeout` has passed).
     pub unplugging: std::collections::HashMap<String, f64>,
@@ -128,6 +130,10 @@ pub struct Guest {
 
 /// Seconds a DIMM the guest refused to release is left alone.
 pub const REFUSED_HOLD: f64 = 3600.0;
+/// Seconds after a guest refused to release a DIMM before it is shrunk again at all: its
+/// other plugged memory likely holds kernel pages too, and each refusal costs the guest a
+/// failed offlining pass.
+pub const REFUSAL_BACKOFF: f64 = 120.0;
 /// Seconds a guest has to bring plugged memory or a vCPU online before it is reported.
 pub const ONLINE_GRACE: f64 = 30.0;
 
@@ -237,6 +243,7 @@ impl Guest {
             inactive: None,
             inactive_read: f64::NEG_INFINITY,
             refused: Default::default(),
+            refused_at: f64::NEG_INFINITY,
             unplugging: Default::default(),
             onlining: None,
             vcpu_check: None,

@@ -207,6 +207,7 @@ impl Guest {
     pub fn on_unplug_refused(&mut self, alias: &str, until: f64, now: f64) {
         self.needs_xml = true;
         self.refused.insert(alias.to_string(), until);
+        self.refused_at = now;
         self.unplugging.remove(alias);
         self.pending = None;
         self.settled_at = now;
