@@ -12,9 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Exit codes: 0 fine, 1 invalid config or policy, 2 usage, 3 runtime failure.
-pub const EXIT_INVALID: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_RUNTIME: i32 = 3;
+pub use crate::exit::{EXIT_INVALID, EXIT_RUNTIME, EXIT_USAGE};
 
 #[derive(Parser, Debug)]
 #[command(

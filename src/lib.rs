@@ -16,6 +16,7 @@ pub mod cpuplan;
 pub mod daemon;
 pub mod domain;
 pub mod envelope;
+pub mod exit;
 pub mod fairshare;
 pub mod hypervisor;
 pub mod libvirt;
