@@ -32,3 +32,4 @@ pub mod sim;
 pub mod state;
 pub mod trace;
 pub mod units;
+pub mod view;

@@ -7,7 +7,7 @@
 //! clones and sorts every label pair on each scrape (21 ms for 1,000 guests, see
 //! docs/benchmarks.md); a guest that goes away takes its series with it.
 
-use crate::daemon::{GuestView, HostView};
+use crate::view::{GuestView, HostView};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
