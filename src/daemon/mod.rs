@@ -27,9 +27,9 @@ pub fn save_interval(guests: usize) -> std::time::Duration {
 
 pub struct Shared {
     pub config: Config,
-    /// The config file the daemon started from, re-read on SIGHUP to report edits that need
-    /// a restart.
-    pub config_path: Option<std::path::PathBuf>,
+    /// The config file the daemon started from, and its settings as read then (before the
+    /// command line's overrides): re-read on SIGHUP, edits to it that need a restart are told.
+    pub config_file: Option<(std::path::PathBuf, Config)>,
     pub dry_run: bool,
     pub policies: RwLock<Arc<PolicySet>>,
     pub policy_status: RwLock<PolicyStatus>,
@@ -84,7 +84,7 @@ impl Shared {
             .clone()
             .map(|c| Arc::new(crate::coord::Coord::new(c)));
         Ok(Shared {
-            config_path: None,
+            config_file: None,
             dry_run: config.dry_run,
             config,
             policies: RwLock::new(Arc::new(policies)),
@@ -344,15 +344,13 @@ impl Shared {
     /// On SIGHUP: `[migration]` is applied; for the rest of the config file, say which edited
     /// settings wait for a restart, so nobody believes they took effect.
     pub fn config_changes_needing_restart(&self) -> Vec<String> {
-        let Some(path) = &self.config_path else {
+        let Some((path, started)) = &self.config_file else {
             return vec![];
         };
         let new = match Config::load(path) {
             Ok(c) => c,
             Err(d) => return d.iter().map(|d| d.to_string()).collect(),
         };
-        let old = &self.config;
-        let mut out = Vec::new();
         {
             let mut live = self.migration.write().unwrap_or_else(|p| p.into_inner());
             if *live != new.migration {
@@ -360,34 +358,16 @@ impl Shared {
                 *live = new.migration.clone();
             }
         }
-        let mut diff = |name: &str, changed: bool| {
-            if changed {
-                out.push(format!(
-                    "{}: {name} changed; it cannot change live: restart memscale to apply it",
+        started
+            .changes_needing_restart(&new)
+            .into_iter()
+            .map(|c| {
+                format!(
+                    "{}: {c}; it cannot change live: restart memscale to apply it",
                     path.display()
-                ));
-            }
-        };
-        diff("hosts", new.hosts != old.hosts);
-        diff("interval", new.interval != old.interval);
-        diff("stats_period", new.stats_period != old.stats_period);
-        diff("policies", new.policies != old.policies);
-        diff("listen", new.listen != old.listen);
-        diff("dry_run", new.dry_run != old.dry_run);
-        diff("audit_log", new.audit_log != old.audit_log);
-        diff("audit_ring", new.audit_ring != old.audit_ring);
-        diff(
-            "converge_timeout",
-            new.converge_timeout != old.converge_timeout,
-        );
-        diff(
-            "unconverged_hold",
-            new.unconverged_hold != old.unconverged_hold,
-        );
-        diff("driver_grace", new.driver_grace != old.driver_grace);
-        diff("flavors", new.flavors != old.flavors);
-        diff("coordination", new.coordination != old.coordination);
-        out
+                )
+            })
+            .collect()
     }
 }
 
