@@ -1,7 +1,8 @@
 //! The HTTP API and `/metrics`, on loopback by default. Read-only routes here; each answer is
 //! JSON, each error a JSON object with an `error` message.
 
-use crate::daemon::{GuestView, Shared, epoch_now};
+use crate::daemon::{Shared, epoch_now};
+use crate::view::GuestView;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes as HBytes, Incoming};
 use hyper::server::conn::http1;
@@ -33,12 +34,8 @@ pub fn error(code: StatusCode, msg: &str) -> Resp {
     json_resp(code, &json!({ "error": msg }))
 }
 
-pub(crate) fn all_guests(s: &Shared) -> Vec<GuestView> {
-    let hosts = s.hosts.read().unwrap_or_else(|p| p.into_inner());
-    hosts
-        .values()
-        .flat_map(|h| h.guests.iter().cloned())
-        .collect()
+fn all_guests(s: &Shared) -> Vec<GuestView> {
+    crate::view::all_guests(&s.hosts.read().unwrap_or_else(|p| p.into_inner()))
 }
 
 fn find_guest(s: &Shared, name: &str) -> Option<GuestView> {
@@ -309,7 +306,7 @@ fn mutate(s: &Shared, headers: &hyper::HeaderMap, name: &str, action: &str, body
             let vcpus = match req.vcpus {
                 None => None,
                 Some(n) => {
-                    if g.state == crate::daemon::guest::Health::NotRunning {
+                    if g.state == crate::control::Health::NotRunning {
                         return error(StatusCode::CONFLICT, "the guest is not running");
                     }
                     let Some(v) = &g.vcpus else {
@@ -370,20 +367,17 @@ fn mutate(s: &Shared, headers: &hyper::HeaderMap, name: &str, action: &str, body
 }
 
 /// A manual memory size, checked against the guest's state and envelope.
-fn check_memory(
-    g: &crate::daemon::GuestView,
-    mib: u64,
-) -> Result<crate::units::Bytes, (StatusCode, String)> {
+fn check_memory(g: &GuestView, mib: u64) -> Result<crate::units::Bytes, (StatusCode, String)> {
     let blocked = match g.state {
-        crate::daemon::guest::Health::NoDriver => {
+        crate::control::Health::NoDriver => {
             Some("the guest has no balloon driver: its memory cannot be managed")
         }
-        crate::daemon::guest::Health::Stale => Some("the guest's statistics are stale"),
-        crate::daemon::guest::Health::NotRunning => Some("the guest is not running"),
-        crate::daemon::guest::Health::NoEnvelope => {
+        crate::control::Health::Stale => Some("the guest's statistics are stale"),
+        crate::control::Health::NotRunning => Some("the guest is not running"),
+        crate::control::Health::NoEnvelope => {
             Some("the guest has no envelope (no resize method or hot-add specs)")
         }
-        crate::daemon::guest::Health::Starting => Some("the guest has not reported yet"),
+        crate::control::Health::Starting => Some("the guest has not reported yet"),
         _ => None,
     };
     if let Some(why) = blocked {

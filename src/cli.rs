@@ -12,9 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Exit codes: 0 fine, 1 invalid config or policy, 2 usage, 3 runtime failure.
-pub const EXIT_INVALID: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_RUNTIME: i32 = 3;
+pub use crate::exit::{EXIT_INVALID, EXIT_RUNTIME, EXIT_USAGE};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -323,12 +321,9 @@ fn print_diags(diags: &[Diag]) {
     }
 }
 
-/// Load the config file (or defaults) and apply the flags over it.
-pub fn effective_config(a: &RunArgs) -> Result<Config, Vec<Diag>> {
-    let mut c = match &a.config {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
+/// The config file's settings (or the defaults) with the flags applied over them.
+pub fn effective_config(file: Config, a: &RunArgs) -> Result<Config, Vec<Diag>> {
+    let mut c = file;
     if !a.connect.is_empty() {
         c.hosts = a.connect.iter().map(|u| HostConfig::from_arg(u)).collect();
     }
@@ -439,7 +434,20 @@ pub fn check(a: &CheckArgs) -> i32 {
 }
 
 pub async fn run(a: RunArgs) -> i32 {
-    let config = match effective_config(&a) {
+    // The file as read is kept apart from the flags: a SIGHUP compares edits of the file
+    // with it, not with what the flags made of it.
+    let file = match &a.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => Some((p.clone(), c)),
+            Err(d) => {
+                print_diags(&d);
+                return EXIT_INVALID;
+            }
+        },
+        None => None,
+    };
+    let from_file = file.as_ref().map_or_else(Config::default, |f| f.1.clone());
+    let config = match effective_config(from_file, &a) {
         Ok(c) => c,
         Err(d) => {
             print_diags(&d);
@@ -459,7 +467,7 @@ pub async fn run(a: RunArgs) -> i32 {
     };
     let shared = match Shared::new(config.clone(), set, &diags) {
         Ok(mut s) => {
-            s.config_path = a.config.clone();
+            s.config_file = file;
             if let Some(n) = &config.nova {
                 match crate::nova::Nova::new(n.clone()) {
                     Ok(n) => s.nova = Some(Arc::new(n)),

@@ -5,6 +5,7 @@ use crate::envelope::FlavorCatalog;
 use crate::policy::{Diag, Severity};
 use crate::units::{Bytes, Dur};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -279,6 +280,103 @@ impl Config {
     }
 }
 
+/// Top-level settings a SIGHUP applies to the running daemon: `[migration]`, taken by
+/// `Shared::config_changes_needing_restart`. (Policies reload too, but from the directory the
+/// daemon started with: `policies` itself is not live.) An edit to anything else, settings
+/// added later included, waits for a restart.
+pub const LIVE_SETTINGS: &[&str] = &["migration"];
+
+impl Config {
+    /// What an edit of the config file from `self` to `new` changed that only a restart
+    /// applies, one phrase each: `interval changed`, `nova.auth_url changed`,
+    /// `host "a": reserve changed`, `host "b" added`. Read from the serialized settings rather
+    /// than field by field, so a setting added to the config needs a restart unless it is
+    /// listed in [`LIVE_SETTINGS`]. Hosts are matched by label: their order means nothing.
+    pub fn changes_needing_restart(&self, new: &Config) -> Vec<String> {
+        let (Ok(old), Ok(new)) = (serde_json::to_value(self), serde_json::to_value(new)) else {
+            // Plain data always serializes; were it ever not to, say so rather than nothing.
+            return vec!["the config cannot be compared with the running one".into()];
+        };
+        let mut out = Vec::new();
+        for key in keys(Some(&old), Some(&new)) {
+            if LIVE_SETTINGS.contains(&key.as_str()) {
+                continue;
+            }
+            if key == "hosts" {
+                hosts_changes(old.get("hosts"), new.get("hosts"), &mut out);
+            } else {
+                for path in changed(&key, old.get(&key), new.get(&key)) {
+                    out.push(format!("{path} changed"));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The keys of two JSON objects together (none for anything else).
+fn keys(a: Option<&serde_json::Value>, b: Option<&serde_json::Value>) -> BTreeSet<String> {
+    [a, b]
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_object())
+        .flat_map(|o| o.keys().cloned())
+        .collect()
+}
+
+/// The dotted paths under `path` whose values differ: into tables present on both sides, the
+/// value itself otherwise.
+fn changed(
+    path: &str,
+    a: Option<&serde_json::Value>,
+    b: Option<&serde_json::Value>,
+) -> Vec<String> {
+    if a == b {
+        return vec![];
+    }
+    match (a, b) {
+        (Some(x), Some(y)) if x.is_object() && y.is_object() => keys(a, b)
+            .into_iter()
+            .flat_map(|k| changed(&format!("{path}.{k}"), x.get(&k), y.get(&k)))
+            .collect(),
+        _ => vec![path.to_string()],
+    }
+}
+
+fn hosts_changes(
+    a: Option<&serde_json::Value>,
+    b: Option<&serde_json::Value>,
+    out: &mut Vec<String>,
+) {
+    // Hosts by label: the name if set, else the URI (as `HostConfig::label`).
+    let by_label = |v: Option<&serde_json::Value>| -> BTreeMap<String, serde_json::Value> {
+        v.and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .map(|h| {
+                let label = h["name"].as_str().or(h["uri"].as_str()).unwrap_or("?");
+                (label.to_string(), h.clone())
+            })
+            .collect()
+    };
+    let (old, new) = (by_label(a), by_label(b));
+    let labels: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for l in labels {
+        match (old.get(l), new.get(l)) {
+            (Some(x), Some(y)) => {
+                for k in keys(Some(x), Some(y)) {
+                    for path in changed(&k, x.get(&k), y.get(&k)) {
+                        out.push(format!("host {l:?}: {path} changed"));
+                    }
+                }
+            }
+            (None, Some(_)) => out.push(format!("host {l:?} added")),
+            (Some(_), None) => out.push(format!("host {l:?} removed")),
+            (None, None) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,5 +463,108 @@ mod tests {
             (n.interface.as_str(), n.user_domain_name.as_str()),
             ("public", "Default")
         );
+    }
+    /// Two hosts, and a config to edit from it.
+    fn base() -> Config {
+        Config {
+            hosts: vec![
+                HostConfig::from_arg("a=qemu:///system"),
+                HostConfig::from_arg("b=qemu+tcp://b/system"),
+            ],
+            ..Config::default()
+        }
+    }
+
+    fn edit(f: impl FnOnce(&mut Config)) -> Vec<String> {
+        let mut c = base();
+        f(&mut c);
+        base().changes_needing_restart(&c)
+    }
+
+    fn nova() -> crate::nova::NovaConfig {
+        let c = Config::parse(
+            "c.toml",
+            "[nova]\nauth_url = \"http://k/v3\"\nusername = \"u\"\npassword_file = \"/p\"\nproject_name = \"p\"\n",
+        )
+        .unwrap();
+        c.nova.unwrap()
+    }
+
+    #[test]
+    fn every_setting_needs_a_restart_but_the_live_ones() {
+        assert!(edit(|_| {}).is_empty());
+        assert_eq!(
+            edit(|c| c.api_token_file = Some("/etc/memscale/token".into())),
+            ["api_token_file changed"]
+        );
+        assert_eq!(
+            edit(|c| c.state_dir = "/srv/memscale".into()),
+            ["state_dir changed"]
+        );
+        assert_eq!(edit(|c| c.nova = Some(nova())), ["nova changed"]);
+        let with_nova = Config {
+            nova: Some(nova()),
+            ..base()
+        };
+        let mut other_password = with_nova.clone();
+        if let Some(n) = &mut other_password.nova {
+            n.password_file = "/q".into();
+        }
+        assert_eq!(
+            with_nova.changes_needing_restart(&other_password),
+            ["nova.password_file changed"]
+        );
+        assert_eq!(
+            edit(|c| c.hosts[1].reserve = Bytes::from_gib(2)),
+            ["host \"b\": reserve changed"]
+        );
+        assert_eq!(
+            edit(|c| c.hosts.push(HostConfig::from_arg("c=qemu+tcp://c/system"))),
+            ["host \"c\" added"]
+        );
+        assert_eq!(
+            edit(|c| {
+                c.hosts.remove(0);
+            }),
+            ["host \"a\" removed"]
+        );
+        assert_eq!(
+            edit(|c| {
+                c.interval = Dur::secs(2);
+                c.coordination = Some(crate::coord::CoordConfig::default());
+            }),
+            ["coordination changed", "interval changed"]
+        );
+        let mut with_flavor = base();
+        with_flavor.flavors.insert(
+            "m1.small".into(),
+            crate::envelope::Flavor {
+                memory: Bytes::from_gib(2),
+                mem_max: None,
+                numa_nodes: None,
+                vcpus: None,
+            },
+        );
+        assert_eq!(
+            base().changes_needing_restart(&with_flavor),
+            ["flavors.m1.small changed"]
+        );
+    }
+
+    #[test]
+    fn live_settings_and_host_order_need_no_restart() {
+        assert!(
+            edit(|c| {
+                c.migration.enabled = true;
+                c.migration.timeout = Dur::secs(30);
+                c.hosts.reverse();
+            })
+            .is_empty()
+        );
+        // Each live setting is one the config has: a rename would leave it needing a restart.
+        let v = serde_json::to_value(base()).unwrap();
+        for k in LIVE_SETTINGS {
+            assert!(v.get(k).is_some(), "{k} is not a setting");
+        }
     }
 }

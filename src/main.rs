@@ -1,11 +1,12 @@
 use clap::Parser;
 use memscale::cli::{self, Cli, Command};
+use memscale::exit;
 
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { cli::EXIT_USAGE } else { 0 };
+            let code = if e.use_stderr() { exit::EXIT_USAGE } else { 0 };
             let _ = e.print();
             std::process::exit(code);
         }
@@ -26,7 +27,7 @@ fn main() {
             Ok(rt) => rt.block_on(cli::run(a)),
             Err(e) => {
                 eprintln!("memscale: cannot start the runtime: {e}");
-                cli::EXIT_RUNTIME
+                exit::EXIT_RUNTIME
             }
         },
     };

@@ -7,7 +7,7 @@
 //! clones and sorts every label pair on each scrape (21 ms for 1,000 guests, see
 //! docs/benchmarks.md); a guest that goes away takes its series with it.
 
-use crate::daemon::{GuestView, HostView};
+use crate::view::{GuestView, HostView};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -207,7 +207,7 @@ mod tests {
             name: "we\"ird\\name".into(),
             uuid: "u".into(),
             host: "h".into(),
-            state: crate::daemon::guest::Health::Stale,
+            state: crate::control::Health::Stale,
             current: crate::units::Bytes(1 << 30),
             target: crate::units::Bytes(1 << 29),
             envelope: None,

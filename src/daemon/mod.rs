@@ -1,59 +1,20 @@
 //! The daemon: one loop per host (so a slow host never delays another), policy reloads, and
-//! the shared state the API and metrics read.
+//! the shared state the API and metrics read (the views they read live in `view`).
 
-/// The guest controller, where the daemon's code has always found it.
-pub use crate::control as guest;
 mod host;
 
 use crate::audit::Audit;
 use crate::config::{Config, HostConfig};
-use crate::envelope::{Envelope, Note};
 use crate::hypervisor::Hypervisor;
 use crate::metrics::Metrics;
-use crate::planner::Decision;
 use crate::policy::{self, Diag, PolicySet};
 use crate::units::Bytes;
-use guest::Health;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 pub use crate::clock::epoch_now;
-
-/// A guest as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct GuestView {
-    pub name: String,
-    pub uuid: String,
-    pub host: String,
-    pub state: Health,
-    pub current: Bytes,
-    pub target: Bytes,
-    pub envelope: Option<Envelope>,
-    pub envelope_error: Option<String>,
-    pub can_grow: bool,
-    pub notes: Vec<Note>,
-    pub policy: String,
-    pub total: Option<Bytes>,
-    pub available: Option<Bytes>,
-    pub free: Option<Bytes>,
-    pub caches: Option<Bytes>,
-    pub used: Option<Bytes>,
-    pub stats_age_seconds: Option<f64>,
-    pub rss: Option<Bytes>,
-    pub pinned: bool,
-    pub last_decision: Option<Decision>,
-    pub why: Option<String>,
-    pub bad_stats: u64,
-    /// Its claimed use exceeds what its process holds on the host: capped at that.
-    pub rss_capped: bool,
-    pub flavor: Option<String>,
-    pub project: Option<String>,
-    pub tags: Vec<String>,
-    /// The vCPU envelope, from the definitions.
-    pub vcpus: Option<crate::envelope::Vcpus>,
-}
+pub use crate::view::{GuestView, HostView, PolicyStatus, Proposal};
 
 /// How often the planner memory is saved: every 5 s for a few guests, 5 ms more for each
 /// guest, at most a minute (10 s at 1,000 guests). Writing the whole file costs about as much
@@ -63,87 +24,11 @@ pub fn save_interval(guests: usize) -> std::time::Duration {
     std::time::Duration::from_millis((5_000 + 5 * guests as u64).min(60_000))
 }
 
-impl GuestView {
-    /// A view with nothing in it yet, for a host loop to fill.
-    pub(crate) fn blank() -> GuestView {
-        GuestView {
-            name: String::new(),
-            uuid: String::new(),
-            host: String::new(),
-            state: Health::Starting,
-            current: Bytes(0),
-            target: Bytes(0),
-            envelope: None,
-            envelope_error: None,
-            can_grow: false,
-            notes: Vec::new(),
-            policy: String::new(),
-            total: None,
-            available: None,
-            free: None,
-            caches: None,
-            used: None,
-            stats_age_seconds: None,
-            rss: None,
-            pinned: false,
-            last_decision: None,
-            why: None,
-            bad_stats: 0,
-            rss_capped: false,
-            flavor: None,
-            project: None,
-            tags: Vec::new(),
-            vcpus: None,
-        }
-    }
-
-    pub fn labels(&self) -> policy::GuestLabels<'_> {
-        policy::GuestLabels {
-            name: &self.name,
-            flavor: self.flavor.as_deref(),
-            project: self.project.as_deref(),
-            tags: &self.tags,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct HostView {
-    pub name: String,
-    pub uri: String,
-    pub connected: bool,
-    pub last_error: Option<String>,
-    pub capacity: Bytes,
-    pub reserve: Bytes,
-    pub committed: Bytes,
-    /// What the guests need beyond capacity minus reserve (0: the host holds them).
-    pub deficit: Bytes,
-    /// Whether this daemon acts for the host (false: watched only, or another daemon acts).
-    pub acting: bool,
-    /// Why not: "watched only" (`manage = false`), or the daemon that acts for it.
-    pub standby: Option<String>,
-    pub last_tick: f64,
-    pub guests: Vec<GuestView>,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct PolicyStatus {
-    pub generation: u64,
-    pub files: Vec<String>,
-    pub policies: Vec<String>,
-    /// The last reload's problems while they are not fixed (the previous set stays in force).
-    pub errors: Vec<String>,
-    pub warnings: Vec<String>,
-    pub last_reload: f64,
-    /// Config file edits seen on SIGHUP that only a restart applies.
-    pub config_refused: Vec<String>,
-}
-
 pub struct Shared {
     pub config: Config,
-    /// The config file the daemon started from, re-read on SIGHUP to report edits that need
-    /// a restart.
-    pub config_path: Option<std::path::PathBuf>,
+    /// The config file the daemon started from, and its settings as read then (before the
+    /// command line's overrides): re-read on SIGHUP, edits to it that need a restart are told.
+    pub config_file: Option<(std::path::PathBuf, Config)>,
     pub dry_run: bool,
     pub policies: RwLock<Arc<PolicySet>>,
     pub policy_status: RwLock<PolicyStatus>,
@@ -200,7 +85,7 @@ impl Shared {
             .clone()
             .map(|c| Arc::new(crate::coord::Coord::new(c)));
         Ok(Shared {
-            config_path: None,
+            config_file: None,
             dry_run: config.dry_run,
             config,
             policies: RwLock::new(Arc::new(policies)),
@@ -272,7 +157,8 @@ impl Shared {
                 self.metrics.reloads.with_label_values(&["ok"]).inc();
                 self.metrics.policy_generation.set(generation as i64);
                 tracing::info!(generation, policies = ?names, "policies reloaded");
-                let guests = crate::api::all_guests(self);
+                let guests =
+                    crate::view::all_guests(&self.hosts.read().unwrap_or_else(|p| p.into_inner()));
                 for p in &self.policy_set().policies {
                     if !guests.is_empty() && !guests.iter().any(|g| p.selector.matches(&g.labels()))
                     {
@@ -301,29 +187,6 @@ impl Shared {
                 false
             }
         }
-    }
-}
-
-/// A migration proposed while moves need an operator's approval.
-#[derive(Debug, Clone, Serialize)]
-pub struct Proposal {
-    pub id: u64,
-    pub from: String,
-    pub guest: String,
-    pub to: String,
-    pub size: Bytes,
-    pub deficit: Bytes,
-    /// When first proposed, and last found still the best move (epoch seconds).
-    pub proposed_at: f64,
-    pub last_seen: f64,
-    /// proposed, approved, rejected, running, applied, failed, expired, superseded.
-    pub state: String,
-    pub error: Option<String>,
-}
-
-impl Proposal {
-    pub fn open(&self) -> bool {
-        self.state == "proposed" || self.state == "approved"
     }
 }
 
@@ -498,15 +361,13 @@ impl Shared {
     /// On SIGHUP: `[migration]` is applied; for the rest of the config file, say which edited
     /// settings wait for a restart, so nobody believes they took effect.
     pub fn config_changes_needing_restart(&self) -> Vec<String> {
-        let Some(path) = &self.config_path else {
+        let Some((path, started)) = &self.config_file else {
             return vec![];
         };
         let new = match Config::load(path) {
             Ok(c) => c,
             Err(d) => return d.iter().map(|d| d.to_string()).collect(),
         };
-        let old = &self.config;
-        let mut out = Vec::new();
         {
             let mut live = self.migration.write().unwrap_or_else(|p| p.into_inner());
             if *live != new.migration {
@@ -514,34 +375,16 @@ impl Shared {
                 *live = new.migration.clone();
             }
         }
-        let mut diff = |name: &str, changed: bool| {
-            if changed {
-                out.push(format!(
-                    "{}: {name} changed; it cannot change live: restart memscale to apply it",
+        started
+            .changes_needing_restart(&new)
+            .into_iter()
+            .map(|c| {
+                format!(
+                    "{}: {c}; it cannot change live: restart memscale to apply it",
                     path.display()
-                ));
-            }
-        };
-        diff("hosts", new.hosts != old.hosts);
-        diff("interval", new.interval != old.interval);
-        diff("stats_period", new.stats_period != old.stats_period);
-        diff("policies", new.policies != old.policies);
-        diff("listen", new.listen != old.listen);
-        diff("dry_run", new.dry_run != old.dry_run);
-        diff("audit_log", new.audit_log != old.audit_log);
-        diff("audit_ring", new.audit_ring != old.audit_ring);
-        diff(
-            "converge_timeout",
-            new.converge_timeout != old.converge_timeout,
-        );
-        diff(
-            "unconverged_hold",
-            new.unconverged_hold != old.unconverged_hold,
-        );
-        diff("driver_grace", new.driver_grace != old.driver_grace);
-        diff("flavors", new.flavors != old.flavors);
-        diff("coordination", new.coordination != old.coordination);
-        out
+                )
+            })
+            .collect()
     }
 }
 

@@ -1,8 +1,9 @@
 //! `memscale simulate`: read a trace, run policies and baselines over it, print a table or
 //! JSON, and write a report.
 
+use super::report::Summary;
 use super::{Baseline, GuestKind, HostMode, Model, Options, RunResult, Spec};
-use crate::cli::{EXIT_INVALID, EXIT_RUNTIME, EXIT_USAGE};
+use crate::exit::{EXIT_INVALID, EXIT_RUNTIME, EXIT_USAGE};
 use crate::policy::{self, Policy, Severity};
 use crate::trace::{self, ReadOptions, Trace};
 use crate::units::{Bytes, Dur, Percent, Rate};
@@ -426,11 +427,6 @@ pub fn simulate(a: &SimulateArgs) -> i32 {
         );
     }
     0
-}
-
-/// The parts of the output the report repeats.
-pub struct Summary {
-    pub json: String,
 }
 
 fn out_summary(o: &Output) -> Summary {

@@ -3,13 +3,18 @@
 //! baseline), a few VM timelines (demand, allocation, floor, ceiling) and the distribution of
 //! pressure-event lengths.
 
-use super::cmd::Summary;
 use super::{Options, RunResult};
 use crate::trace::Trace;
 use crate::units::GIB;
 use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;
+
+/// The parts of the `--json` output the report repeats (`results.json`), rendered by the
+/// command before it hands them over.
+pub struct Summary {
+    pub json: String,
+}
 
 /// The VMs whose timelines the report shows: the most variable ones (by the spread of their
 /// demand relative to their ceiling), so the plots show decisions being made.

@@ -13,9 +13,9 @@
 //! itself. The loop reads the time from the daemon's clock and the host through the
 //! [`Hypervisor`] trait, so it runs in process against `crate::model` in tests.
 
-use super::guest::Guest;
 use super::{GuestView, Shared};
 use crate::config::HostConfig;
+use crate::control::Guest;
 use crate::hypervisor::{HvError, Hypervisor};
 use crate::units::Bytes;
 use std::collections::HashMap;

@@ -2,19 +2,20 @@
 //!
 //! `Baseline` names them and builds each one's controller; every family lives in its own file
 //! with its published constants: `vpa` (Kubernetes), `mom` (oVirt), `proxmox` and `autopilot`
-//! (Google). The static and oracle ones are in `controllers`.
+//! (Google); the static allocation and the oracle are in `reference`.
 
 pub mod autopilot;
 pub mod mom;
 pub mod proxmox;
+pub mod reference;
 pub mod vpa;
 
 pub use autopilot::AutopilotCtl;
 pub use mom::MomCtl;
 pub use proxmox::{ProxmoxCtl, PveGuest, pve_compute};
+pub use reference::{OracleCtl, StaticCtl};
 pub use vpa::VpaCtl;
 
-use super::controllers::{OracleCtl, StaticCtl};
 use super::{Controller, Model};
 use std::fmt;
 use std::str::FromStr;
