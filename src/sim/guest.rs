@@ -1,0 +1,161 @@
+//! One modelled guest: its trace, its envelope, its allocation and a resize landing, with
+//! demand and allocation integrated over time into the run's sums.
+
+use super::Model;
+use super::result::{Acc, Timeline, TimelinePoint};
+use crate::envelope::Envelope;
+use crate::planner::Sample;
+use crate::trace::VmTrace;
+use crate::units::Bytes;
+
+/// The live state of one modelled guest.
+pub(super) struct Guest<'a> {
+    pub(super) tr: &'a VmTrace,
+    pub(super) env: Envelope,
+    /// Index of the current trace point.
+    pub(super) i: usize,
+    pub(super) start: f64,
+    pub(super) end: f64,
+    pub(super) alloc: u64,
+    pub(super) target: u64,
+    pub(super) land: f64,
+    /// Integrated up to here.
+    pub(super) t: f64,
+    pub(super) in_pressure: bool,
+    pub(super) pressure_since: f64,
+    pub(super) timeline: Option<Timeline>,
+    pub(super) timeline_end: f64,
+}
+
+impl<'a> Guest<'a> {
+    pub(super) fn new(tr: &'a VmTrace, model: &Model, record: bool, span: f64) -> Guest<'a> {
+        let env = model.envelope(tr.ceiling);
+        let start = tr.start() as f64;
+        let ceiling = env.ceiling.0;
+        Guest {
+            tr,
+            i: 0,
+            start,
+            end: tr.end() as f64,
+            alloc: ceiling,
+            target: ceiling,
+            land: f64::INFINITY,
+            t: start,
+            in_pressure: false,
+            pressure_since: 0.0,
+            timeline: record.then(|| Timeline {
+                vm: tr.key.clone(),
+                floor: env.floor.0,
+                ceiling: env.ceiling.0,
+                points: vec![],
+            }),
+            timeline_end: start + span,
+            env,
+        }
+    }
+
+    /// Demand now, never above the modelled ceiling (which is the trace's, rounded down to
+    /// what the methods can reach).
+    pub(super) fn demand(&self) -> u64 {
+        self.tr.demand[self.i].min(self.env.ceiling.0)
+    }
+
+    pub(super) fn record(&mut self, at: f64) {
+        let (demand, alloc) = (self.demand(), self.alloc);
+        if let Some(tl) = &mut self.timeline
+            && at <= self.timeline_end
+        {
+            tl.points.push(TimelinePoint {
+                t: at - self.start,
+                demand,
+                alloc,
+            });
+        }
+    }
+
+    /// Account `[self.t, b)` at the current demand and allocation.
+    pub(super) fn integrate(&mut self, b: f64, acc: &mut Acc) {
+        let b = b.min(self.end);
+        if b <= self.t {
+            return;
+        }
+        let dt = b - self.t;
+        let (d, a) = (self.demand(), self.alloc);
+        let ceiling = self.env.ceiling.0 as f64;
+        acc.vm_seconds += dt;
+        acc.ceiling_bs += ceiling * dt;
+        acc.alloc_bs += a as f64 * dt;
+        acc.demand_bs += d as f64 * dt;
+        if d > a {
+            if !self.in_pressure {
+                self.in_pressure = true;
+                self.pressure_since = self.t;
+                acc.pressure_events += 1;
+            }
+            acc.pressure_seconds += dt;
+            acc.shortfall_bs += (d - a) as f64 * dt;
+        } else if self.in_pressure {
+            self.in_pressure = false;
+            acc.event_lengths
+                .push((self.t - self.pressure_since) as f32);
+        }
+        self.t = b;
+    }
+
+    /// Apply every demand change and landing up to `t`, accounting as we go.
+    pub(super) fn advance(&mut self, t: f64, acc: &mut Acc) {
+        loop {
+            let next_point = self
+                .tr
+                .times
+                .get(self.i + 1)
+                .map(|&x| x as f64)
+                .unwrap_or(f64::INFINITY);
+            let next = next_point.min(self.land);
+            if next > t {
+                break;
+            }
+            self.integrate(next, acc);
+            if self.land <= next_point {
+                self.alloc = self.target;
+                self.land = f64::INFINITY;
+            } else {
+                self.i += 1;
+            }
+            self.record(next);
+        }
+        self.integrate(t, acc);
+    }
+
+    pub(super) fn finish(&mut self, acc: &mut Acc) {
+        self.advance(self.end, acc);
+        if self.in_pressure {
+            self.in_pressure = false;
+            acc.event_lengths
+                .push((self.end - self.pressure_since) as f32);
+        }
+    }
+
+    /// The next time this guest's demand or allocation changes.
+    pub(super) fn next_change(&self) -> f64 {
+        let p = self
+            .tr
+            .times
+            .get(self.i + 1)
+            .map(|&x| x as f64)
+            .unwrap_or(f64::INFINITY);
+        p.min(self.land)
+    }
+
+    pub(super) fn sample(&self, now: f64, interval: f64) -> Sample {
+        let (d, a) = (self.demand(), self.alloc);
+        Sample {
+            at: now,
+            size: Bytes(a),
+            total: Bytes(a),
+            available: Bytes(a.saturating_sub(d)),
+            // A guest short of memory thrashes: it swaps in its shortfall every interval.
+            swap_in_rate: d.saturating_sub(a) as f64 / interval,
+        }
+    }
+}
