@@ -1,7 +1,7 @@
 //! The HTTP API and `/metrics`, on loopback by default. Read-only routes here; each answer is
 //! JSON, each error a JSON object with an `error` message.
 
-use crate::daemon::{Shared, epoch_now};
+use crate::daemon::Shared;
 use crate::view::GuestView;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes as HBytes, Incoming};
@@ -74,7 +74,7 @@ pub fn status(s: &Shared) -> serde_json::Value {
         .clone();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "uptime_seconds": epoch_now() - s.started,
+        "uptime_seconds": s.now() - s.started,
         "ready": *s.ready.borrow(),
         "coordination": s.coord.as_ref().map(|c| json!({
             "node": c.name(), "etcd": c.config().etcd, "prefix": c.config().prefix, "session": c.live(),
@@ -471,7 +471,7 @@ pub async fn serve(
                 };
                 let Ok(permit) = permits.clone().try_acquire_owned() else {
                     s.metrics.api_requests.with_label_values(&["refused", "503"]).inc();
-                    let now = crate::daemon::epoch_now();
+                    let now = s.now();
                     if now - refused_logged > 60.0 {
                         refused_logged = now;
                         tracing::warn!(limit = MAX_CONNECTIONS, "api: too many connections; closing new ones");

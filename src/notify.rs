@@ -2,7 +2,7 @@
 //! watchdog petted only while every host loop keeps ticking (so a hung loop gets restarted).
 //! Without `NOTIFY_SOCKET` (not under systemd) every call is a no-op.
 
-use crate::daemon::{Shared, epoch_now};
+use crate::daemon::Shared;
 use sd_notify::NotifyState;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +54,7 @@ pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 return;
             },
         }
-        let now = epoch_now();
+        let now = s.now();
         let stale: Vec<String> = s
             .heartbeat
             .lock()
