@@ -80,11 +80,12 @@ fn water_fill(demand: &[u64], weight: &[u64], capacity: u64) -> Vec<u64> {
 pub fn share(claims: &[Claim], available: Bytes) -> Vec<Bytes> {
     let norm: Vec<(u64, u64, u64)> = claims.iter().map(Claim::normal).collect();
     let weight: Vec<u64> = claims.iter().map(|c| c.shares.max(1) as u64).collect();
-    let floors: u64 = norm.iter().map(|n| n.0).sum();
+    // Saturating: a claim comes from what a guest reports, and may be absurd.
+    let floors: u64 = norm.iter().fold(0u64, |a, n| a.saturating_add(n.0));
     let mut left = available.0.saturating_sub(floors);
     let needs: Vec<u64> = norm.iter().map(|n| n.1 - n.0).collect();
     let got_need = water_fill(&needs, &weight, left);
-    left = left.saturating_sub(got_need.iter().sum());
+    left = left.saturating_sub(got_need.iter().fold(0u64, |a, g| a.saturating_add(*g)));
     let extra: Vec<u64> = norm.iter().map(|n| n.2 - n.1).collect();
     let all_needs_met = got_need == needs;
     let got_extra = if all_needs_met {
@@ -94,7 +95,7 @@ pub fn share(claims: &[Claim], available: Bytes) -> Vec<Bytes> {
     };
     norm.iter()
         .enumerate()
-        .map(|(i, n)| Bytes(n.0 + got_need[i] + got_extra[i]))
+        .map(|(i, n)| Bytes(n.0.saturating_add(got_need[i]).saturating_add(got_extra[i])))
         .collect()
 }
 

@@ -39,6 +39,16 @@ fn default_policies() -> PolicySet {
 impl Bed {
     /// One host per `(name, capacity, reserve)`, each with `memory` of its own.
     fn new(hosts: &[(&str, Bytes, Bytes)], migration: bool) -> Bed {
+        Bed::wrapped(hosts, migration, |h| h)
+    }
+
+    /// As [`Bed::new`], the daemon reaching each host through `wrap` (a host whose guests
+    /// report what a test makes up).
+    fn wrapped(
+        hosts: &[(&str, Bytes, Bytes)],
+        migration: bool,
+        wrap: impl Fn(Arc<dyn crate::hypervisor::Hypervisor>) -> Arc<dyn crate::hypervisor::Hypervisor>,
+    ) -> Bed {
         let clock = Arc::new(ManualClock::new(START));
         let fabric = Fabric::new();
         let mut config = Config::default();
@@ -63,7 +73,7 @@ impl Bed {
             .zip(&scenario)
             .map(|(cfg, hv)| {
                 let hv: Arc<dyn crate::hypervisor::Hypervisor> = hv.clone();
-                Host::new(cfg.clone(), hv)
+                Host::new(cfg.clone(), wrap(hv))
             })
             .collect();
         Bed {
@@ -343,4 +353,185 @@ async fn a_short_host_is_shared_then_a_guest_moves() {
         bed.reasons("p"),
         bed.reasons("q")
     );
+}
+
+/// What a hostile or broken guest may report, field by field (KiB as libvirt gives them):
+/// nothing, zero, the largest values, values that wrap when turned into bytes, plausible ones.
+#[derive(Debug, Clone)]
+struct WildReport {
+    current: Option<u64>,
+    maximum: Option<u64>,
+    total: Option<u64>,
+    usable: Option<u64>,
+    unused: Option<u64>,
+    caches: Option<u64>,
+    swap_in: Option<u64>,
+    last_update: Option<u64>,
+    rss: Option<u64>,
+}
+
+/// A scenario host whose guests' statistics are replaced by made-up ones; definitions and
+/// resizes are the scenario host's.
+struct Wild {
+    inner: Arc<dyn crate::hypervisor::Hypervisor>,
+    reports: std::sync::Mutex<Vec<WildReport>>,
+}
+
+impl crate::hypervisor::Hypervisor for Wild {
+    fn uri(&self) -> &str {
+        self.inner.uri()
+    }
+    fn take_events(&self) -> Vec<crate::hypervisor::HvEvent> {
+        self.inner.take_events()
+    }
+    fn stats(&self) -> Result<Vec<crate::hypervisor::GuestStats>, crate::hypervisor::HvError> {
+        let mut stats = self.inner.stats()?;
+        let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        for s in stats.iter_mut() {
+            let Some(w) = reports.pop() else { break };
+            let kib = |v: Option<u64>| v.map(Bytes::from_kib);
+            s.current = kib(w.current);
+            s.maximum = kib(w.maximum);
+            s.guest.total = kib(w.total);
+            s.guest.usable = kib(w.usable);
+            s.guest.unused = kib(w.unused);
+            s.guest.disk_caches = kib(w.caches);
+            s.guest.swap_in = kib(w.swap_in);
+            s.last_update = w.last_update.unwrap_or(s.last_update);
+            s.rss = kib(w.rss);
+        }
+        Ok(stats)
+    }
+    fn domain_xml(&self, uuid: &str, inactive: bool) -> Result<String, crate::hypervisor::HvError> {
+        self.inner.domain_xml(uuid, inactive)
+    }
+    fn set_balloon(&self, uuid: &str, target: Bytes) -> Result<(), crate::hypervisor::HvError> {
+        self.inner.set_balloon(uuid, target)
+    }
+    fn set_virtio_mem(
+        &self,
+        uuid: &str,
+        alias: &str,
+        requested: Bytes,
+    ) -> Result<(), crate::hypervisor::HvError> {
+        self.inner.set_virtio_mem(uuid, alias, requested)
+    }
+    fn attach_memory(&self, uuid: &str, xml: &str) -> Result<(), crate::hypervisor::HvError> {
+        self.inner.attach_memory(uuid, xml)
+    }
+    fn detach_alias(&self, uuid: &str, alias: &str) -> Result<(), crate::hypervisor::HvError> {
+        self.inner.detach_alias(uuid, alias)
+    }
+    fn set_stats_period(&self, uuid: &str, seconds: u32) -> Result<(), crate::hypervisor::HvError> {
+        self.inner.set_stats_period(uuid, seconds)
+    }
+    fn host_memory(&self) -> Result<Bytes, crate::hypervisor::HvError> {
+        self.inner.host_memory()
+    }
+    fn migrate(
+        &self,
+        uuid: &str,
+        dest_uri: &str,
+        data_uri: Option<&str>,
+    ) -> Result<(), crate::hypervisor::HvError> {
+        self.inner.migrate(uuid, dest_uri, data_uri)
+    }
+}
+
+mod wild {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn field() -> impl Strategy<Value = Option<u64>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(0)),
+            Just(Some(1)),
+            Just(Some(u64::MAX)),
+            Just(Some(u64::MAX / 1024 + 1)),
+            Just(Some(u64::MAX / 2)),
+            (0u64..8 << 20).prop_map(Some),
+        ]
+    }
+
+    fn stamp() -> impl Strategy<Value = Option<u64>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(0)),
+            Just(Some(u64::MAX)),
+            Just(Some(1)),
+            (0u64..200).prop_map(|d| Some(START as u64 + d)),
+            (0u64..1_000_000).prop_map(|d| Some(START as u64 - d)),
+        ]
+    }
+
+    fn report() -> impl Strategy<Value = WildReport> {
+        (
+            field(),
+            field(),
+            field(),
+            field(),
+            field(),
+            field(),
+            field(),
+            stamp(),
+            field(),
+        )
+            .prop_map(
+                |(current, maximum, total, usable, unused, caches, swap_in, last_update, rss)| {
+                    WildReport {
+                        current,
+                        maximum,
+                        total,
+                        usable,
+                        unused,
+                        caches,
+                        swap_in,
+                        last_update,
+                        rss,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whole ticks of a host whose three guests (virtio-mem, balloon, DIMMs) report
+        /// anything at all: no panic (debug builds check every overflow), every resize the
+        /// daemon asks is one the definition allows (the host refuses the rest and counts
+        /// them), and the host's published view stays within what its guests can hold.
+        #[test]
+        fn a_tick_survives_any_report(ticks in proptest::collection::vec(proptest::collection::vec(report(), 3), 1..25)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let wilds: Arc<std::sync::Mutex<Vec<Arc<Wild>>>> = Default::default();
+            let w2 = wilds.clone();
+            let mut bed = Bed::wrapped(&[("a", Bytes::from_gib(4), mib(256))], false, move |inner| {
+                let w = Arc::new(Wild { inner, reports: Default::default() });
+                w2.lock().unwrap_or_else(|p| p.into_inner()).push(w.clone());
+                w
+            });
+            let h = bed.hosts[0].clone();
+            h.add_guest(GuestSpec::virtio_mem("v", mib(512), mib(1024)).demand(mib(200)));
+            h.add_guest(GuestSpec::balloon("b", mib(1024)).floor(mib(512)).demand(mib(200)));
+            h.add_guest(GuestSpec::dimm("d", mib(512), 4, mib(1536)).demand(mib(200)));
+            let wild = wilds.lock().unwrap_or_else(|p| p.into_inner())[0].clone();
+            rt.block_on(async {
+                bed.run(5).await;
+                for reports in ticks {
+                    *wild.reports.lock().unwrap_or_else(|p| p.into_inner()) = reports;
+                    bed.run(1).await;
+                }
+            });
+            // The largest each definition allows: the balloon (with plugged DIMMs, for the
+            // DIMM guest) and the virtio-mem device.
+            for (g, balloon_max) in [("v", mib(512)), ("b", mib(1024)), ("d", mib(1536))] {
+                let c = h.counters(g);
+                prop_assert!(c.balloon_target.is_none_or(|t| t <= balloon_max), "{g}: {c:?}");
+                prop_assert!(c.vmem_requested.values().all(|r| *r <= mib(1024)), "{g}: {c:?}");
+            }
+            let hosts = bed.shared.hosts.read().unwrap_or_else(|p| p.into_inner());
+            let view = hosts.get("a").expect("host view");
+            prop_assert_eq!(view.guests.len(), 3);
+        }
+    }
 }
