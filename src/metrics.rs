@@ -31,6 +31,7 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     pub migrations: IntCounterVec,
     pub host_acting: IntGaugeVec,
+    pub host_connected: IntGaugeVec,
     pub state_errors: IntCounter,
     pub up: IntCounter,
 }
@@ -59,6 +60,7 @@ impl Metrics {
             api_requests: reg(&r, IntCounterVec::new(Opts::new("memscale_api_requests_total", "API requests by route and status code."), &["route", "code"]).expect("metric")),
             migrations: reg(&r, IntCounterVec::new(Opts::new("memscale_migrations_total", "Live migrations off a host short of memory, by source, destination and result (proposed, applied, failed)."), &["from", "to", "result"]).expect("metric")),
             state_errors: reg(&r, IntCounter::new("memscale_state_save_errors_total", "Failed writes of the state file (pins and planner memory across restarts).").expect("metric")),
+            host_connected: reg(&r, IntGaugeVec::new(Opts::new("memscale_host_connected", "1 while the host's libvirt answers; 0 while it cannot be reached (retried with back-off)."), &["host"]).expect("metric")),
             host_acting: reg(&r, IntGaugeVec::new(Opts::new("memscale_host_acting", "1 when this daemon acts for the host; 0 when it only watches it (manage = false, or another daemon holds it through etcd)."), &["host"]).expect("metric")),
             up: reg(&r, IntCounter::new("memscale_ticks_total", "Host ticks run since start.").expect("metric")),
             registry: r,

@@ -412,7 +412,7 @@ pub async fn run(
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     let n = hosts.len();
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<String>(n.max(1));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<(String, bool)>(n.max(1));
     for (cfg, hv) in hosts {
         let s = shared.clone();
         let sd = shutdown.clone();
@@ -441,12 +441,23 @@ pub async fn run(
     }
     let s = shared.clone();
     tasks.spawn(async move {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(h) = ready_rx.recv().await {
-            seen.insert(h);
+        // Ready once every host has had its first tick: answered, or found unreachable.
+        let mut seen = std::collections::BTreeMap::new();
+        while let Some((h, ok)) = ready_rx.recv().await {
+            seen.insert(h, ok);
             if seen.len() == n {
+                let down: Vec<&str> = seen
+                    .iter()
+                    .filter(|(_, ok)| !**ok)
+                    .map(|(h, _)| h.as_str())
+                    .collect();
                 let _ = s.ready.send(true);
-                tracing::info!(hosts = n, "every host has completed a tick: ready");
+                if down.is_empty() {
+                    tracing::info!(hosts = n, "every host has completed a tick: ready");
+                } else {
+                    tracing::warn!(hosts = n, unreachable = ?down,
+                        "ready, serving the hosts that answered; the others are retried with back-off and join when they answer");
+                }
             }
         }
     });

@@ -137,7 +137,7 @@ pub(super) async fn host_loop(
     cfg: HostConfig,
     hv: Arc<dyn Hypervisor>,
     mut shutdown: watch::Receiver<bool>,
-    ready: mpsc::Sender<String>,
+    ready: mpsc::Sender<(String, bool)>,
 ) {
     let label = cfg.label();
     let mut host = Host::new(cfg, hv);
@@ -166,9 +166,12 @@ pub(super) async fn host_loop(
             .with_label_values(&[&label])
             .observe(took.as_secs_f64());
         shared.metrics.up.inc();
-        if ok && !announced {
+        if !announced {
+            // The first tick is over, whether the host answered or not: a host that cannot be
+            // reached must not keep the daemon from serving the others (it is retried with
+            // back-off, and joins when it answers).
             announced = true;
-            let _ = ready.send(label.clone()).await;
+            let _ = ready.send((label.clone(), ok)).await;
         }
         next += interval;
         let now = tokio::time::Instant::now();

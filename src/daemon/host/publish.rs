@@ -154,6 +154,9 @@ pub(super) fn publish(host: &mut Host, shared: &Shared, now: f64) {
     hb("reserve", host.cfg.reserve);
     hb("committed", committed);
     hb("deficit", host.deficit);
+    m.host_connected
+        .with_label_values(&[&host.label])
+        .set(i64::from(host.connected));
     hb(
         "free",
         capacity

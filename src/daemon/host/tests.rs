@@ -535,3 +535,75 @@ mod wild {
         }
     }
 }
+
+/// The daemon started with one of its two hosts unreachable: ready within seconds, serving the
+/// host that answers; the other is reported (status, metric) and joins when it answers.
+/// Real time (the daemon's own loops and back-off), a few seconds.
+#[tokio::test]
+async fn an_unreachable_host_does_not_hold_back_readiness_and_joins_later() {
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+    let fabric = Fabric::new();
+    let up = fabric.host("scenario://up", clock.clone(), Bytes::from_gib(8));
+    let down = fabric.host("scenario://down", clock.clone(), Bytes::from_gib(8));
+    up.add_guest(GuestSpec::virtio_mem("u", mib(512), mib(1024)));
+    down.add_guest(GuestSpec::virtio_mem("w", mib(512), mib(1024)));
+    down.set_down(true);
+    let mut config = Config::default();
+    let mut hosts: Vec<(HostConfig, Arc<dyn crate::hypervisor::Hypervisor>)> = Vec::new();
+    for (name, hv) in [("up", up.clone()), ("down", down.clone())] {
+        let mut h = HostConfig::from_uri(&format!("scenario://{name}"));
+        h.name = Some(name.to_string());
+        h.capacity = Some(Bytes::from_gib(8));
+        config.hosts.push(h.clone());
+        hosts.push((h, hv));
+    }
+    let shared = Arc::new(Shared::new(config, default_policies(), &[]).expect("shared"));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let daemon = tokio::spawn(crate::daemon::run(shared.clone(), hosts, shutdown));
+    let mut ready = shared.ready.subscribe();
+    let became_ready = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !*ready.borrow_and_update() {
+            if ready.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert_eq!(became_ready, Ok(true), "not ready with one host down");
+    let view = |name: &str| {
+        shared
+            .hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|v| (v.connected, v.last_error.clone(), v.guests.len()))
+    };
+    let (connected, error, _) = view("down").expect("the down host is reported");
+    assert!(!connected);
+    assert!(error.is_some_and(|e| !e.is_empty()));
+    assert_eq!(view("up").map(|v| (v.0, v.2)), Some((true, 1)));
+    let metric = |name: &str| {
+        shared
+            .metrics
+            .host_connected
+            .with_label_values(&[name])
+            .get()
+    };
+    assert_eq!((metric("up"), metric("down")), (1, 0));
+    // Its libvirtd comes up: it joins within its back-off.
+    down.set_down(false);
+    let joined = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            if view("down").is_some_and(|v| v.0 && v.2 == 1) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(joined.is_ok(), "the host never joined: {:?}", view("down"));
+    assert_eq!(metric("down"), 1);
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), daemon).await;
+}
