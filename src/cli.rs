@@ -465,6 +465,17 @@ pub async fn run(a: RunArgs) -> i32 {
         eprintln!("memscale: invalid policies; nothing was started");
         return EXIT_INVALID;
     };
+    // The saved state before anything is opened or started: a file from a newer memscale
+    // stops the start here, read but not moved, for the operator who downgraded to decide.
+    let loaded = match crate::state::load(&config.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "memscale: {e}; nothing was started and the file is left as it is (run the newer memscale, or move the file aside to start without it)"
+            );
+            return EXIT_INVALID;
+        }
+    };
     let shared = match Shared::new(config.clone(), set, &diags) {
         Ok(mut s) => {
             s.config_file = file;
@@ -497,7 +508,7 @@ pub async fn run(a: RunArgs) -> i32 {
             return EXIT_RUNTIME;
         }
     };
-    shared.restore_state();
+    shared.restore_state(loaded);
     let hosts: Vec<(HostConfig, Arc<dyn Hypervisor>)> = config
         .hosts
         .iter()

@@ -2,11 +2,12 @@
 //! planner memory (recent samples, the peak window, when it was last resized), so the first
 //! decisions after a restart are those the daemon would have taken had it not stopped.
 //!
-//! One JSON file, `STATE_DIR/state.json`, replaced atomically (written beside, synced, renamed,
-//! the directory synced): a crash leaves the old file or the new one, never half of one. Pins
-//! are written at once when an operator changes them; guest memory every few seconds and at a
-//! clean stop. A file that cannot be read is reported and set aside (`state.json.bad`), never
-//! fatal: guests then keep their sizes and the planner starts afresh.
+//! One JSON file, `STATE_DIR/state.json`, replaced atomically, and the one it replaced kept as
+//! `state.json.1` (`file.rs`): a crash leaves a whole generation, never half of one. Pins are
+//! written at once when an operator changes them; guest memory every few seconds and at a
+//! clean stop. A current file that cannot be read is reported and set aside
+//! (`state.json.bad`), and the previous generation restored; with neither, guests keep their
+//! sizes and the planner starts afresh. A file from a newer memscale stops the start.
 
 use crate::planner::{History, PeakTracker, Sample};
 use crate::units::Bytes;
@@ -17,7 +18,9 @@ mod file;
 #[cfg(test)]
 mod tests;
 
-pub use file::{FILE, load, save, save_locked, set_aside};
+pub use file::{
+    FILE, Generation, Loaded, Newer, PREVIOUS, Unreadable, load, save, save_locked, set_aside,
+};
 
 pub const VERSION: u32 = 1;
 
