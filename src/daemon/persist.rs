@@ -39,7 +39,7 @@ impl Shared {
             (None, Some(_)) => {
                 let errors: Vec<String> = unreadable.iter().map(|u| u.to_string()).collect();
                 tracing::error!(errors = %errors.join("; "), set_aside = ?aside,
-                    "saved state unreadable, and no previous generation to fall back on: pins and planner memory start afresh; guests keep their sizes");
+                    "saved state unreadable, and no readable generation to fall back on: pins and planner memory start afresh; guests keep their sizes");
             }
             (Some((Generation::Previous, _)), Some(bad)) => {
                 tracing::error!(error = %bad, set_aside = ?aside.first(), restored_from = %previous.display(),
