@@ -281,6 +281,9 @@ pub struct CheckArgs {
     pub config: Option<PathBuf>,
     /// Policy files or directories (default: the config's policy directory).
     pub paths: Vec<PathBuf>,
+    /// State directory to check too (default: the config's `state_dir`, with --config).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     /// Say which policy a guest of this name gets, and which others match it.
     #[arg(long, value_name = "GUEST")]
     pub explain: Option<String>,
@@ -359,14 +362,63 @@ pub fn effective_config(file: Config, a: &RunArgs) -> Result<Config, Vec<Diag>> 
     Ok(c)
 }
 
+/// What `run` would make of the saved state: a file from a newer memscale is an error (the
+/// start is refused), an unreadable one a warning (set aside, the previous generation read).
+fn state_diags(dir: &std::path::Path) -> Vec<Diag> {
+    let diag = |path: &std::path::Path, (line, col), severity, message| Diag {
+        path: path.display().to_string(),
+        line,
+        col,
+        severity,
+        message,
+    };
+    match crate::state::load(dir) {
+        Err(e) => vec![diag(
+            &e.path,
+            (1, 1),
+            Severity::Error,
+            format!(
+                "state version {} is newer than this memscale reads ({}): `memscale run` would refuse to start",
+                e.found, e.reads
+            ),
+        )],
+        Ok(l) => {
+            let then = match &l.state {
+                Some((g, _)) => format!("restores {}", g.file()),
+                None => "starts afresh".into(),
+            };
+            l.unreadable
+                .iter()
+                .map(|u| {
+                    let why = &u.why;
+                    let at = u.at.unwrap_or((1, 1));
+                    diag(
+                        &u.path,
+                        at,
+                        Severity::Warning,
+                        format!("{why}; `memscale run` sets it aside and {then}"),
+                    )
+                })
+                .collect()
+        }
+    }
+}
+
 pub fn check(a: &CheckArgs) -> i32 {
     let mut diags = Vec::new();
     let mut dir = None;
+    let mut state_dir = a.state_dir.clone();
     if let Some(p) = &a.config {
         match Config::load(p) {
-            Ok(c) => dir = Some(c.policies),
+            Ok(c) => {
+                dir = Some(c.policies);
+                state_dir = state_dir.or(Some(c.state_dir));
+            }
             Err(d) => diags.extend(d),
         }
+    }
+    if let Some(d) = &state_dir {
+        diags.extend(state_diags(d));
     }
     let mut files = Vec::new();
     let paths = if a.paths.is_empty() {
@@ -398,10 +450,12 @@ pub fn check(a: &CheckArgs) -> i32 {
         .filter(|d| d.severity == Severity::Error)
         .count();
     if errors > 0 {
-        eprintln!(
-            "{errors} error(s) in {} file(s)",
-            files.len() + usize::from(a.config.is_some())
-        );
+        let places: std::collections::BTreeSet<&str> = diags
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| d.path.as_str())
+            .collect();
+        eprintln!("{errors} error(s) in {} file(s)", places.len());
         return EXIT_INVALID;
     }
     let set = set.unwrap_or_default();
@@ -465,6 +519,17 @@ pub async fn run(a: RunArgs) -> i32 {
         eprintln!("memscale: invalid policies; nothing was started");
         return EXIT_INVALID;
     };
+    // The saved state before anything is opened or started: a file from a newer memscale
+    // stops the start here, read but not moved, for the operator who downgraded to decide.
+    let loaded = match crate::state::load(&config.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "memscale: {e}; nothing was started and the file is left as it is (run the newer memscale, or move the file aside to start without it)"
+            );
+            return EXIT_INVALID;
+        }
+    };
     let shared = match Shared::new(config.clone(), set, &diags) {
         Ok(mut s) => {
             s.config_file = file;
@@ -497,7 +562,7 @@ pub async fn run(a: RunArgs) -> i32 {
             return EXIT_RUNTIME;
         }
     };
-    shared.restore_state();
+    shared.restore_state(loaded);
     let hosts: Vec<(HostConfig, Arc<dyn Hypervisor>)> = config
         .hosts
         .iter()

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub host_acting: IntGaugeVec,
     pub host_connected: IntGaugeVec,
     pub state_errors: IntCounter,
+    pub state_restored_from: IntGaugeVec,
+    pub state_unreadable: IntGauge,
     pub up: IntCounter,
 }
 
@@ -61,6 +63,8 @@ impl Metrics {
             migrations: reg(&r, IntCounterVec::new(Opts::new("memscale_migrations_total", "Live migrations off a host short of memory, by source, destination and result (proposed, applied, failed)."), &["from", "to", "result"]).expect("metric")),
             state_errors: reg(&r, IntCounter::new("memscale_state_save_errors_total", "Failed writes of the state file (pins and planner memory across restarts).").expect("metric")),
             host_connected: reg(&r, IntGaugeVec::new(Opts::new("memscale_host_connected", "1 while the host's libvirt answers; 0 while it cannot be reached (retried with back-off)."), &["host"]).expect("metric")),
+            state_restored_from: reg(&r, IntGaugeVec::new(Opts::new("memscale_state_restored_from", "1 for the state file generation restored at start (current: state.json; previous: state.json.1, the current file being unreadable or missing; none: neither read), 0 for the others."), &["generation"]).expect("metric")),
+            state_unreadable: reg(&r, IntGauge::new("memscale_state_unreadable_files", "State files found unreadable at start and set aside as .bad (0, 1 or 2).").expect("metric")),
             host_acting: reg(&r, IntGaugeVec::new(Opts::new("memscale_host_acting", "1 when this daemon acts for the host; 0 when it only watches it (manage = false, or another daemon holds it through etcd)."), &["host"]).expect("metric")),
             up: reg(&r, IntCounter::new("memscale_ticks_total", "Host ticks run since start.").expect("metric")),
             registry: r,

@@ -118,3 +118,101 @@ fn json_logs_are_json() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
     }
 }
+
+/// `memscale run` until it exits, or killed after `secs` (a daemon that did start).
+fn run_briefly(args: &[&str], secs: u64) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memscale"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run memscale");
+    let t0 = std::time::Instant::now();
+    let code = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st.code();
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(secs) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (code, err)
+}
+
+/// A state file from a newer memscale (an operator downgraded): the start is refused with
+/// the file and both versions named, before libvirt is reached or the API listens, and the
+/// file is left exactly as it was. `check` says so too.
+#[test]
+fn a_state_file_from_a_newer_memscale_refuses_start_and_is_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let body = "{\"version\": 2, \"saved_at\": 1.0, \"pins\": [\"db\"], \"manual\": {}, \"guests\": {}, \"later\": true}";
+    std::fs::write(&state, body).unwrap();
+    let mtime = std::fs::metadata(&state).unwrap().modified().unwrap();
+    let sd = dir.path().to_str().unwrap();
+    // Nothing listens on port 1: the state is checked before any connection is tried.
+    let (code, err) = run_briefly(
+        &[
+            "run",
+            "--connect",
+            "qemu+tcp://127.0.0.1:1/system",
+            "--state-dir",
+            sd,
+            "--policies",
+            "/nonexistent",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        30,
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let shown = state.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{shown}: state version 2 is newer than this memscale reads (1)"
+        )) && err.contains("nothing was started"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), body);
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().modified().unwrap(),
+        mtime
+    );
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["state.json"], "nothing set aside, nothing written");
+
+    let policies = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let (code, _, err) = memscale(&["check", "--state-dir", sd, policies]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("{shown}:1:1: error: state version 2 is newer")),
+        "{err}"
+    );
+    // A broken current file is only a warning: `run` sets it aside and reads the previous.
+    std::fs::write(&state, "{\"version\": 1, \"pins\": [").unwrap();
+    std::fs::write(
+        dir.path().join("state.json.1"),
+        "{\"version\": 1, \"saved_at\": 1.0, \"pins\": [], \"manual\": {}, \"guests\": {}}",
+    )
+    .unwrap();
+    let (code, out, err) = memscale(&["check", "--state-dir", sd, policies]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok:"), "{out}");
+    assert!(
+        err.contains(&format!(
+            "{shown}:1:24: warning: truncated: EOF while parsing a list;"
+        )) && err.contains("sets it aside and restores state.json.1"),
+        "{err}"
+    );
+    assert!(state.exists(), "check moves nothing");
+}

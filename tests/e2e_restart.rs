@@ -2,7 +2,7 @@
 //! (resets nothing), keeps pins and manual sizes (saved atomically when changed), and takes
 //! the same decisions it would have taken had it not stopped: a guest held at its recent peak
 //! is not shrunk because the new process forgot the peak. An unreadable state file is named,
-//! set aside, and costs nothing but that memory.
+//! set aside, and costs one save: the generation before it is restored, pins and all.
 
 mod common;
 
@@ -184,4 +184,109 @@ fn a_killed_daemon_comes_back_with_its_pins_and_its_memory() {
     for g in [&peaky, &pinme, &manual] {
         assert!(g.oom().is_none(), "{} OOM", g.name);
     }
+}
+
+/// Issue 16 item 5: a state file cut short (a failing or full disk) cost every pin, and the
+/// pinned guest went back to autoscaling. Each save keeps the file it replaces as
+/// `state.json.1`; the restart finds `state.json` broken, says so loudly, sets it aside and
+/// restores the generation before: the guest is still pinned.
+#[test]
+fn a_truncated_state_file_keeps_the_pins_of_the_generation_before() {
+    let h = Host::up("lgen", 147);
+    let tokdir = tempfile::tempdir().expect("tempdir");
+    let token = tokdir.path().join("token");
+    std::fs::write(&token, "gen-token\n").expect("token");
+    let g = h.guest(
+        "pinned",
+        &["--mem", "512", "--vmem", "1024", "--stats-period", "1"],
+    );
+    let config = format!(
+        "interval = \"1s\"\nstats_period = 1\napi_token_file = \"{}\"\n",
+        token.display()
+    );
+    let mut d = Daemon::start(&[&h], &[("peaks.toml", POLICY)], &config, &[]);
+    g.wait_boot();
+    d.wait_until("the guest seen", 60, || {
+        d.guest("pinned").is_some_and(|v| v["state"] == "ok")
+    });
+    let (code, body) = d
+        .request("POST", "/v1/guests/pinned/pin", None, Some("gen-token"))
+        .expect("pin");
+    assert_eq!(code, 200, "{body}");
+    // The pin is saved at once in state.json, and by the next save (within 5 s) in the
+    // generation kept behind it too.
+    let state = d.dir.path().join("state");
+    let pinned_in = |f: &str| {
+        std::fs::read(state.join(f))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|st| {
+                st["pins"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|x| x == "pinned"))
+            })
+    };
+    d.wait_until("the pin in both generations", 30, || {
+        pinned_in("state.json") && pinned_in("state.json.1")
+    });
+
+    // SIGKILL, and the current file found cut in half at the restart.
+    d.kill();
+    let size = g.current_mib();
+    let path = state.join("state.json");
+    let whole = std::fs::read(&path).expect("state file");
+    let cut = &whole[..whole.len() / 2];
+    std::fs::write(&path, cut).expect("truncate");
+    let restarted = now();
+    d.restart();
+    d.wait_until("the guest decided on again", 30, || {
+        d.guest("pinned")
+            .is_some_and(|v| v["state"] != "starting" && v["state"].is_string())
+    });
+    let v = d.guest("pinned").expect("guest");
+    assert!(
+        v["pinned"] == true && v["state"] == "pinned",
+        "still pinned after the restart: {v}\n{}",
+        tail(&d.log_text(), 30)
+    );
+    // Loudly: an error naming both files and what was wrong, and the metrics.
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("saved state unreadable: restored the previous generation"))
+        .unwrap_or_else(|| panic!("no error line:\n{}", tail(&log, 30)));
+    assert!(
+        line.contains("ERROR")
+            && line.contains(&format!("{}:", path.display()))
+            && line.contains("truncated")
+            && line.contains(&state.join("state.json.1").display().to_string()),
+        "{line}"
+    );
+    let (code, metrics) = d.request("GET", "/metrics", None, None).expect("metrics");
+    assert_eq!(code, 200);
+    for want in [
+        "memscale_state_restored_from{generation=\"previous\"} 1",
+        "memscale_state_restored_from{generation=\"current\"} 0",
+        "memscale_state_unreadable_files 1",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+    // The broken file is kept aside as it was found, and the next saves go on from the
+    // generation restored, the pin in both again.
+    assert_eq!(
+        std::fs::read(state.join("state.json.bad")).expect("set aside"),
+        cut
+    );
+    d.wait_until("the pin saved again in both generations", 30, || {
+        pinned_in("state.json") && pinned_in("state.json.1")
+    });
+    // Held where it was: nothing resized it since the restart.
+    d.wait_until("10 s after the restart", 30, || now() - restarted >= 10.0);
+    assert!(
+        resizes_since(&d, "pinned", restarted).is_empty(),
+        "{:?}",
+        resizes_since(&d, "pinned", restarted)
+    );
+    assert_eq!(g.current_mib(), size);
+    assert!(g.oom().is_none(), "OOM");
 }

@@ -2,6 +2,7 @@
 //! the shared state the API and metrics read (the views they read live in `view`).
 
 mod host;
+mod persist;
 
 use crate::audit::Audit;
 use crate::config::{Config, HostConfig};
@@ -198,58 +199,6 @@ pub enum ProposalError {
 }
 
 impl Shared {
-    /// Read the state file at start: pins and manual sizes at once, guests' planner memory for
-    /// the host loops to take. A file that cannot be read is reported and set aside.
-    pub fn restore_state(&self) {
-        let dir = &self.config.state_dir;
-        match crate::state::load(dir) {
-            Ok(None) => tracing::info!(dir = %dir.display(), "no saved state: starting afresh"),
-            Ok(Some(st)) => {
-                let age = epoch_now() - st.saved_at;
-                tracing::info!(dir = %dir.display(), pins = st.pins.len(), guests = st.guests.len(),
-                    age_seconds = age as i64, "state restored");
-                self.pins
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(st.pins);
-                *self.manual.lock().unwrap_or_else(|p| p.into_inner()) = st.manual;
-                *self.restored.lock().unwrap_or_else(|p| p.into_inner()) = st.guests.clone();
-                *self.snapshots.lock().unwrap_or_else(|p| p.into_inner()) = st.guests;
-            }
-            Err(e) => {
-                let aside = crate::state::set_aside(dir);
-                tracing::error!(error = %e, set_aside = ?aside, "saved state unreadable: pins and planner memory start afresh; guests keep their sizes");
-            }
-        }
-    }
-
-    /// Write pins, manual sizes and the guests' planner memory, atomically. The guests are
-    /// read from the snapshots a chunk at a time, not copied whole (`state::save_locked`).
-    pub fn save_state(&self) {
-        let st = crate::state::State {
-            version: crate::state::VERSION,
-            saved_at: epoch_now(),
-            pins: self
-                .pins
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect(),
-            manual: self
-                .manual
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-            guests: BTreeMap::new(),
-        };
-        let _one = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = crate::state::save_locked(&self.config.state_dir, &st, &self.snapshots) {
-            self.metrics.state_errors.inc();
-            tracing::error!(dir = %self.config.state_dir.display(), error = %e, "cannot save state (pins and planner memory would not survive a restart)");
-        }
-    }
-
     pub fn migration_config(&self) -> crate::config::MigrationConfig {
         self.migration
             .read()
