@@ -371,6 +371,14 @@ impl Guest {
             .unwrap_or(cfg.stats_period)
     }
 
+    /// What the guest uses now: MemTotal − MemAvailable of its newest sample (which the
+    /// host's RSS cross-check has already bounded).
+    pub fn using(&self) -> Option<Bytes> {
+        self.samples
+            .back()
+            .map(|s| s.total.saturating_sub(s.available.min(s.total)))
+    }
+
     pub fn stats_age(&self, now: f64) -> Option<f64> {
         self.stats
             .as_ref()

@@ -2,7 +2,11 @@
 //! what the running guests ask for does not fit the host's capacity minus its reserve, cut
 //! the planned decisions to each guest's fair share (`crate::fairshare::share`: floors, then
 //! needs, then headroom, by shares). Guests held for other reasons (pinned, stale, resizing,
-//! manual) keep their size and count as fixed.
+//! manual) keep their size and count as fixed. Sharing never takes a guest below what it
+//! uses now (its unreclaimable memory, as its last report says, plus [`USE_MARGIN`]): that
+//! would only trade a configured number for a dead guest (seen: two kernels out of memory on
+//! a host with gigabytes free, their fair share below their use). What does not fit then is
+//! the host's deficit, for a move.
 
 use crate::planner::HoldReason;
 
@@ -11,6 +15,9 @@ use crate::fairshare::{Claim, share as fair_share};
 use crate::planner::{Decision, Kind, Reason};
 use crate::policy::Knobs;
 use crate::units::Bytes;
+
+/// Room kept above a guest's use when it is shared.
+pub const USE_MARGIN: Bytes = Bytes::from_mib(32);
 
 /// One guest's decision for this tick, as sharing sees it.
 pub struct Ask<'a> {
@@ -24,6 +31,9 @@ pub struct Ask<'a> {
     pub holds_memory: bool,
     /// The target of a resize still landing.
     pub pending: Option<Bytes>,
+    /// What it uses now (MemTotal − MemAvailable of its last report, after the host's
+    /// cross-check), if it reported.
+    pub using: Option<Bytes>,
 }
 
 /// Cut `asks` to what `available` (capacity minus reserve) holds. Returns the guests' needs
@@ -43,8 +53,14 @@ pub fn share(asks: &mut [Ask<'_>], available: Bytes) -> Bytes {
                 } else {
                     a.decision.target
                 };
+                // Never below its use (and never above its size for that: sharing does not
+                // grow a guest).
+                let used = a
+                    .using
+                    .map(|u| u.saturating_add(USE_MARGIN).min(a.before))
+                    .unwrap_or_default();
                 claims.push(Claim {
-                    floor: env.floor,
+                    floor: env.floor.max(used),
                     need: a.decision.need.saturating_add(a.knobs.min_free),
                     want,
                     shares: a.knobs.shares,

@@ -236,6 +236,12 @@ impl Controller for PolicyCtl {
                         knobs: &policy.knobs,
                         holds_memory: true,
                         pending,
+                        using: Some(
+                            guests[*i]
+                                .sample
+                                .total
+                                .saturating_sub(guests[*i].sample.available),
+                        ),
                     }
                 })
                 .collect();

@@ -99,6 +99,7 @@ pub(super) fn share(host: &Host, plans: &mut [Plan]) -> Bytes {
                     .as_ref()
                     .is_some_and(|s| matches!(s.state, RunState::Running | RunState::Paused)),
                 pending: g.pending.as_ref().map(|x| x.target),
+                using: g.using(),
             })
         })
         .collect();

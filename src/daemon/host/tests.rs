@@ -607,3 +607,63 @@ async fn an_unreachable_host_does_not_hold_back_readiness_and_joins_later() {
     let _ = stop.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), daemon).await;
 }
+
+/// Two guests outgrow a host and no move is possible (migration off): sharing holds each at
+/// its use at least, never below it, and the host reports the shortfall as its deficit.
+#[tokio::test]
+async fn sharing_never_takes_a_guest_below_its_use() {
+    let mut bed = Bed::new(&[("small", Bytes::from_gib(2), mib(256))], false);
+    let a = bed.hosts[0].clone();
+    a.add_guest(GuestSpec::virtio_mem("p", mib(512), mib(1536)).demand(mib(100)));
+    a.add_guest(GuestSpec::virtio_mem("q", mib(512), mib(1536)).demand(mib(100)));
+    bed.run(15).await;
+    // p grows to its use while the host has room; then q climbs as high, and the two do not
+    // fit (1.75 GiB for 2 × 1000 MiB of use plus their kernels).
+    for d in [300u64, 500, 700, 850, 1000] {
+        a.set_demand("p", mib(d));
+        bed.run(6).await;
+    }
+    bed.run(20).await;
+    for d in [300u64, 500, 700, 850, 1000] {
+        a.set_demand("q", mib(d));
+        bed.run(6).await;
+    }
+    bed.run(60).await;
+    let p_total = a
+        .current("p")
+        .saturating_sub(crate::model::scenario::KERNEL_RESERVE);
+    assert!(p_total >= mib(1000), "p was cut below its use: {p_total}");
+    let mut shares = 0;
+    for g in ["p", "q"] {
+        for r in bed.shared.audit.recent(Some(g), 10_000) {
+            if !matches!(
+                r.reason,
+                Reason::Hold(crate::planner::HoldReason::HostShare { .. })
+            ) {
+                continue;
+            }
+            shares += 1;
+            let used = r
+                .inputs
+                .total
+                .zip(r.inputs.available)
+                .map(|(t, a)| t.saturating_sub(a))
+                .unwrap_or_default();
+            assert!(
+                r.after >= used.min(r.before),
+                "{g} shared below its use: {} < {used} ({r:?})",
+                r.after
+            );
+        }
+    }
+    assert!(shares > 0, "the host was never shared");
+    let deficit = bed
+        .shared
+        .hosts
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get("small")
+        .map(|h| h.deficit)
+        .unwrap_or_default();
+    assert!(deficit > Bytes(0), "no deficit reported");
+}
