@@ -1,5 +1,7 @@
 //! The HTTP API and `/metrics`, on loopback by default. Read-only routes here; each answer is
-//! JSON, each error a JSON object with an `error` message.
+//! JSON, each error a JSON object with an `error` message. Who may change things: `auth`.
+
+pub mod auth;
 
 use crate::daemon::{Shared, epoch_now};
 use crate::view::GuestView;
@@ -18,7 +20,7 @@ use tokio::sync::watch;
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
-type Resp = Response<Full<HBytes>>;
+pub type Resp = Response<Full<HBytes>>;
 
 fn json_resp(code: StatusCode, v: &serde_json::Value) -> Resp {
     let mut r = Response::new(Full::new(HBytes::from(v.to_string())));
@@ -194,36 +196,10 @@ struct AdjustBody {
     vcpus: Option<u32>,
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The refusal, if the request may not change anything.
-fn refusal(s: &Shared, headers: &hyper::HeaderMap) -> Option<Resp> {
-    let Some(token) = &s.api_token else {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "changes through the API are off: set api_token_file in the config",
-        ));
-    };
-    let given = headers
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        None => Some(error(StatusCode::UNAUTHORIZED, "missing bearer token")),
-        Some(t) if !same(t.trim().as_bytes(), token.as_bytes()) => {
-            Some(error(StatusCode::UNAUTHORIZED, "wrong bearer token"))
-        }
-        Some(_) => None,
-    }
-}
-
 /// Approve or reject a proposed migration (propose-only mode). An approved one runs on the
 /// source host's next tick.
 fn decide(s: &Shared, headers: &hyper::HeaderMap, id: &str, approve: bool) -> Resp {
-    if let Some(r) = refusal(s, headers) {
+    if let Some(r) = auth::refusal(s, headers) {
         return r;
     }
     let Ok(n) = id.parse::<u64>() else {
@@ -247,7 +223,7 @@ fn decide(s: &Shared, headers: &hyper::HeaderMap, id: &str, approve: bool) -> Re
 }
 
 fn mutate(s: &Shared, headers: &hyper::HeaderMap, name: &str, action: &str, body: &[u8]) -> Resp {
-    if let Some(r) = refusal(s, headers) {
+    if let Some(r) = auth::refusal(s, headers) {
         return r;
     }
     let Some(g) = find_guest(s, name) else {
