@@ -118,3 +118,56 @@ fn json_logs_are_json() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{l}");
     }
 }
+
+/// A token file its group may write is refused before anything starts, even before libvirt
+/// is reached (the URI here answers nothing): exit 1, the file and its mode named.
+#[test]
+fn a_group_writable_token_file_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("api-token");
+    std::fs::write(&tok, "t0ken\n").unwrap();
+    std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let c = dir.path().join("memscale.toml");
+    std::fs::write(&c, format!("api_token_file = \"{}\"\n", tok.display())).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memscale"))
+        .args([
+            "run",
+            "--config",
+            c.to_str().unwrap(),
+            "--connect",
+            "qemu+tcp://127.0.0.1:1/system",
+            "--policies",
+            "/nonexistent",
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("memscale ran with a group-writable token file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: the API token file has mode 0660",
+            tok.display()
+        )),
+        "{err}"
+    );
+    assert!(!dir.path().join("state").exists(), "nothing started: {err}");
+}
