@@ -1,7 +1,9 @@
 //! The HTTP API and `/metrics`, on loopback by default. Read-only routes here; each answer is
-//! JSON, each error a JSON object with an `error` message. Who may change things: `auth`.
+//! JSON, each error a JSON object with an `error` message. Who may change things: `auth`;
+//! the changes: `change`.
 
 pub mod auth;
+mod change;
 
 use crate::daemon::{Shared, epoch_now};
 use crate::view::GuestView;
@@ -132,7 +134,7 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
             },
         ),
         (Method::POST, ["v1", "guests", name, action @ ("adjust" | "pin" | "unpin")]) => {
-            ("mutate", mutate(&s, &headers, name, action, &body))
+            ("mutate", change::mutate(&s, &headers, name, action, &body))
         }
         (Method::GET, ["v1", "decisions"]) => (
             "decisions",
@@ -160,9 +162,10 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
             "proposals",
             json_resp(StatusCode::OK, &json!(s.proposal_list())),
         ),
-        (Method::POST, ["v1", "proposals", id, action @ ("approve" | "reject")]) => {
-            ("mutate", decide(&s, &headers, id, *action == "approve"))
-        }
+        (Method::POST, ["v1", "proposals", id, action @ ("approve" | "reject")]) => (
+            "mutate",
+            change::decide(&s, &headers, id, *action == "approve"),
+        ),
         (_, ["metrics"])
         | (_, ["v1", "proposals"])
         | (_, ["v1", "proposals", _, "approve" | "reject"])
@@ -185,224 +188,6 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
         .with_label_values(&[route, resp.status().as_str()])
         .inc();
     resp
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AdjustBody {
-    #[serde(default)]
-    memory_mib: Option<u64>,
-    #[serde(default)]
-    vcpus: Option<u32>,
-}
-
-/// Approve or reject a proposed migration (propose-only mode). An approved one runs on the
-/// source host's next tick.
-fn decide(s: &Shared, headers: &hyper::HeaderMap, id: &str, approve: bool) -> Resp {
-    if let Some(r) = auth::refusal(s, headers) {
-        return r;
-    }
-    let Ok(n) = id.parse::<u64>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("proposal id {id:?} is not a number"),
-        );
-    };
-    match s.decide_proposal(n, approve) {
-        Ok(p) => json_resp(StatusCode::OK, &json!(p)),
-        Err(crate::daemon::ProposalError::Unknown(n)) => {
-            error(StatusCode::NOT_FOUND, &format!("no proposal {n}"))
-        }
-        Err(crate::daemon::ProposalError::NotOpen(n, st)) => error(
-            StatusCode::CONFLICT,
-            &format!(
-                "proposal {n} is {st}: only a proposal still proposed can be approved or rejected"
-            ),
-        ),
-    }
-}
-
-fn mutate(s: &Shared, headers: &hyper::HeaderMap, name: &str, action: &str, body: &[u8]) -> Resp {
-    if let Some(r) = auth::refusal(s, headers) {
-        return r;
-    }
-    let Some(g) = find_guest(s, name) else {
-        return error(StatusCode::NOT_FOUND, &format!("no guest named {name:?}"));
-    };
-    let pins = |on: bool| {
-        let mut p = s.pins.write().unwrap_or_else(|p| p.into_inner());
-        if on {
-            p.insert(g.name.clone())
-        } else {
-            p.remove(&g.name)
-        }
-    };
-    match action {
-        "pin" => {
-            pins(true);
-            s.save_state();
-            tracing::info!(guest = %g.name, "pinned by operator");
-            json_resp(StatusCode::OK, &json!({ "guest": g.name, "pinned": true }))
-        }
-        "unpin" => {
-            pins(false);
-            s.manual
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&g.name);
-            s.save_state();
-            tracing::info!(guest = %g.name, "unpinned by operator");
-            json_resp(StatusCode::OK, &json!({ "guest": g.name, "pinned": false }))
-        }
-        _ => {
-            let req: AdjustBody = match serde_json::from_slice(body) {
-                Ok(b) => b,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        &format!(
-                            "bad request body: {e}; expected {{\"memory_mib\": N, \"vcpus\": N}} (either or both)"
-                        ),
-                    );
-                }
-            };
-            if req.memory_mib.is_none() && req.vcpus.is_none() {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad request body: give memory_mib, vcpus or both",
-                );
-            }
-            if s.dry_run {
-                return error(
-                    StatusCode::CONFLICT,
-                    "memscale runs in dry-run mode: it resizes nothing",
-                );
-            }
-            // Check both before queueing either: a request is taken whole or not at all.
-            let vcpus = match req.vcpus {
-                None => None,
-                Some(n) => {
-                    if g.state == crate::control::Health::NotRunning {
-                        return error(StatusCode::CONFLICT, "the guest is not running");
-                    }
-                    let Some(v) = &g.vcpus else {
-                        return error(
-                            StatusCode::CONFLICT,
-                            "the guest's definition has not been read yet",
-                        );
-                    };
-                    if let Err(e) = v.check(n) {
-                        let status = if matches!(
-                            e,
-                            crate::envelope::VcpuError::Pinned | crate::envelope::VcpuError::NoAcpi
-                        ) {
-                            StatusCode::CONFLICT
-                        } else {
-                            StatusCode::UNPROCESSABLE_ENTITY
-                        };
-                        return error(status, &e.to_string());
-                    }
-                    Some(n)
-                }
-            };
-            let memory = match req.memory_mib {
-                None => None,
-                Some(mib) => match check_memory(&g, mib) {
-                    Ok(b) => Some(b),
-                    Err((status, message)) => return error(status, &message),
-                },
-            };
-            let mut out = json!({ "guest": g.name, "queued": true });
-            if let Some(n) = vcpus {
-                s.vcpu_adjusts
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(g.name.clone(), n);
-                tracing::info!(guest = %g.name, vcpus = n, "manual vCPU adjust queued");
-                out["vcpus"] = json!(n);
-            }
-            if let Some(want) = memory {
-                s.adjusts
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(g.name.clone(), want);
-                // A manual size holds until the operator unpins the guest.
-                pins(true);
-                s.manual
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(g.name.clone(), want.0);
-                s.save_state();
-                tracing::info!(guest = %g.name, memory_mib = want.mib(), "manual adjust queued; guest pinned");
-                out["memory_mib"] = json!(want.mib());
-                out["pinned"] = json!(true);
-            }
-            json_resp(StatusCode::ACCEPTED, &out)
-        }
-    }
-}
-
-/// A manual memory size, checked against the guest's state and envelope.
-fn check_memory(g: &GuestView, mib: u64) -> Result<crate::units::Bytes, (StatusCode, String)> {
-    let blocked = match g.state {
-        crate::control::Health::NoDriver => {
-            Some("the guest has no balloon driver: its memory cannot be managed")
-        }
-        crate::control::Health::Stale => Some("the guest's statistics are stale"),
-        crate::control::Health::NotRunning => Some("the guest is not running"),
-        crate::control::Health::NoEnvelope => {
-            Some("the guest has no envelope (no resize method or hot-add specs)")
-        }
-        crate::control::Health::Starting => Some("the guest has not reported yet"),
-        _ => None,
-    };
-    if let Some(why) = blocked {
-        return Err((StatusCode::CONFLICT, why.to_string()));
-    }
-    let Some(env) = &g.envelope else {
-        return Err((StatusCode::CONFLICT, "the guest has no envelope".into()));
-    };
-    let Some(want) = mib.checked_mul(1 << 20).map(crate::units::Bytes) else {
-        return Err((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "memory_mib is too large".into(),
-        ));
-    };
-    if want > env.ceiling {
-        return Err((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "{} MiB is beyond the guest's ceiling of {} MiB",
-                mib,
-                env.ceiling.mib()
-            ),
-        ));
-    }
-    if want < env.floor {
-        return Err((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "{} MiB is below the guest's floor of {} MiB",
-                mib,
-                env.floor.mib()
-            ),
-        ));
-    }
-    if !env.is_realizable(want) {
-        let (lo, hi) = (env.realize_down(want), env.realize_up(want));
-        return Err((
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "{} MiB cannot be split evenly across the guest's {} NUMA node(s) at {} MiB steps: nearest valid sizes are {} MiB and {} MiB",
-                mib,
-                env.numa_nodes.max(1),
-                env.hot_step().mib(),
-                lo.mib(),
-                hi.mib()
-            ),
-        ));
-    }
-    Ok(want)
 }
 
 /// Serve until shutdown.
@@ -467,3 +252,6 @@ pub async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -195,6 +195,8 @@ impl Shared {
 pub enum ProposalError {
     Unknown(u64),
     NotOpen(u64, String),
+    /// An approval while the daemon runs dry: it moves nothing, so nothing may be approved.
+    DryRun(u64),
 }
 
 impl Shared {
@@ -341,13 +343,18 @@ impl Shared {
         }
     }
 
-    /// An operator approves (or rejects) a proposal. Only a proposal still proposed can be.
+    /// An operator approves (or rejects) a proposal. Only a proposal still proposed can be,
+    /// and none approved under dry run (an approved one would be run: the dry run's proposals
+    /// are for reading); it is then left as it was.
     pub fn decide_proposal(&self, id: u64, approve: bool) -> Result<Proposal, ProposalError> {
         let mut ps = self.proposals_mut();
         let p = ps
             .iter_mut()
             .find(|p| p.id == id)
             .ok_or(ProposalError::Unknown(id))?;
+        if approve && self.dry_run {
+            return Err(ProposalError::DryRun(id));
+        }
         if p.state != "proposed" {
             return Err(ProposalError::NotOpen(id, p.state.clone()));
         }
