@@ -133,9 +133,10 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
                 None => error(StatusCode::NOT_FOUND, &format!("no guest named {name:?}")),
             },
         ),
-        (Method::POST, ["v1", "guests", name, action @ ("adjust" | "pin" | "unpin")]) => {
-            ("mutate", change::mutate(&s, &headers, name, action, &body))
-        }
+        (Method::POST, ["v1", "guests", name, action @ ("adjust" | "pin" | "unpin")]) => (
+            "mutate",
+            change::mutate(&s, &headers, name, action, &body).await,
+        ),
         (Method::GET, ["v1", "decisions"]) => (
             "decisions",
             json_resp(StatusCode::OK, &json!(s.audit.recent(None, 500))),

@@ -132,3 +132,146 @@ async fn approving_under_dry_run_is_refused_and_the_proposal_left_as_it_was() {
     let (code, v) = call(&s, "POST", "/v1/proposals/1/approve", Some(TOKEN)).await;
     assert_eq!((code, &v["state"]), (200, &Value::from("approved")), "{v}");
 }
+
+/// A state directory whose state file cannot be replaced, even by root: a directory stands
+/// where the file goes (renaming the new file onto it fails whatever the permissions).
+fn blocked_state_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join(crate::state::FILE);
+    std::fs::create_dir(&file).expect("a directory in the file's place");
+    std::fs::write(file.join("keep"), "x").expect("not empty");
+    dir
+}
+
+fn pinned(s: &Shared, guest: &str) -> bool {
+    s.pins.read().expect("pins").contains(guest)
+}
+
+fn saved_pins(dir: &std::path::Path) -> Vec<String> {
+    crate::state::load(dir)
+        .expect("state file")
+        .map(|st| st.pins)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_change_whose_save_fails_answers_500_and_is_not_kept() {
+    let dir = blocked_state_dir();
+    let s = daemon(|c| c.state_dir = dir.path().to_path_buf());
+    let state_file = dir.path().join(crate::state::FILE).display().to_string();
+    let errors = || s.metrics.state_errors.get();
+
+    let (code, v) = call(&s, "POST", "/v1/guests/g1/pin", Some(TOKEN)).await;
+    assert_eq!(code, 500, "{v}");
+    let msg = v["error"].as_str().expect("an error message");
+    assert!(
+        msg.contains(&format!("cannot save the state file {state_file}"))
+            && msg.contains("nothing changed: the pin is not kept"),
+        "{msg}"
+    );
+    assert!(v.get("pinned").is_none(), "{v}");
+    assert!(!pinned(&s, "g1"));
+    assert_eq!(errors(), 1);
+
+    let (code, v) = call_body(
+        &s,
+        "POST",
+        "/v1/guests/g2/adjust",
+        "{\"memory_mib\": 1024}",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(code, 500, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("nothing was queued and no pin is kept")),
+        "{v}"
+    );
+    assert!(!pinned(&s, "g2"));
+    assert!(s.adjusts.lock().expect("adjusts").is_empty());
+    assert!(s.manual.lock().expect("manual").is_empty());
+
+    // Once the state can be saved, the same requests are taken and saved.
+    std::fs::remove_dir_all(dir.path().join(crate::state::FILE)).expect("unblock");
+    let (code, v) = call(&s, "POST", "/v1/guests/g1/pin", Some(TOKEN)).await;
+    assert_eq!((code, &v["pinned"]), (200, &Value::from(true)), "{v}");
+    let (code, v) = call_body(
+        &s,
+        "POST",
+        "/v1/guests/g2/adjust",
+        "{\"memory_mib\": 1024}",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(code, 202, "{v}");
+    assert!(pinned(&s, "g1") && pinned(&s, "g2"));
+    assert_eq!(
+        s.adjusts.lock().expect("adjusts").get("g2"),
+        Some(&Bytes::from_mib(1024))
+    );
+    assert_eq!(saved_pins(dir.path()), ["g1", "g2"]);
+
+    // An unpin that cannot be saved leaves the pin, live and saved.
+    std::fs::remove_file(dir.path().join(crate::state::FILE)).expect("state file");
+    std::fs::create_dir(dir.path().join(crate::state::FILE)).expect("block again");
+    let (code, v) = call(&s, "POST", "/v1/guests/g1/unpin", Some(TOKEN)).await;
+    assert_eq!(code, 500, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("nothing changed: the unpin is not kept")),
+        "{v}"
+    );
+    assert!(pinned(&s, "g1"));
+    assert_eq!(errors(), 3);
+}
+
+/// The save (which syncs the file) runs off the async runtime: while it waits, the API
+/// still answers, even on a runtime of one thread. Were the save run on the runtime, the
+/// status call would wait for it (the lock is let go after 10 s so the test ends either way).
+#[test]
+fn a_slow_save_does_not_hold_up_the_api() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().expect("dir");
+    let s = daemon(|c| c.state_dir = dir.path().to_path_buf());
+    let released = Arc::new(AtomicBool::new(false));
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let (s, released) = (s.clone(), released.clone());
+        std::thread::spawn(move || {
+            let _one = s.state_lock.lock().expect("state lock");
+            locked_tx.send(()).expect("told");
+            let _ = release_rx.recv_timeout(std::time::Duration::from_secs(10));
+            released.store(true, Ordering::SeqCst);
+        })
+    };
+    locked_rx.recv().expect("locked");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let pin = {
+            let s = s.clone();
+            tokio::spawn(async move { call(&s, "POST", "/v1/guests/g1/pin", Some(TOKEN)).await })
+        };
+        // Let the pin reach its save.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let (code, _) = call(&s, "GET", "/v1/status", None).await;
+        assert_eq!(code, 200);
+        assert!(
+            !released.load(Ordering::SeqCst),
+            "the API answered only once the save could go on"
+        );
+        assert!(!pin.is_finished(), "the pin did not wait for its save");
+        release_tx.send(()).expect("release");
+        let (code, v) = pin.await.expect("pin");
+        assert_eq!((code, &v["pinned"]), (200, &Value::from(true)), "{v}");
+    });
+    holder.join().expect("holder");
+    assert_eq!(saved_pins(dir.path()), ["g1"]);
+}

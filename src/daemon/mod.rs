@@ -9,7 +9,7 @@ use crate::hypervisor::Hypervisor;
 use crate::metrics::Metrics;
 use crate::policy::{self, Diag, PolicySet};
 use crate::units::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
@@ -38,7 +38,7 @@ pub struct Shared {
     pub started: f64,
     /// Operator requests from the API, taken by the host loops: pinned guests (by name) and
     /// manual sizes waiting to be applied.
-    pub pins: RwLock<std::collections::BTreeSet<String>>,
+    pub pins: RwLock<BTreeSet<String>>,
     pub adjusts: std::sync::Mutex<BTreeMap<String, Bytes>>,
     /// vCPU counts asked for through the API, by guest name, until a host loop takes them.
     pub vcpu_adjusts: std::sync::Mutex<BTreeMap<String, u32>>,
@@ -227,29 +227,60 @@ impl Shared {
 
     /// Write pins, manual sizes and the guests' planner memory, atomically. The guests are
     /// read from the snapshots a chunk at a time, not copied whole (`state::save_locked`).
+    /// Blocking (the file and its directory are synced): run it off the async runtime.
     pub fn save_state(&self) {
+        let _one = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Pins and manual sizes are read under the state lock: an operator's change saved
+        // meanwhile (`change_pins`) is never overwritten by an older copy.
+        let pins = self.pins.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let manual = self
+            .manual
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let _ = self.write_state(&pins, manual);
+    }
+
+    /// An operator's change to the pins and manual sizes, made live only once it is saved: a
+    /// success means it survives a restart; a failure (returned, logged and counted) leaves
+    /// everything as it was, in memory and on disk. Blocking, as [`Shared::save_state`].
+    pub fn change_pins(
+        &self,
+        change: impl FnOnce(&mut BTreeSet<String>, &mut BTreeMap<String, u64>),
+    ) -> std::io::Result<()> {
+        let _one = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Nothing else writes these (the state is restored before the API serves), and every
+        // writer holds the state lock: the copies stay current until they are put back.
+        let mut pins = self.pins.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut manual = self
+            .manual
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        change(&mut pins, &mut manual);
+        self.write_state(&pins, manual.clone())?;
+        *self.pins.write().unwrap_or_else(|p| p.into_inner()) = pins;
+        *self.manual.lock().unwrap_or_else(|p| p.into_inner()) = manual;
+        Ok(())
+    }
+
+    /// The state file with these pins and manual sizes; the caller holds the state lock.
+    fn write_state(
+        &self,
+        pins: &BTreeSet<String>,
+        manual: BTreeMap<String, u64>,
+    ) -> std::io::Result<()> {
         let st = crate::state::State {
             version: crate::state::VERSION,
             saved_at: epoch_now(),
-            pins: self
-                .pins
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect(),
-            manual: self
-                .manual
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            pins: pins.iter().cloned().collect(),
+            manual,
             guests: BTreeMap::new(),
         };
-        let _one = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = crate::state::save_locked(&self.config.state_dir, &st, &self.snapshots) {
+        crate::state::save_locked(&self.config.state_dir, &st, &self.snapshots).inspect_err(|e| {
             self.metrics.state_errors.inc();
             tracing::error!(dir = %self.config.state_dir.display(), error = %e, "cannot save state (pins and planner memory would not survive a restart)");
-        }
+        })
     }
 
     pub fn migration_config(&self) -> crate::config::MigrationConfig {
