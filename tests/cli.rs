@@ -181,8 +181,10 @@ fn approving_on_a_dry_run_daemon_shows_the_refusal() {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .unwrap();
-    let mut config = memscale::config::Config::default();
-    config.dry_run = true;
+    let config = memscale::config::Config {
+        dry_run: true,
+        ..Default::default()
+    };
     let set = memscale::policy::PolicySet::new(vec![], vec![], 1);
     let mut s = memscale::daemon::Shared::new(config, set, &[]).unwrap();
     s.api_token = Some("t0ken".into());
