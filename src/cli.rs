@@ -543,14 +543,10 @@ pub async fn run(a: RunArgs) -> i32 {
                 }
             }
             if let Some(f) = &config.api_token_file {
-                match std::fs::read_to_string(f) {
-                    Ok(t) if !t.trim().is_empty() => s.api_token = Some(t.trim().to_string()),
-                    Ok(_) => {
-                        eprintln!("memscale: {}: the API token file is empty", f.display());
-                        return EXIT_INVALID;
-                    }
+                match crate::api::auth::read_token_file(f) {
+                    Ok(t) => s.api_token = Some(t),
                     Err(e) => {
-                        eprintln!("memscale: {}: cannot read the API token: {e}", f.display());
+                        eprintln!("memscale: {e}");
                         return EXIT_INVALID;
                     }
                 }

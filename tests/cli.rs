@@ -216,3 +216,122 @@ fn a_state_file_from_a_newer_memscale_refuses_start_and_is_left_untouched() {
     );
     assert!(state.exists(), "check moves nothing");
 }
+
+/// A token file its group may write is refused before anything starts, even before libvirt
+/// is reached (the URI here answers nothing): exit 1, the file and its mode named.
+#[test]
+fn a_group_writable_token_file_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("api-token");
+    std::fs::write(&tok, "t0ken\n").unwrap();
+    std::fs::set_permissions(&tok, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let c = dir.path().join("memscale.toml");
+    std::fs::write(&c, format!("api_token_file = \"{}\"\n", tok.display())).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memscale"))
+        .args([
+            "run",
+            "--config",
+            c.to_str().unwrap(),
+            "--connect",
+            "qemu+tcp://127.0.0.1:1/system",
+            "--policies",
+            "/nonexistent",
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("memscale ran with a group-writable token file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: the API token file has mode 0660",
+            tok.display()
+        )),
+        "{err}"
+    );
+    assert!(!dir.path().join("state").exists(), "nothing started: {err}");
+}
+
+/// `memscale migrations approve` against a daemon's API (in this process, no libvirt) that
+/// runs dry: the refusal is shown, the exit is non-zero, the proposal is left as it was.
+#[test]
+fn approving_on_a_dry_run_daemon_shows_the_refusal() {
+    use memscale::units::Bytes;
+    use std::sync::Arc;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let config = memscale::config::Config {
+        dry_run: true,
+        ..Default::default()
+    };
+    let set = memscale::policy::PolicySet::new(vec![], vec![], 1);
+    let mut s = memscale::daemon::Shared::new(config, set, &[]).unwrap();
+    s.api_token = Some("t0ken".into());
+    s.proposals.lock().unwrap().push(memscale::view::Proposal {
+        id: 7,
+        from: "a".into(),
+        guest: "g".into(),
+        to: "b".into(),
+        size: Bytes::from_mib(512),
+        deficit: Bytes::from_mib(64),
+        proposed_at: 1.0,
+        last_seen: 1.0,
+        state: "proposed".into(),
+        error: None,
+    });
+    let s = Arc::new(s);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let server = rt.spawn(memscale::api::serve(s.clone(), addr, rx));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("token");
+    std::fs::write(&tok, "t0ken\n").unwrap();
+    let (code, out, err) = memscale(&[
+        "migrations",
+        "--api",
+        &addr.to_string(),
+        "--token-file",
+        tok.to_str().unwrap(),
+        "approve",
+        "7",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("memscale answered 409: memscale runs in dry-run mode: nothing is moved"),
+        "{err}"
+    );
+    assert_eq!(s.proposal_list()[0].state, "proposed");
+    let _ = stop.send(true);
+    let _ = rt.block_on(server);
+}

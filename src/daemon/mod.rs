@@ -10,7 +10,7 @@ use crate::hypervisor::Hypervisor;
 use crate::metrics::Metrics;
 use crate::policy::{self, Diag, PolicySet};
 use crate::units::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
@@ -39,7 +39,7 @@ pub struct Shared {
     pub started: f64,
     /// Operator requests from the API, taken by the host loops: pinned guests (by name) and
     /// manual sizes waiting to be applied.
-    pub pins: RwLock<std::collections::BTreeSet<String>>,
+    pub pins: RwLock<BTreeSet<String>>,
     pub adjusts: std::sync::Mutex<BTreeMap<String, Bytes>>,
     /// vCPU counts asked for through the API, by guest name, until a host loop takes them.
     pub vcpu_adjusts: std::sync::Mutex<BTreeMap<String, u32>>,
@@ -196,6 +196,8 @@ impl Shared {
 pub enum ProposalError {
     Unknown(u64),
     NotOpen(u64, String),
+    /// An approval while the daemon runs dry: it moves nothing, so nothing may be approved.
+    DryRun(u64),
 }
 
 impl Shared {
@@ -290,13 +292,18 @@ impl Shared {
         }
     }
 
-    /// An operator approves (or rejects) a proposal. Only a proposal still proposed can be.
+    /// An operator approves (or rejects) a proposal. Only a proposal still proposed can be,
+    /// and none approved under dry run (an approved one would be run: the dry run's proposals
+    /// are for reading); it is then left as it was.
     pub fn decide_proposal(&self, id: u64, approve: bool) -> Result<Proposal, ProposalError> {
         let mut ps = self.proposals_mut();
         let p = ps
             .iter_mut()
             .find(|p| p.id == id)
             .ok_or(ProposalError::Unknown(id))?;
+        if approve && self.dry_run {
+            return Err(ProposalError::DryRun(id));
+        }
         if p.state != "proposed" {
             return Err(ProposalError::NotOpen(id, p.state.clone()));
         }

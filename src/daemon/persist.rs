@@ -4,7 +4,7 @@
 
 use super::{Shared, epoch_now};
 use crate::state::{Generation, Loaded};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The values of `memscale_state_restored_from`'s `generation` label.
 pub const RESTORED_FROM: [&str; 3] = ["current", "previous", "none"];
@@ -69,29 +69,60 @@ impl Shared {
     /// Write pins, manual sizes and the guests' planner memory, atomically, the file replaced
     /// kept as the previous generation. The guests are read from the snapshots a chunk at a
     /// time, not copied whole (`state::save_locked`).
+    /// Blocking (the file and its directory are synced): run it off the async runtime.
     pub fn save_state(&self) {
+        let _one = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Pins and manual sizes are read under the state lock: an operator's change saved
+        // meanwhile (`change_pins`) is never overwritten by an older copy.
+        let pins = self.pins.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let manual = self
+            .manual
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let _ = self.write_state(&pins, manual);
+    }
+
+    /// An operator's change to the pins and manual sizes, made live only once it is saved: a
+    /// success means it survives a restart; a failure (returned, logged and counted) leaves
+    /// everything as it was, in memory and on disk. Blocking, as [`Shared::save_state`].
+    pub fn change_pins(
+        &self,
+        change: impl FnOnce(&mut BTreeSet<String>, &mut BTreeMap<String, u64>),
+    ) -> std::io::Result<()> {
+        let _one = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Nothing else writes these (the state is restored before the API serves), and every
+        // writer holds the state lock: the copies stay current until they are put back.
+        let mut pins = self.pins.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut manual = self
+            .manual
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        change(&mut pins, &mut manual);
+        self.write_state(&pins, manual.clone())?;
+        *self.pins.write().unwrap_or_else(|p| p.into_inner()) = pins;
+        *self.manual.lock().unwrap_or_else(|p| p.into_inner()) = manual;
+        Ok(())
+    }
+
+    /// The state file with these pins and manual sizes; the caller holds the state lock.
+    fn write_state(
+        &self,
+        pins: &BTreeSet<String>,
+        manual: BTreeMap<String, u64>,
+    ) -> std::io::Result<()> {
         let st = crate::state::State {
             version: crate::state::VERSION,
             saved_at: epoch_now(),
-            pins: self
-                .pins
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect(),
-            manual: self
-                .manual
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            pins: pins.iter().cloned().collect(),
+            manual,
             guests: BTreeMap::new(),
         };
-        let _one = self.state_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = crate::state::save_locked(&self.config.state_dir, &st, &self.snapshots) {
+        crate::state::save_locked(&self.config.state_dir, &st, &self.snapshots).inspect_err(|e| {
             self.metrics.state_errors.inc();
             tracing::error!(dir = %self.config.state_dir.display(), error = %e, "cannot save state (pins and planner memory would not survive a restart)");
-        }
+        })
     }
 }
 

@@ -213,6 +213,11 @@ async fn migrate_one(
     deficit: Bytes,
     now: f64,
 ) -> Result<(), String> {
+    // Every move goes through here: under dry run none may, whatever approved it (the API
+    // refuses approvals under dry run; this holds should anything else approve one).
+    if shared.dry_run {
+        return Err("memscale runs in dry-run mode: nothing is moved".into());
+    }
     let dest_cfg = shared.config.hosts.iter().find(|h| h.label() == m.to);
     let dest_uri = dest_cfg
         .map(|h| h.migration_uri.clone().unwrap_or_else(|| h.uri.clone()))

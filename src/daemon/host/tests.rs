@@ -39,7 +39,16 @@ fn default_policies() -> PolicySet {
 impl Bed {
     /// One host per `(name, capacity, reserve)`, each with `memory` of its own.
     fn new(hosts: &[(&str, Bytes, Bytes)], migration: bool) -> Bed {
-        Bed::wrapped(hosts, migration, |h| h)
+        Bed::build(hosts, migration, |_| {}, |h| h)
+    }
+
+    /// As [`Bed::new`], with `edit` applied to the daemon's config.
+    fn with_config(
+        hosts: &[(&str, Bytes, Bytes)],
+        migration: bool,
+        edit: impl FnOnce(&mut Config),
+    ) -> Bed {
+        Bed::build(hosts, migration, edit, |h| h)
     }
 
     /// As [`Bed::new`], the daemon reaching each host through `wrap` (a host whose guests
@@ -49,9 +58,19 @@ impl Bed {
         migration: bool,
         wrap: impl Fn(Arc<dyn crate::hypervisor::Hypervisor>) -> Arc<dyn crate::hypervisor::Hypervisor>,
     ) -> Bed {
+        Bed::build(hosts, migration, |_| {}, wrap)
+    }
+
+    fn build(
+        hosts: &[(&str, Bytes, Bytes)],
+        migration: bool,
+        edit: impl FnOnce(&mut Config),
+        wrap: impl Fn(Arc<dyn crate::hypervisor::Hypervisor>) -> Arc<dyn crate::hypervisor::Hypervisor>,
+    ) -> Bed {
         let clock = Arc::new(ManualClock::new(START));
         let fabric = Fabric::new();
         let mut config = Config::default();
+        edit(&mut config);
         config.migration.enabled = migration;
         config.migration.min_interval = crate::units::Dur::secs(5);
         let mut scenario = Vec::new();
@@ -666,4 +685,69 @@ async fn sharing_never_takes_a_guest_below_its_use() {
         .map(|h| h.deficit)
         .unwrap_or_default();
     assert!(deficit > Bytes(0), "no deficit reported");
+}
+
+/// Under dry run a short host's move is only proposed; an approval is refused and the
+/// proposal left as it was; and should a proposal be approved anyway (by anything but the
+/// API), no guest moves: the proposal fails with the reason.
+#[tokio::test]
+async fn under_dry_run_nothing_moves_even_when_approved() {
+    let mut bed = Bed::with_config(
+        &[
+            // Guests that are not grown need less: a small host, to be short at all.
+            ("small", mib(1280), mib(256)),
+            ("roomy", Bytes::from_gib(8), mib(256)),
+        ],
+        true,
+        |c| c.dry_run = true,
+    );
+    let a = bed.hosts[0].clone();
+    a.add_guest(GuestSpec::virtio_mem("p", mib(512), mib(1536)).demand(mib(900)));
+    a.add_guest(GuestSpec::virtio_mem("q", mib(512), mib(1536)).demand(mib(900)));
+    let proposed = bed
+        .run_until(90, |b| !b.shared.proposal_list().is_empty())
+        .await;
+    assert!(proposed.is_some(), "no proposal: {:?}", bed.reasons("p"));
+    let id = bed.shared.proposal_list()[0].id;
+    match bed.shared.decide_proposal(id, true) {
+        Err(crate::daemon::ProposalError::DryRun(n)) => assert_eq!(n, id),
+        other => panic!("approved under dry run: {other:?}"),
+    }
+    let p = bed.shared.proposal_list();
+    assert_eq!(p[0].state, "proposed", "{p:?}");
+    // Approved behind the API's back: still nothing moves.
+    bed.shared.proposals.lock().expect("proposals")[0].state = "approved".into();
+    bed.run(20).await;
+    assert!(a.migrations().is_empty(), "{:?}", a.migrations());
+    assert!(bed.hosts[1].migrations().is_empty());
+    let p = bed.shared.proposal_list();
+    let it = p.iter().find(|p| p.id == id).expect("the proposal");
+    assert_eq!(it.state, "failed", "{p:?}");
+    assert!(
+        it.error.as_deref().is_some_and(|e| e.contains("dry-run")),
+        "{p:?}"
+    );
+    assert!(a.has_guest("p") && a.has_guest("q"));
+    // A rejection needs no resizing or moving: allowed under dry run.
+    let again = bed
+        .run_until(60, |b| {
+            b.shared
+                .proposal_list()
+                .iter()
+                .any(|p| p.state == "proposed")
+        })
+        .await;
+    assert!(again.is_some(), "{:?}", bed.shared.proposal_list());
+    let open = bed
+        .shared
+        .proposal_list()
+        .into_iter()
+        .find(|p| p.state == "proposed")
+        .expect("open");
+    let r = bed
+        .shared
+        .decide_proposal(open.id, false)
+        .expect("rejected");
+    assert_eq!(r.state, "rejected");
+    assert!(a.migrations().is_empty(), "{:?}", a.migrations());
 }
