@@ -73,8 +73,42 @@ pub fn pick(
     })
 }
 
+/// Where a live migration's memory stream goes when no `migration_address` is set: `tcp://`
+/// and the host of the destination's libvirt URI (`qemu+tcp://10.0.0.3/system` gives
+/// `tcp://10.0.0.3`; user and port are dropped, an IPv6 literal keeps its brackets). None for a
+/// URI without a host (`qemu:///system`), where libvirt's default stands.
+pub fn data_uri_from(uri: &str) -> Option<String> {
+    let rest = uri.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        format!("[{}]", v6.split_once(']')?.0)
+    } else {
+        host_port.split(':').next().unwrap_or("").to_string()
+    };
+    (!host.is_empty() && host != "[]").then(|| format!("tcp://{host}"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_data_uri_is_the_destination_uris_host() {
+        for (uri, want) in [
+            ("qemu+tcp://10.0.0.3/system", Some("tcp://10.0.0.3")),
+            ("qemu+tcp://bed3:16509/system", Some("tcp://bed3")),
+            (
+                "qemu+ssh://root@host.example/system?keyfile=k",
+                Some("tcp://host.example"),
+            ),
+            ("qemu+tls://[fd00::3]:16514/system", Some("tcp://[fd00::3]")),
+            ("qemu:///system", None),
+            ("test:///default", None),
+            ("not a uri", None),
+        ] {
+            assert_eq!(data_uri_from(uri).as_deref(), want, "{uri}");
+        }
+    }
+
     use super::*;
 
     fn c(n: &str, mib: u64) -> Candidate {

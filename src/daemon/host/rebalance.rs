@@ -222,7 +222,14 @@ async fn migrate_one(
     let dest_uri = dest_cfg
         .map(|h| h.migration_uri.clone().unwrap_or_else(|| h.uri.clone()))
         .unwrap_or_default();
-    let data_uri = dest_cfg.and_then(|h| h.migration_address.clone());
+    // Without `migration_address`, the memory goes to the host the destination's URI names:
+    // libvirt's own default is the destination's hostname, which the source may not resolve
+    // (seen: "Unable to resolve address 'bedhost3'", every move failing).
+    let data_uri = dest_cfg.and_then(|h| {
+        h.migration_address
+            .clone()
+            .or_else(|| crate::rebalance::data_uri_from(&dest_uri))
+    });
     let room = rooms
         .iter()
         .find(|r| r.0 == m.to)

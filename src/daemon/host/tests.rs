@@ -349,6 +349,9 @@ async fn a_short_host_is_shared_then_a_guest_moves() {
     assert!(moved.is_some(), "no move: {:?}", bed.reasons("p"));
     let m = &a.migrations()[0];
     assert_eq!(m.dest_uri, "scenario://roomy");
+    // No `migration_address` configured: the memory goes to the host the URI names, not to
+    // whatever libvirt would make of the destination's own hostname.
+    assert_eq!(m.data_uri.as_deref(), Some("tcp://roomy"));
     let migrated = bed.reasons(&m.name).into_iter().any(|(r, res)| {
         matches!(r, Reason::Event(EventReason::Migrate { .. })) && res == "applied"
     });
