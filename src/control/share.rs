@@ -36,10 +36,18 @@ pub struct Ask<'a> {
     pub using: Option<Bytes>,
 }
 
-/// Cut `asks` to what `available` (capacity minus reserve) holds. Returns the guests' needs
-/// (floors and needs, each at most what the guest wants): beyond `available`, only a move can
-/// help.
-pub fn share(asks: &mut [Ask<'_>], available: Bytes) -> Bytes {
+/// What sharing found of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shared {
+    /// The guests' needs (floors and needs, each at most what the guest wants): beyond what
+    /// the host can give, only a move can help.
+    pub needs: Bytes,
+    /// The guests together wanted more than the host can give: they were cut to their shares.
+    pub contested: bool,
+}
+
+/// Cut `asks` to what `available` (capacity minus reserve) holds.
+pub fn share(asks: &mut [Ask<'_>], available: Bytes) -> Shared {
     let mut claims = Vec::with_capacity(asks.len());
     let mut index = Vec::with_capacity(asks.len());
     for (k, a) in asks.iter().enumerate() {
@@ -86,7 +94,10 @@ pub fn share(asks: &mut [Ask<'_>], available: Bytes) -> Bytes {
         .iter()
         .fold(Bytes(0), |acc, c| acc.saturating_add(c.want.max(c.floor)));
     if wants <= available {
-        return needs;
+        return Shared {
+            needs,
+            contested: false,
+        };
     }
     let grants = fair_share(&claims, available);
     for ((c, granted), ix) in claims.iter().zip(grants).zip(index) {
@@ -110,5 +121,8 @@ pub fn share(asks: &mut [Ask<'_>], available: Bytes) -> Bytes {
             Kind::Hold
         };
     }
-    needs
+    Shared {
+        needs,
+        contested: true,
+    }
 }

@@ -245,16 +245,7 @@ impl Controller for PolicyCtl {
                     }
                 })
                 .collect();
-            let wants = asks.iter().fold(Bytes(0), |a, x| {
-                let want = match (x.pending, x.decision.kind) {
-                    (Some(t), _) => t.max(x.before),
-                    (None, Kind::Hold) => x.before,
-                    (None, _) => x.decision.target,
-                };
-                a.saturating_add(want)
-            });
-            contested = wants > h.memory;
-            share_asks(&mut asks, h.memory);
+            contested = share_asks(&mut asks, h.memory).contested;
         }
         for (i, d, evaluated) in decided {
             let Some(Some(g)) = self.guests.get_mut(i) else {

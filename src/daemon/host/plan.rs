@@ -103,7 +103,7 @@ pub(super) fn share(host: &Host, plans: &mut [Plan]) -> Bytes {
             })
         })
         .collect();
-    share_asks(&mut asks, available)
+    share_asks(&mut asks, available).needs
 }
 
 /// The guests that could move to another host now: planned (or shared) this tick, running,
