@@ -754,3 +754,11 @@ async fn under_dry_run_nothing_moves_even_when_approved() {
     assert_eq!(r.state, "rejected");
     assert!(a.migrations().is_empty(), "{:?}", a.migrations());
 }
+
+/// The controller's default timing (what the simulator runs with) is the daemon's default
+/// config's, kept apart only because the pure controller may not import the config.
+#[test]
+fn the_controllers_default_timing_is_the_daemons() {
+    let shared = Shared::new(Config::default(), PolicySet::default(), &[]).expect("shared");
+    assert_eq!(shared.timing(), crate::control::Timing::default());
+}
