@@ -14,6 +14,9 @@
 #   guest.sh demand HOST NAME MIB [RATE]  drive the demand generator over the control port
 #   guest.sh rmmod-balloon HOST NAME      unload the balloon driver inside the guest
 #   guest.sh liar HOST NAME               the guest claims all its free memory as used, forever
+#   guest.sh run HOST NAME CMD...         a shell command in the guest, its output on one line
+#   guest.sh balloon-actual HOST NAME PAGES|off  the guest writes a false balloon `actual` (its size
+#                                         claim: RAM minus PAGES x 4 KiB), again every second
 #   guest.sh online-kernel HOST NAME      memory plugged from now on goes to ZONE_NORMAL
 #   guest.sh slab HOST NAME N             N inodes of unmovable slab (pins ZONE_NORMAL memory)
 #   guest.sh cpus HOST NAME               the guest's online CPU list (e.g. 0-2)
@@ -144,6 +147,8 @@ case ${1:-} in
   demand) send "$2" "$3" "demand $4 ${5:-0}" ;;
   rmmod-balloon) send "$2" "$3" "rmmod-balloon" ;;
   liar) send "$2" "$3" "liar" ;;
+  balloon-actual) send "$2" "$3" "balloon-actual $4" ;;
+  run) h=$2 n=$3; shift 3; send "$h" "$n" "run $*" ;;
   online-kernel) send "$2" "$3" "online-kernel" ;;
   slab) send "$2" "$3" "slab $4" ;;
   cpus) send "$2" "$3" "cpus" ;;
