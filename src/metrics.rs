@@ -163,6 +163,15 @@ pub fn render_guests(hosts: &BTreeMap<String, HostView>, out: &mut String) {
             let _ = writeln!(out, ",state=\"{st}\"}} {}", u8::from(st == now));
         }
     }
+    let n = "memscale_guest_size_disputed";
+    family(out, n, "gauge", GUEST_DISPUTE_HELP);
+    for g in guests() {
+        for d in DISPUTES {
+            sample(out, n, g);
+            let on = g.size_dispute.is_some_and(|x| x.label() == d);
+            let _ = writeln!(out, ",dispute=\"{d}\"}} {}", u8::from(on));
+        }
+    }
     let n = "memscale_guest_bad_stats_total";
     family(out, n, "counter", GUEST_BAD_HELP);
     for g in guests() {
@@ -170,6 +179,10 @@ pub fn render_guests(hosts: &BTreeMap<String, HostView>, out: &mut String) {
         let _ = writeln!(out, "}} {}", g.bad_stats);
     }
 }
+
+const DISPUTES: [&str; 3] = ["above_maximum", "below_asked", "holds_more"];
+const GUEST_DISPUTE_HELP: &str = "1 when the guest's claimed size (its balloon driver's word) is not believed, by why: \
+     above its maximum, below what memscale asked it to keep, or below what its process holds on the host.";
 
 const GUEST_BYTES_HELP: &str =
     "Guest memory by kind: current, target, floor, ceiling, used, available, caches, free.";
@@ -233,6 +246,8 @@ mod tests {
             why: None,
             bad_stats: 3,
             rss_capped: false,
+            claimed_size: None,
+            size_dispute: None,
             flavor: None,
             project: None,
             tags: vec![],

@@ -39,6 +39,11 @@ pub struct GuestView {
     pub bad_stats: u64,
     /// Its claimed use exceeds what its process holds on the host: capped at that.
     pub rss_capped: bool,
+    /// The size the guest itself claims (`balloon.current`); `current` is what the host
+    /// books for it.
+    pub claimed_size: Option<Bytes>,
+    /// Why that claim is not believed (a hostile or broken balloon driver).
+    pub size_dispute: Option<crate::control::SizeDispute>,
     pub flavor: Option<String>,
     pub project: Option<String>,
     pub tags: Vec<String>,
@@ -73,6 +78,8 @@ impl GuestView {
             why: None,
             bad_stats: 0,
             rss_capped: false,
+            claimed_size: None,
+            size_dispute: None,
             flavor: None,
             project: None,
             tags: Vec::new(),

@@ -64,7 +64,11 @@ impl Guest {
 
     /// Check health, then plan. The envelope is the policy-limited one.
     pub fn decide(&mut self, now: f64, policy: &Policy, cfg: &Timing) -> Decision {
-        let size = self.current();
+        let reading = self.size_reading();
+        let size = reading.believed;
+        // Landing is judged on the guest's own (plausible) word: the size believed is at
+        // least the target asked, so it would always look landed.
+        let claimed = reading.plausible.unwrap_or(size);
         let hold = |h: Health, r: Reason, me: &mut Guest| {
             me.health = h;
             Decision::hold(size, r)
@@ -104,9 +108,10 @@ impl Guest {
         }
         if let Some(p) = &self.pending {
             let (target, since) = (p.target, p.since);
-            if size.delta(target).unsigned_abs() <= CONVERGE_TOLERANCE.0 as u128 {
+            if claimed.delta(target).unsigned_abs() <= CONVERGE_TOLERANCE.0 as u128 {
                 // Landed: later reports describe the new size.
                 self.pending = None;
+                self.asked_reached = true;
                 self.settled_at = now;
                 self.needs_xml = true;
             } else if now - since > cfg.converge_timeout {
@@ -118,7 +123,7 @@ impl Guest {
                     Health::Held,
                     Reason::Hold(HoldReason::Unconverged {
                         target,
-                        actual: size,
+                        actual: claimed,
                     }),
                     self,
                 );

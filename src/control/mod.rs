@@ -98,6 +98,14 @@ pub struct Guest {
     /// The guest claims to use more than its QEMU process holds on the host (RSS): what it
     /// is believed to use is capped at that.
     pub rss_capped: bool,
+    /// The size (in all) memscale last asked of this guest, once every operation of that
+    /// resize went through: the guest may hold that much whatever it claims.
+    pub asked: Option<Bytes>,
+    /// The guest's claim reached `asked` (the resize converged): from then on, a claim
+    /// below it is a claim of memory given back that nobody asked for.
+    pub asked_reached: bool,
+    /// Why its claimed size is not believed, as of the last stats record.
+    pub size_dispute: Option<SizeDispute>,
     /// The policy chosen for this guest: (policy generation, index in that set). The labels
     /// it was chosen by change only with the definition, which clears it.
     pub policy_ix: Option<(u64, usize)>,
@@ -155,6 +163,51 @@ pub const INACTIVE_MAX_AGE: f64 = 300.0;
 /// How far a guest's claimed use may exceed its host-side RSS before it is not believed:
 /// the larger of this and a tenth of its memory (RSS undercounts pages the host swapped out).
 pub const RSS_SLACK: Bytes = Bytes::from_mib(128);
+
+/// Host memory a guest's QEMU process may hold beyond its guest's size (its own code, device
+/// buffers, TCG's translation cache: about 130 MiB for an idle 1 GiB guest on the test bed),
+/// the larger of this and an eighth of the guest's maximum. RSS above the claimed size by
+/// more than this is memory the guest holds and says it does not.
+pub const RSS_OVERHEAD: Bytes = Bytes::from_mib(256);
+
+/// Why memscale does not take a guest's word for its size. The size a guest reports
+/// (`balloon.current`) is RAM minus the balloon's `actual`, a field its own balloon driver
+/// writes: a hostile kernel writes anything there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeDispute {
+    /// Claims more than its definition can hold (an invented or wrapped value).
+    AboveMaximum,
+    /// Claims less than memscale asked it to keep (or its floor), with no resize landing.
+    BelowAsked,
+    /// Its QEMU process holds more host memory than the size it claims.
+    HoldsMore,
+}
+
+impl SizeDispute {
+    pub fn label(self) -> &'static str {
+        match self {
+            SizeDispute::AboveMaximum => "above_maximum",
+            SizeDispute::BelowAsked => "below_asked",
+            SizeDispute::HoldsMore => "holds_more",
+        }
+    }
+}
+
+/// A guest's size as it claims it and as memscale books it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeReading {
+    /// `balloon.current`, the guest's own word, as it came.
+    pub claimed: Option<Bytes>,
+    /// The claim, cleared of what cannot be (above the maximum): what convergence is
+    /// judged on.
+    pub plausible: Option<Bytes>,
+    /// What the host books: never less than the guest may hold (what memscale last asked it
+    /// to keep, or its floor; what its process holds beyond overhead), never more than its
+    /// maximum.
+    pub believed: Bytes,
+    pub dispute: Option<SizeDispute>,
+}
 
 /// The daemon's settings the controller needs, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -239,6 +292,9 @@ impl Guest {
             prev_swap_in: None,
             hostile: 0,
             rss_capped: false,
+            asked: None,
+            asked_reached: false,
+            size_dispute: None,
             policy_ix: None,
             inactive: None,
             inactive_read: f64::NEG_INFINITY,
@@ -325,11 +381,77 @@ impl Guest {
         );
     }
 
+    /// The size the host books for this guest ([`SizeReading::believed`]).
     pub fn current(&self) -> Bytes {
-        self.stats
+        self.size_reading().believed
+    }
+
+    /// The most this guest can hold, from its definition and libvirt (host-side facts):
+    /// its live `<memory>` (boot RAM and every memory device's full size), libvirt's
+    /// `balloon.maximum`, and its envelope's ceiling (`<maxMemory>` for DIMMs).
+    pub fn size_limit(&self) -> Option<Bytes> {
+        let spec = self.spec.as_ref().map(|s| s.memory);
+        let stats = self.stats.as_ref().and_then(|s| s.maximum);
+        let ceiling = self.envelope.as_ref().ok().map(|e| e.ceiling);
+        [spec, stats, ceiling].into_iter().flatten().max()
+    }
+
+    /// What this guest's size is believed to be, and whether its claim is disputed.
+    pub fn size_reading(&self) -> SizeReading {
+        let claimed = self.stats.as_ref().and_then(|s| s.current);
+        let Some(c) = claimed else {
+            return SizeReading {
+                claimed,
+                plausible: None,
+                believed: self.parts.total(),
+                dispute: None,
+            };
+        };
+        let limit = self.size_limit();
+        let above = limit.is_some_and(|l| c > l.saturating_add(CONVERGE_TOLERANCE));
+        let plausible = (!above).then_some(c);
+        // What it may hold: what memscale last asked (or, before that, its floor)...
+        let floor = self.envelope.as_ref().ok().map(|e| e.floor);
+        let asked = self.asked.or(floor).unwrap_or(Bytes(0));
+        // ...and what its process holds on the host beyond a QEMU's own overhead.
+        let overhead = RSS_OVERHEAD.max(limit.unwrap_or(Bytes(0)).scale(0.125));
+        let held = self
+            .stats
             .as_ref()
-            .and_then(|s| s.current)
-            .unwrap_or(self.parts.total())
+            .and_then(|s| s.rss)
+            .map(|r| r.saturating_sub(overhead))
+            .unwrap_or(Bytes(0));
+        let claim = plausible.unwrap_or(Bytes(0));
+        let mut believed = claim.max(asked).max(held);
+        if let Some(l) = limit {
+            believed = believed.min(l);
+        }
+        // A resize on its way (or refused DIMMs) moves the claim legitimately.
+        let landing = self.pending.is_some() || !self.unplugging.is_empty();
+        // Huge-page backing: the balloon cannot give pages back, so the process keeps them
+        // honestly (they are booked all the same).
+        let hugepages = self
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.hugepage_size.is_some());
+        let dispute = if above {
+            Some(SizeDispute::AboveMaximum)
+        } else if !landing
+            && (claim.saturating_add(CONVERGE_TOLERANCE) < floor.unwrap_or(Bytes(0))
+                || (self.asked_reached && claim.saturating_add(CONVERGE_TOLERANCE) < asked))
+        {
+            Some(SizeDispute::BelowAsked)
+        } else if !hugepages && held > claim.max(asked).saturating_add(CONVERGE_TOLERANCE) {
+            Some(SizeDispute::HoldsMore)
+        } else {
+            None
+        };
+        SizeReading {
+            claimed,
+            plausible,
+            believed,
+            dispute,
+        }
     }
 
     /// Take the live and persistent definitions: the persistent `<currentMemory>` is the

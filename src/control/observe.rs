@@ -1,7 +1,7 @@
 //! Taking one stats record: a guest's report becomes a sample only when it is fresh and
 //! describes the size the guest has now; what it claims is checked against the host.
 
-use super::{Guest, MAX_SAMPLES, RSS_SLACK};
+use super::{Guest, MAX_SAMPLES, RSS_SLACK, SizeReading};
 use crate::hypervisor::GuestStats;
 use crate::planner::Sample;
 use crate::units::Bytes;
@@ -11,6 +11,10 @@ impl Guest {
     pub fn observe(&mut self, s: GuestStats, now: f64) -> bool {
         let prev_update = self.stats.as_ref().map(|p| p.last_update).unwrap_or(0);
         let fresh = s.last_update > prev_update && s.last_update > 0;
+        // Its size first: every record carries the claim, and the sample below is booked at
+        // the size believed, not the size claimed.
+        let reading = self.size_reading_of(&s);
+        self.judge_size(&s.name, &reading);
         if fresh && (s.last_update as f64) > self.settled_at && self.pending.is_none() {
             let g = &s.guest;
             let swap_rate = match (self.prev_swap_in, g.swap_in) {
@@ -25,7 +29,8 @@ impl Guest {
                 }
                 _ => 0.0,
             };
-            if let (Some(total), Some(avail), Some(size)) = (g.total, g.usable, s.current) {
+            let size = reading.claimed.map(|_| reading.believed);
+            if let (Some(total), Some(avail), Some(size)) = (g.total, g.usable, size) {
                 if avail > total || total > size + Bytes::from_mib(64) {
                     self.hostile += 1;
                 }
@@ -76,5 +81,35 @@ impl Guest {
         self.name = s.name.clone();
         self.stats = Some(s);
         fresh
+    }
+
+    /// [`Guest::size_reading`] as it will be once `s` is taken.
+    fn size_reading_of(&mut self, s: &GuestStats) -> SizeReading {
+        let prev = self.stats.replace(s.clone());
+        let r = self.size_reading();
+        self.stats = prev;
+        r
+    }
+
+    /// Report a size claim that changed from believed to disputed (or back): once, with the
+    /// numbers, as a hostile report.
+    fn judge_size(&mut self, name: &str, r: &SizeReading) {
+        if r.dispute == self.size_dispute {
+            return;
+        }
+        match r.dispute {
+            Some(d) => {
+                self.hostile = self.hostile.saturating_add(1);
+                tracing::warn!(guest = %name, dispute = d.label(),
+                    claimed_kib = r.claimed.map(|c| c.0 / 1024).unwrap_or(0),
+                    believed = %r.believed, maximum = %self.size_limit().unwrap_or_default(),
+                    rss = %self.stats.as_ref().and_then(|s| s.rss).unwrap_or_default(),
+                    "guest's claimed size is not believed; booking it at the size it may hold");
+            }
+            None => {
+                tracing::info!(guest = %name, "guest's claimed size agrees with the host again")
+            }
+        }
+        self.size_dispute = r.dispute;
     }
 }

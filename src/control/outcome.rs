@@ -142,6 +142,8 @@ impl Guest {
         now: f64,
     ) {
         self.expect_online(ops, now);
+        self.asked = Some(decision.target);
+        self.asked_reached = false;
         self.pending = Some(Pending {
             kind: decision.kind,
             before,

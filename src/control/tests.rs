@@ -350,3 +350,149 @@ mod hostile_tests {
         assert_eq!(g.hostile, 3);
     }
 }
+
+/// The size a guest claims (`balloon.current`, from its own balloon driver) against what the
+/// host knows: its definition's maximum, what memscale asked, what its process holds.
+mod size_tests {
+    use super::*;
+    use crate::hypervisor::GuestMem;
+
+    /// A balloon-only guest: 2 GiB `<memory>`, floor 1 GiB.
+    fn guest() -> Guest {
+        let spec = crate::domain::DomainSpec {
+            name: "g".into(),
+            memory: Bytes::from_mib(2048),
+            current_memory: Bytes::from_mib(1024),
+            balloon_device: true,
+            ..Default::default()
+        };
+        let env =
+            Envelope::from_spec(&spec, &crate::envelope::FlavorCatalog::new()).expect("envelope");
+        let mut g = Guest::new("g", "u", 0.0);
+        g.envelope = Ok(env);
+        g.spec = Some(spec);
+        g
+    }
+
+    fn stats(t: u64, current: u64, rss_mib: u64) -> GuestStats {
+        GuestStats {
+            name: "g".into(),
+            uuid: "u".into(),
+            state: RunState::Running,
+            current: Some(Bytes(current)),
+            maximum: Some(Bytes::from_mib(2048)),
+            guest: GuestMem {
+                total: Some(Bytes::from_mib(1000)),
+                usable: Some(Bytes::from_mib(500)),
+                ..Default::default()
+            },
+            last_update: t,
+            rss: Some(Bytes::from_mib(rss_mib)),
+        }
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn an_honest_claim_is_believed() {
+        let mut g = guest();
+        g.observe(stats(1, 1536 * MIB, 700), 1.0);
+        let r = g.size_reading();
+        assert_eq!(r.believed, Bytes::from_mib(1536));
+        assert_eq!(r.dispute, None);
+        assert_eq!(g.hostile, 0);
+    }
+
+    #[test]
+    fn a_claim_above_the_maximum_is_not_believed_and_cannot_overflow() {
+        let mut g = guest();
+        // QEMU computes RAM minus the guest's `actual`: a huge `actual` wraps.
+        g.observe(stats(1, u64::MAX - 4095, 700), 1.0);
+        let r = g.size_reading();
+        assert_eq!(r.dispute, Some(SizeDispute::AboveMaximum));
+        assert_eq!(r.plausible, None);
+        assert!(r.believed <= Bytes::from_mib(2048), "{}", r.believed);
+        assert!(r.believed >= Bytes::from_mib(1024), "{}", r.believed);
+        assert_eq!(g.size_dispute, Some(SizeDispute::AboveMaximum));
+        assert_eq!(g.hostile, 1);
+        // Reported once, not every record.
+        g.observe(stats(2, u64::MAX - 4095, 700), 2.0);
+        assert_eq!(g.hostile, 1);
+        // The sample is booked at the believed size, not the claim.
+        assert_eq!(g.samples.back().map(|s| s.size), Some(r.believed));
+    }
+
+    #[test]
+    fn a_claim_below_the_floor_is_booked_at_the_floor() {
+        let mut g = guest();
+        g.observe(stats(1, 64 * MIB, 300), 1.0);
+        let r = g.size_reading();
+        assert_eq!(r.dispute, Some(SizeDispute::BelowAsked));
+        assert_eq!(r.believed, Bytes::from_mib(1024));
+        // Honest again: believed, and reported as such.
+        g.observe(stats(2, 1100 * MIB, 300), 2.0);
+        assert_eq!(g.size_reading().dispute, None);
+        assert_eq!(g.size_dispute, None);
+    }
+
+    /// Asked to grow to 1800 MiB: while it lands the claim lags and is no lie; the host books
+    /// what was asked; landing is judged on the claim. Once landed, a claim of less is a lie.
+    #[test]
+    fn a_claim_below_what_was_asked_is_a_lie_only_once_it_landed() {
+        let mut g = guest();
+        let policy = crate::policy::Policy::builtin();
+        let cfg = Timing::default();
+        g.observe(stats(1, 1024 * MIB, 300), 1.0);
+        let grow = Decision {
+            kind: Kind::Grow,
+            target: Bytes::from_mib(1800),
+            reason: Reason::Plan(crate::planner::PlannerReason::BelowFloor),
+            need: Bytes(0),
+            predicted: Bytes(0),
+            headroom: Bytes(0),
+        };
+        g.on_resize_applied(&grow, Bytes::from_mib(1024), "balloon", &[], 2.0);
+        g.observe(stats(3, 1200 * MIB, 300), 3.0);
+        let r = g.size_reading();
+        assert_eq!(r.dispute, None, "a growth landing");
+        assert_eq!(r.believed, Bytes::from_mib(1800));
+        g.decide(3.0, &policy, &cfg);
+        assert!(g.pending.is_some(), "not landed: the claim is 1200 MiB");
+        g.observe(stats(4, 1800 * MIB, 300), 4.0);
+        g.decide(4.0, &policy, &cfg);
+        assert!(g.pending.is_none(), "landed");
+        g.observe(stats(5, 1100 * MIB, 300), 5.0);
+        let r = g.size_reading();
+        assert_eq!(r.dispute, Some(SizeDispute::BelowAsked));
+        assert_eq!(r.believed, Bytes::from_mib(1800));
+    }
+
+    #[test]
+    fn a_process_holding_more_than_the_claim_is_booked_at_what_it_holds() {
+        let mut g = guest();
+        // Claims 1100 MiB; its process holds 1900 MiB (the overhead allowed is 256 MiB).
+        g.observe(stats(1, 1100 * MIB, 1900), 1.0);
+        let r = g.size_reading();
+        assert_eq!(r.dispute, Some(SizeDispute::HoldsMore));
+        assert_eq!(r.believed, Bytes::from_mib(1900 - 256));
+        // Never more than its maximum, whatever RSS says.
+        g.observe(stats(2, 1100 * MIB, 9000), 2.0);
+        assert_eq!(g.size_reading().believed, Bytes::from_mib(2048));
+        // Within QEMU's overhead: no dispute.
+        g.observe(stats(3, 1100 * MIB, 1300), 3.0);
+        assert_eq!(g.size_reading().dispute, None);
+        assert_eq!(g.size_reading().believed, Bytes::from_mib(1100));
+    }
+
+    #[test]
+    fn huge_page_backing_keeps_pages_honestly() {
+        let mut g = guest();
+        if let Some(s) = g.spec.as_mut() {
+            s.hugepage_size = Some(Bytes::from_mib(2));
+        }
+        g.observe(stats(1, 1100 * MIB, 1900), 1.0);
+        let r = g.size_reading();
+        assert_eq!(r.dispute, None);
+        assert_eq!(r.believed, Bytes::from_mib(1900 - 256), "still booked");
+    }
+}

@@ -125,6 +125,13 @@ pub enum EventReason {
     CpuBusy { busy_pct: f64, vcpus: u32 },
     /// The CPU policy: the guest left its vCPUs idle over the window.
     CpuIdle { busy_pct: f64, vcpus: u32 },
+    /// The guest's claimed size (its balloon driver's word) is not believed: it is booked
+    /// at the size it may hold. `dispute` is `SizeDispute`'s label.
+    SizeDisputed {
+        dispute: String,
+        claimed: Bytes,
+        believed: Bytes,
+    },
 }
 
 impl fmt::Display for PlannerReason {
@@ -234,6 +241,14 @@ impl fmt::Display for EventReason {
                 f,
                 "host short of {deficit} for its guests' needs: moving to {to}"
             ),
+            EventReason::SizeDisputed {
+                dispute,
+                claimed,
+                believed,
+            } => write!(
+                f,
+                "the guest claims a size of {claimed} ({dispute}): not believed; booked at {believed}"
+            ),
         }
     }
 }
@@ -319,6 +334,7 @@ impl EventReason {
             EventReason::VcpuNotOnlined { .. } => "vcpu_not_onlined",
             EventReason::CpuBusy { .. } => "cpu_busy",
             EventReason::CpuIdle { .. } => "cpu_idle",
+            EventReason::SizeDisputed { .. } => "size_disputed",
         }
     }
 }

@@ -6,6 +6,7 @@ use super::{Host, Shared};
 use crate::control::{Guest, INACTIVE_MAX_AGE};
 use crate::domain::DomainSpec;
 use crate::hypervisor::{HvEvent, RunState};
+use crate::planner::{EventReason, Kind, Reason};
 use std::time::Duration;
 
 /// Read the host. Returns the UUIDs of the guests it reported, in its order, or None when
@@ -74,7 +75,30 @@ pub(super) async fn collect(
             }
             g
         });
+        let disputed = g.size_dispute;
         g.observe(s, now);
+        if g.size_dispute != disputed
+            && let Some(d) = g.size_dispute
+        {
+            let r = g.size_reading();
+            let reason = Reason::Event(EventReason::SizeDisputed {
+                dispute: d.label().to_string(),
+                claimed: r.claimed.unwrap_or_default(),
+                believed: r.believed,
+            });
+            let label = host.label.clone();
+            super::hotplug::record(
+                &label,
+                shared,
+                g,
+                Kind::Hold,
+                reason,
+                "size-check",
+                "reported".into(),
+                now,
+                None,
+            );
+        }
         let running = g
             .stats
             .as_ref()

@@ -20,7 +20,7 @@ const VCPU_DEADLINE: Duration = Duration::from_secs(15);
 
 /// The audit record (and log line) of something memscale did or saw outside the planner.
 #[allow(clippy::too_many_arguments)]
-fn record(
+pub(super) fn record(
     host: &str,
     shared: &Shared,
     g: &mut Guest,

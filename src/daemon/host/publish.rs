@@ -80,7 +80,8 @@ pub(super) fn publish(host: &mut Host, shared: &Shared, now: f64) {
         let env = g.limited_envelope(pol).map(|e| (*e).clone());
         let st: Option<&GuestStats> = g.stats.as_ref();
         let nova = g.spec.as_ref().and_then(|s| s.nova.as_ref());
-        let current = g.current();
+        let reading = g.size_reading();
+        let current = reading.believed;
         committed = committed
             + g.pending
                 .as_ref()
@@ -132,6 +133,8 @@ pub(super) fn publish(host: &mut Host, shared: &Shared, now: f64) {
         view.last_decision.clone_from(&g.last);
         view.bad_stats = g.hostile;
         view.rss_capped = g.rss_capped;
+        view.claimed_size = reading.claimed;
+        view.size_dispute = g.size_dispute;
         set_text(&mut view.flavor, nova.and_then(|n| n.flavor_name.as_ref()));
         set_text(&mut view.project, nova.and_then(|n| n.project.as_ref()));
         match g.spec.as_ref() {
