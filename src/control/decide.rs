@@ -111,6 +111,7 @@ impl Guest {
             if claimed.delta(target).unsigned_abs() <= CONVERGE_TOLERANCE.0 as u128 {
                 // Landed: later reports describe the new size.
                 self.pending = None;
+                self.asked = Some(target);
                 self.asked_reached = true;
                 self.settled_at = now;
                 self.needs_xml = true;

@@ -98,8 +98,9 @@ pub struct Guest {
     /// The guest claims to use more than its QEMU process holds on the host (RSS): what it
     /// is believed to use is capped at that.
     pub rss_capped: bool,
-    /// The size (in all) memscale last asked of this guest, once every operation of that
-    /// resize went through: the guest may hold that much whatever it claims.
+    /// The most this guest may hold by memscale's leave: the target of a growth asked (it
+    /// may take it at once), of a shrink only once its claim showed it landed. Whatever it
+    /// claims, it is booked at no less.
     pub asked: Option<Bytes>,
     /// The guest's claim reached `asked` (the resize converged): from then on, a claim
     /// below it is a claim of memory given back that nobody asked for.

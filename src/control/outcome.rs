@@ -142,7 +142,12 @@ impl Guest {
         now: f64,
     ) {
         self.expect_online(ops, now);
-        self.asked = Some(decision.target);
+        // A growth may be taken at once; a shrink only once it is seen to land (until then,
+        // or for good if it never does, the guest may hold what it had).
+        self.asked = Some(match decision.kind {
+            Kind::Grow => decision.target,
+            _ => self.asked.unwrap_or(before).max(decision.target),
+        });
         self.asked_reached = false;
         self.pending = Some(Pending {
             kind: decision.kind,

@@ -496,3 +496,62 @@ mod size_tests {
         assert_eq!(r.believed, Bytes::from_mib(1900 - 256), "still booked");
     }
 }
+
+mod asked_tests {
+    use super::*;
+    use crate::hypervisor::GuestMem;
+
+    /// A shrink the guest's claim never shows landing (a liar, or a guest that ignores its
+    /// balloon): it may still hold what it had, and is booked at that.
+    #[test]
+    fn a_shrink_counts_only_once_it_landed() {
+        let spec = crate::domain::DomainSpec {
+            name: "g".into(),
+            memory: Bytes::from_mib(2048),
+            current_memory: Bytes::from_mib(512),
+            balloon_device: true,
+            ..Default::default()
+        };
+        let env =
+            Envelope::from_spec(&spec, &crate::envelope::FlavorCatalog::new()).expect("envelope");
+        let mut g = Guest::new("g", "u", 0.0);
+        g.envelope = Ok(env);
+        g.spec = Some(spec);
+        let st = |t: u64, mib: u64| GuestStats {
+            name: "g".into(),
+            uuid: "u".into(),
+            state: RunState::Running,
+            current: Some(Bytes::from_mib(mib)),
+            maximum: Some(Bytes::from_mib(2048)),
+            guest: GuestMem::default(),
+            last_update: t,
+            rss: None,
+        };
+        g.observe(st(1, 1500), 1.0);
+        let shrink = Decision {
+            kind: Kind::Shrink,
+            target: Bytes::from_mib(1000),
+            reason: Reason::Plan(crate::planner::PlannerReason::AboveCeiling),
+            need: Bytes(0),
+            predicted: Bytes(0),
+            headroom: Bytes(0),
+        };
+        g.on_resize_applied(&shrink, Bytes::from_mib(1500), "balloon", &[], 2.0);
+        // It claims 64 MiB: not a landing of 1000 MiB; it may still hold 1500 MiB.
+        g.observe(st(3, 64), 3.0);
+        assert_eq!(g.size_reading().believed, Bytes::from_mib(1500));
+        let policy = crate::policy::Policy::builtin();
+        let cfg = Timing::default();
+        g.decide(3.0, &policy, &cfg);
+        g.decide(3.0 + cfg.converge_timeout + 1.0, &policy, &cfg);
+        assert!(g.pending.is_none(), "unconverged");
+        assert_eq!(g.size_reading().believed, Bytes::from_mib(1500));
+        // An honest landing next time counts.
+        g.on_resize_applied(&shrink, Bytes::from_mib(1500), "balloon", &[], 100.0);
+        g.observe(st(101, 1000), 101.0);
+        g.decide(101.0, &policy, &cfg);
+        assert!(g.pending.is_none(), "landed");
+        g.observe(st(102, 1000), 102.0);
+        assert_eq!(g.size_reading().believed, Bytes::from_mib(1000));
+    }
+}
