@@ -114,7 +114,9 @@ down() {
   ip netns del "msh-$name" 2>/dev/null || true
   ip link del "msv-$name" 2>/dev/null || true
   rm -rf "$d"
-  if ! ls "$HOSTS" 2>/dev/null | grep -q . && ip link show "$BRIDGE" >/dev/null 2>&1; then
+  # The bridge goes with its last port, not with this state directory's last host: hosts of
+  # another test bed directory (MEMSCALE_TESTBED_DIR) may still be on it.
+  if ip link show "$BRIDGE" >/dev/null 2>&1 && ! ls "/sys/class/net/$BRIDGE/brif" 2>/dev/null | grep -q .; then
     ip link del "$BRIDGE"
   fi
 }
