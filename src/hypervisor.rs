@@ -217,4 +217,9 @@ pub trait Hypervisor: Send + Sync {
     /// `dest_uri` and streams memory to `data_uri` (libvirt's choice when none). The guest
     /// is defined on the destination and undefined here once it runs there.
     fn migrate(&self, uuid: &str, dest_uri: &str, data_uri: Option<&str>) -> Result<(), HvError>;
+    /// Abort the guest's job under way (a live migration past its timeout): libvirt rolls it
+    /// back and the guest keeps running here. The migration call itself then returns an error.
+    fn abort_job(&self, uuid: &str) -> Result<(), HvError> {
+        Err(unsupported(uuid, "aborting a job"))
+    }
 }

@@ -534,8 +534,39 @@ impl Hypervisor for LibvirtHost {
             | sys::VIR_MIGRATE_PEER2PEER
             | sys::VIR_MIGRATE_PERSIST_DEST
             | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        // On a connection of its own: a live migration lasts as long as it lasts, and the
+        // host's other calls (stats, resizes, the abort of this very job) must not queue
+        // behind it on the shared one.
+        let c = Connect::open(Some(&self.uri)).map_err(|e| HvError::Connect {
+            uri: self.uri.clone(),
+            message: e.message().to_string(),
+        })?;
+        let d = c
+            .lookup_domain_by_uuid_string(uuid)
+            .map_err(|e| match e.code() {
+                virt::error::ErrorNumberEnum::Known(ErrorNumber::NoDomain) => {
+                    HvError::NoGuest(uuid.to_string())
+                }
+                _ => HvError::Guest {
+                    guest: uuid.to_string(),
+                    message: e.message().to_string(),
+                },
+            })?;
+        d.migrate_to_uri2(Some(dest_uri), data_uri, None, flags, None, 0)
+            .map(|_| ())
+            .map_err(|e| HvError::Guest {
+                guest: uuid.to_string(),
+                message: e.message().to_string(),
+            })
+    }
+
+    fn abort_job(&self, uuid: &str) -> Result<(), HvError> {
         self.on_guest(uuid, |d| {
-            d.migrate_to_uri2(Some(dest_uri), data_uri, None, flags, None, 0)
+            // SAFETY: `d` is a live domain handle for the duration of the call.
+            if unsafe { sys::virDomainAbortJob(d.as_ptr()) } < 0 {
+                return Err(VirtError::last_error());
+            }
+            Ok(())
         })
     }
 }

@@ -78,6 +78,10 @@ pub enum HoldReason {
         actual: Bytes,
     },
     Pinned,
+    /// The guest is being live-migrated to `to`: left as it is until it has moved (or not).
+    Migrating {
+        to: String,
+    },
     /// An operator asked for this size through the API.
     Manual {
         requested: Bytes,
@@ -182,6 +186,7 @@ impl fmt::Display for HoldReason {
                 write!(f, "resize did not converge: asked {target}, has {actual}")
             }
             HoldReason::Pinned => f.write_str("pinned by operator"),
+            HoldReason::Migrating { to } => write!(f, "being moved to {to}"),
             HoldReason::Manual { requested } => {
                 write!(f, "manual adjust to {requested} by operator")
             }
@@ -312,6 +317,7 @@ impl HoldReason {
             HoldReason::ResizeInProgress => "in_progress",
             HoldReason::Unconverged { .. } => "unconverged",
             HoldReason::Pinned => "pinned",
+            HoldReason::Migrating { .. } => "migrating",
             HoldReason::Manual { .. } => "manual",
             HoldReason::NotRunning { .. } => "not_running",
             HoldReason::NoMethod => "no_method",

@@ -62,6 +62,8 @@ pub(super) struct Host {
     holding_since: Option<f64>,
     /// The views published the tick before, to be filled again by the next publish.
     spare_views: Vec<GuestView>,
+    /// A live migration running outside the tick, followed each tick until it ends.
+    moving: Option<rebalance::InFlight>,
 }
 
 /// Seconds a host must hold its guests before its migration proposals expire.
@@ -128,6 +130,7 @@ impl Host {
             last_snapshot: 0.0,
             holding_since: None,
             spare_views: Vec::new(),
+            moving: None,
         }
     }
 }
@@ -228,7 +231,7 @@ pub(super) async fn tick(host: &mut Host, shared: &Shared) -> bool {
         .capacity
         .map(|cap| crate::rebalance::deficit(needs, cap, host.cfg.reserve))
         .unwrap_or_default();
-    if migrating {
+    if migrating || host.moving.is_some() {
         rebalance::rebalance(host, shared, needs, &candidates, now).await;
     }
     publish::finish(host, shared, &seen, now);

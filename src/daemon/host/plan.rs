@@ -32,6 +32,10 @@ pub(super) fn decide<'p>(
     now: f64,
 ) -> Vec<Plan<'p>> {
     let timing = shared.timing();
+    let moving = host
+        .moving
+        .as_ref()
+        .map(|f| (f.uuid.clone(), f.m.to.clone()));
     let mut plans = Vec::with_capacity(uuids.len());
     for uuid in uuids {
         let Some(g) = host.guests.get_mut(uuid) else {
@@ -66,6 +70,12 @@ pub(super) fn decide<'p>(
                     ..Decision::hold(before, Reason::Hold(HoldReason::Manual { requested }))
                 };
             }
+        }
+        if let Some((_, to)) = moving.as_ref().filter(|(u, _)| u == uuid) {
+            // Mid-migration: nothing is resized (QEMU refuses virtio-mem changes then, and a
+            // balloon moving under the copy only slows it).
+            let to = to.clone();
+            decision = Decision::hold(before, Reason::Hold(HoldReason::Migrating { to }));
         }
         let env = g.limited_envelope(policy);
         plans.push(Plan {

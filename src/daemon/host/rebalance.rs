@@ -12,6 +12,26 @@ use crate::planner::{Kind, Reason};
 use crate::units::Bytes;
 use std::time::Duration;
 
+/// A live migration under way.
+pub(super) struct InFlight {
+    pub(super) uuid: String,
+    pub(super) m: crate::rebalance::Move,
+    /// The proposal it carries out, if an operator approved it.
+    proposal: Option<u64>,
+    deficit: Bytes,
+    needs: Bytes,
+    started: f64,
+    timeout: f64,
+    retry_after: f64,
+    /// When the abort was asked (past `timeout`), and whether a stuck abort was reported.
+    aborted_at: Option<f64>,
+    stuck_reported: bool,
+    task: tokio::task::JoinHandle<Result<(), HvError>>,
+}
+
+/// Seconds after an abort before a migration still running is reported as stuck.
+const ABORT_GRACE: f64 = 60.0;
+
 /// A move's result as its audit record and metric name it.
 fn outcome(r: Result<(), String>) -> String {
     match r {
@@ -32,7 +52,15 @@ pub(super) async fn rebalance(
     candidates: &[(String, crate::rebalance::Candidate)],
     now: f64,
 ) {
+    if host.moving.is_some() {
+        // One move at a time per host, as before; the next is chosen once this one ends.
+        follow(host, shared, now).await;
+        return;
+    }
     let mc = shared.migration_config();
+    if !mc.enabled {
+        return;
+    }
     let Some(cap) = host.capacity else {
         return;
     };
@@ -106,22 +134,26 @@ pub(super) async fn rebalance(
         };
         shared.finish_proposal(p.id, "running", None);
         host.last_migration = now;
-        let result = migrate_one(host, shared, &mc, &m, &uuid, &rooms, deficit, now).await;
-        let (state, error) = match &result {
-            Err(e) => ("failed", Some(e.clone())),
-            Ok(()) => ("applied", None),
-        };
-        shared.finish_proposal(p.id, state, error);
-        record_migration(
-            host,
-            shared,
-            &m,
+        let start = Start {
+            m: &m,
+            uuid: &uuid,
+            proposal: Some(p.id),
             deficit,
             needs,
-            now,
-            false,
-            outcome(result),
-        );
+        };
+        if let Err(e) = start_move(host, shared, &mc, start, &rooms, now).await {
+            shared.finish_proposal(p.id, "failed", Some(e.clone()));
+            record_migration(
+                host,
+                shared,
+                &m,
+                deficit,
+                needs,
+                now,
+                false,
+                outcome(Err(e)),
+            );
+        }
         return;
     }
     let dests: Vec<crate::rebalance::Destination> = rooms
@@ -187,32 +219,120 @@ pub(super) async fn rebalance(
         }
         return;
     }
-    let result = migrate_one(host, shared, &mc, &m, &uuid, &rooms, deficit, now).await;
-    record_migration(
-        host,
-        shared,
-        &m,
+    let start = Start {
+        m: &m,
+        uuid: &uuid,
+        proposal: None,
         deficit,
         needs,
-        now,
-        false,
-        outcome(result),
-    );
+    };
+    if let Err(e) = start_move(host, shared, &mc, start, &rooms, now).await {
+        record_migration(
+            host,
+            shared,
+            &m,
+            deficit,
+            needs,
+            now,
+            false,
+            outcome(Err(e)),
+        );
+    }
 }
 
-/// Promise the room on the destination, then move the guest peer to peer. An error says
-/// why it did not move (the guest still runs here).
-#[allow(clippy::too_many_arguments)]
-async fn migrate_one(
+/// The move to start, and what it is for.
+struct Start<'a> {
+    m: &'a crate::rebalance::Move,
+    uuid: &'a str,
+    proposal: Option<u64>,
+    deficit: Bytes,
+    needs: Bytes,
+}
+
+/// Follow the move under way: settle it once its call has returned; abort it through
+/// libvirt once past its timeout; report one that an abort has not ended.
+async fn follow(host: &mut Host, shared: &Shared, now: f64) {
+    let Some(f) = host.moving.as_mut() else {
+        return;
+    };
+    if f.task.is_finished() {
+        let Some(f) = host.moving.take() else {
+            return;
+        };
+        let r = match f.task.await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("the migration task ended abnormally: {e}")),
+        };
+        let r = match (r, f.aborted_at) {
+            (Err(e), Some(_)) => Err(format!("aborted after its timeout of {}s ({e})", f.timeout)),
+            (r, _) => r,
+        };
+        settle(
+            host,
+            shared,
+            f.m,
+            f.proposal,
+            f.deficit,
+            f.needs,
+            f.retry_after,
+            r,
+            now,
+        )
+        .await;
+        return;
+    }
+    let elapsed = now - f.started;
+    match f.aborted_at {
+        None if elapsed > f.timeout => {
+            f.aborted_at = Some(now);
+            let (u, guest, to) = (f.uuid.clone(), f.m.guest.clone(), f.m.to.clone());
+            tracing::warn!(host = %host.label, guest = %guest, to = %to, elapsed_s = elapsed as u64,
+                "migration past its timeout: aborting it; the guest stays here");
+            let deadline = shared.config.interval.0.max(Duration::from_secs(2));
+            if let Err(e) = host
+                .call("abort_job", deadline, move |h| h.abort_job(&u))
+                .await
+            {
+                host.count_error(shared, "abort_job");
+                tracing::error!(host = %host.label, guest = %guest, error = %e,
+                    "cannot abort the migration; its promise on the destination is kept until it ends");
+            }
+        }
+        Some(at) if now - at > ABORT_GRACE => {
+            if !f.stuck_reported {
+                f.stuck_reported = true;
+                tracing::error!(host = %host.label, guest = %f.m.guest, to = %f.m.to, elapsed_s = elapsed as u64,
+                    "migration still running a minute after its abort; its promise on the destination is kept until it ends, and no other move starts from this host");
+            }
+            // The guest may yet arrive there: its room stays promised while the call runs.
+            let (to, guest) = (f.m.to.clone(), f.m.guest.clone());
+            let until = now + 3.0 * shared.config.interval.as_secs_f64() + 10.0;
+            if let Err(e) = shared.promises.extend(&to, &guest, until).await {
+                tracing::warn!(to = %to, guest = %guest, error = %e, "cannot extend the promise");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Promise the room on the destination, then start moving the guest (peer to peer, or
+/// through Nova) in a task of its own. An error says why it did not start (the guest still
+/// runs here).
+async fn start_move(
     host: &mut Host,
     shared: &Shared,
     mc: &crate::config::MigrationConfig,
-    m: &crate::rebalance::Move,
-    uuid: &str,
+    s: Start<'_>,
     rooms: &[(String, Bytes)],
-    deficit: Bytes,
     now: f64,
 ) -> Result<(), String> {
+    let Start {
+        m,
+        uuid,
+        proposal,
+        deficit,
+        needs,
+    } = s;
     // Every move goes through here: under dry run none may, whatever approved it (the API
     // refuses approvals under dry run; this holds should anything else approve one).
     if shared.dry_run {
@@ -235,12 +355,15 @@ async fn migrate_one(
         .find(|r| r.0 == m.to)
         .map(|r| r.1)
         .unwrap_or_default();
+    let timeout = mc.timeout.as_secs_f64();
     let promise = crate::coord::Arrival {
         to: m.to.clone(),
         guest: m.guest.clone(),
         from: host.label.clone(),
         size: m.size,
-        until: now + mc.timeout.as_secs_f64() + 10.0,
+        // Past the timeout, the abort and a margin: a move that outlives even that keeps
+        // its promise by extension (see `follow`).
+        until: now + timeout + ABORT_GRACE + 10.0,
         by: String::new(),
     };
     match shared.promises.reserve(&promise, room).await {
@@ -261,58 +384,81 @@ async fn migrate_one(
     tracing::info!(host = %host.label, guest = %m.guest, to = %m.to, size = %m.size, deficit = %deficit,
         backend = if nova { "nova" } else { "libvirt" }, "migrating");
     let u = uuid.to_string();
-    let outcome = if nova {
-        match shared.nova.clone() {
-            Some(api) => {
-                let dest = dest_cfg
-                    .map(|h| h.nova_host.clone().unwrap_or_else(|| h.label()))
-                    .unwrap_or_else(|| m.to.clone());
-                let timeout = mc.timeout.0;
-                let task =
-                    tokio::task::spawn_blocking(move || api.live_migrate(&u, &dest, timeout));
-                match tokio::time::timeout(timeout + Duration::from_secs(30), task).await {
-                    Ok(Ok(r)) => r.map_err(|e| HvError::Other(e.to_string())),
-                    Ok(Err(e)) => Err(HvError::Other(format!("nova: {e}"))),
-                    Err(_) => Err(HvError::Other(format!(
-                        "nova: no answer within {timeout:?}"
-                    ))),
-                }
-            }
-            None => Err(HvError::Other(
-                "migration_backend = \"nova\" but no [nova] section".into(),
-            )),
-        }
-    } else {
-        let (d, a) = (dest_uri, data_uri);
-        host.call("migrate", mc.timeout.0, move |h| {
-            h.migrate(&u, &d, a.as_deref())
+    let task = if nova {
+        let Some(api) = shared.nova.clone() else {
+            let _ = shared.promises.release(&m.to, &m.guest).await;
+            return Err("migration_backend = \"nova\" but no [nova] section".into());
+        };
+        let dest = dest_cfg
+            .map(|h| h.nova_host.clone().unwrap_or_else(|| h.label()))
+            .unwrap_or_else(|| m.to.clone());
+        let t = mc.timeout.0;
+        tokio::task::spawn_blocking(move || {
+            api.live_migrate(&u, &dest, t)
+                .map_err(|e| HvError::Other(format!("nova: {e}")))
         })
-        .await
+    } else {
+        let hv = host.hv.clone();
+        tokio::task::spawn_blocking(move || hv.migrate(&u, &dest_uri, data_uri.as_deref()))
     };
-    match outcome {
+    host.moving = Some(InFlight {
+        uuid: uuid.to_string(),
+        m: m.clone(),
+        proposal,
+        deficit,
+        needs,
+        started: now,
+        timeout,
+        retry_after: mc.retry_after.as_secs_f64(),
+        aborted_at: None,
+        stuck_reported: false,
+        task,
+    });
+    Ok(())
+}
+
+/// A move's call returned: the guest runs in one place. Keep the promise until the
+/// destination counts the guest (moved), or release it and avoid that destination for a
+/// while (not moved); report and audit either way.
+#[allow(clippy::too_many_arguments)]
+async fn settle(
+    host: &mut Host,
+    shared: &Shared,
+    m: crate::rebalance::Move,
+    proposal: Option<u64>,
+    deficit: Bytes,
+    needs: Bytes,
+    retry_after: f64,
+    r: Result<(), String>,
+    now: f64,
+) {
+    match &r {
         Ok(()) => {
             // Keep the promise until the destination's own ticks count the guest.
             let until = shared.now() + 3.0 * shared.config.interval.as_secs_f64() + 2.0;
             if let Err(e) = shared.promises.extend(&m.to, &m.guest, until).await {
                 tracing::warn!(to = %m.to, guest = %m.guest, error = %e, "cannot extend the promise");
             }
-            Ok(())
         }
-        Err(e) => {
+        Err(_) => {
             host.count_error(shared, "migrate");
             if let Err(e) = shared.promises.release(&m.to, &m.guest).await {
                 tracing::warn!(to = %m.to, guest = %m.guest, error = %e, "cannot release the promise; it lapses by itself");
             }
-            host.failed_moves.push((
-                m.guest.clone(),
-                m.to.clone(),
-                now + mc.retry_after.as_secs_f64(),
-            ));
+            host.failed_moves
+                .push((m.guest.clone(), m.to.clone(), now + retry_after));
             // Try again soon, elsewhere.
             host.last_migration = f64::NEG_INFINITY;
-            Err(e.to_string())
         }
     }
+    if let Some(id) = proposal {
+        let (state, error) = match &r {
+            Err(e) => ("failed", Some(e.clone())),
+            Ok(()) => ("applied", None),
+        };
+        shared.finish_proposal(id, state, error);
+    }
+    record_migration(host, shared, &m, deficit, needs, now, false, outcome(r));
 }
 
 /// The metric, the log line and the audit record of one migration (or proposal).
