@@ -31,6 +31,7 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     pub migrations: IntCounterVec,
     pub host_acting: IntGaugeVec,
+    pub host_grow_only: IntGaugeVec,
     pub host_connected: IntGaugeVec,
     pub state_errors: IntCounter,
     pub state_restored_from: IntGaugeVec,
@@ -66,6 +67,7 @@ impl Metrics {
             state_restored_from: reg(&r, IntGaugeVec::new(Opts::new("memscale_state_restored_from", "1 for the state file generation restored at start (current: state.json; previous: state.json.1, the current file being unreadable or missing; none: neither read), 0 for the others."), &["generation"]).expect("metric")),
             state_unreadable: reg(&r, IntGauge::new("memscale_state_unreadable_files", "State files found unreadable at start and set aside as .bad (0, 1 or 2).").expect("metric")),
             host_acting: reg(&r, IntGaugeVec::new(Opts::new("memscale_host_acting", "1 when this daemon acts for the host; 0 when it only watches it (manage = false, or another daemon holds it through etcd)."), &["host"]).expect("metric")),
+            host_grow_only: reg(&r, IntGaugeVec::new(Opts::new("memscale_host_grow_only", "1 while this daemon lost its etcd lease on a host it held last: the host's guests are grown into free memory only, nothing shrinks or moves until the lease is back."), &["host"]).expect("metric")),
             up: reg(&r, IntCounter::new("memscale_ticks_total", "Host ticks run since start.").expect("metric")),
             registry: r,
         };

@@ -112,6 +112,8 @@ pub struct HostView {
     pub acting: bool,
     /// Why not: "watched only" (`manage = false`), or the daemon that acts for it.
     pub standby: Option<String>,
+    /// The etcd lease is lost on a host this daemon held last: its guests are only grown.
+    pub grow_only: bool,
     pub last_tick: f64,
     pub guests: Vec<GuestView>,
 }

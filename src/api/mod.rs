@@ -66,7 +66,7 @@ pub fn status(s: &Shared) -> serde_json::Value {
             json!({
                 "name": h.name, "uri": h.uri, "connected": h.connected, "last_error": h.last_error,
                 "capacity": h.capacity, "reserve": h.reserve, "committed": h.committed,
-                "deficit": h.deficit, "acting": h.acting, "standby": h.standby,
+                "deficit": h.deficit, "acting": h.acting, "standby": h.standby, "grow_only": h.grow_only,
                 "guests": h.guests.len(), "last_tick": h.last_tick,
             })
         })

@@ -107,6 +107,12 @@ pub enum HoldReason {
         wanted: Bytes,
         granted: Bytes,
     },
+    /// With etcd, this daemon lost its lease (etcd unreachable for longer than `ttl`): it
+    /// grows the guests of the hosts it held last into free memory only, and shrinks nothing
+    /// until the lease is back. `wanted` is the size decided.
+    NoLease {
+        wanted: Bytes,
+    },
 }
 
 /// Something memscale did or saw outside a memory decision: a migration, a DIMM the guest
@@ -199,6 +205,10 @@ impl fmt::Display for HoldReason {
             HoldReason::HostShare { wanted, granted } => write!(
                 f,
                 "host short of memory: wants {wanted}, its fair share is {granted}"
+            ),
+            HoldReason::NoLease { wanted } => write!(
+                f,
+                "etcd lease lost: wants {wanted}; only growth into free memory until the lease is back"
             ),
             HoldReason::StillShort {
                 available,
@@ -325,6 +335,7 @@ impl HoldReason {
             HoldReason::HostError { .. } => "host_error",
             HoldReason::HostShare { .. } => "host_share",
             HoldReason::StillShort { .. } => "still_short",
+            HoldReason::NoLease { .. } => "no_lease",
         }
     }
 }

@@ -52,6 +52,10 @@ pub(super) struct Host {
     /// Whether this daemon acts for the host now, and if not, why.
     acting: bool,
     standby: Option<String>,
+    /// With etcd: this daemon held the host's key the last time etcd answered.
+    held: bool,
+    /// The lease is lost but the host was ours: its guests are only grown (see [`Role`]).
+    grow_only: bool,
     /// Needs beyond capacity minus reserve at the last tick.
     deficit: Bytes,
     /// "No guest fits elsewhere" was logged for the current shortage.
@@ -125,6 +129,8 @@ impl Host {
             failed_moves: Vec::new(),
             acting: false,
             standby: None,
+            held: false,
+            grow_only: false,
             deficit: Bytes(0),
             no_room_reported: false,
             last_snapshot: 0.0,
@@ -202,7 +208,8 @@ pub(super) async fn tick(host: &mut Host, shared: &Shared) -> bool {
         return false;
     };
     let now = shared.now();
-    if !acting_for(host, shared).await {
+    let role = acting_for(host, shared).await;
+    if role == Role::Watch {
         // Watched only: keep every guest's history warm (a standby takes over with it) and
         // publish the host's committed memory for the movers, but change nothing.
         host.deficit = Bytes(0);
@@ -215,7 +222,11 @@ pub(super) async fn tick(host: &mut Host, shared: &Shared) -> bool {
     // Decide for every guest first: a host that cannot give them all what they ask for is
     // shared (floors, then needs, then headroom, by shares) before anything moves.
     let needs = plan::share(host, &mut plans);
-    let migrating = shared.migration_config().enabled;
+    let grow_only = role == Role::GrowOnly;
+    if grow_only {
+        plan::grow_only(host, shared, &mut plans);
+    }
+    let migrating = !grow_only && shared.migration_config().enabled;
     let candidates = if migrating {
         plan::movable(host, &plans)
     } else {
@@ -224,8 +235,10 @@ pub(super) async fn tick(host: &mut Host, shared: &Shared) -> bool {
     for p in plans {
         act::act(host, shared, p, &policies, now, deadline).await;
     }
-    hotplug::vcpu_adjusts(host, shared, now).await;
-    hotplug::cpu_policy(host, shared, now, deadline).await;
+    if !grow_only {
+        hotplug::vcpu_adjusts(host, shared, now).await;
+        hotplug::cpu_policy(host, shared, now, deadline).await;
+    }
     hotplug::check_online(host, shared, now, deadline).await;
     host.deficit = host
         .capacity
@@ -238,40 +251,86 @@ pub(super) async fn tick(host: &mut Host, shared: &Shared) -> bool {
     true
 }
 
-/// Whether this daemon acts for the host this tick: not for a host it only watches
-/// (`manage = false`); with `[coordination]`, only while it holds the host's key in etcd. When
-/// etcd cannot be asked but our lease is known to hold, our key holds too: keep acting.
-async fn acting_for(host: &mut Host, shared: &Shared) -> bool {
-    let (acting, standby) = if !host.cfg.manage {
-        (false, Some("watched only (manage = false)".to_string()))
+/// What this daemon does for a host this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// Resize its guests, move them away.
+    Act,
+    /// The etcd lease is lost (etcd unreachable for longer than `ttl`) and this daemon held
+    /// the host last: its guests are grown toward their need into the host's free memory, and
+    /// nothing shrinks or moves until the lease is back. A guest must not run out of memory
+    /// because a coordination service is down; a shrink or a move could collide with a
+    /// daemon that took the host over meanwhile, a growth into free memory cannot take
+    /// memory from anyone.
+    GrowOnly,
+    /// Watch only: collect, publish, change nothing.
+    Watch,
+}
+
+/// What this daemon does for the host this tick: nothing for a host it only watches
+/// (`manage = false`); with `[coordination]`, act only while it holds the host's key in etcd.
+/// When etcd cannot be asked but our lease is known to hold, our key holds too: keep acting.
+/// When the lease is lost on a host we held last, only grow (see [`Role::GrowOnly`]).
+async fn acting_for(host: &mut Host, shared: &Shared) -> Role {
+    let (role, standby) = if !host.cfg.manage {
+        (
+            Role::Watch,
+            Some("watched only (manage = false)".to_string()),
+        )
     } else if let Some(coord) = &shared.coord {
         match coord.own(&host.label).await {
-            Ok(crate::coord::Owner::Me) => (true, None),
-            Ok(crate::coord::Owner::Other(o)) => (false, Some(format!("{o} acts for it"))),
+            Ok(crate::coord::Owner::Me) => {
+                host.held = true;
+                (Role::Act, None)
+            }
+            Ok(crate::coord::Owner::Other(o)) => {
+                host.held = false;
+                (Role::Watch, Some(format!("{o} acts for it")))
+            }
             Err(e) if host.acting && coord.live() => {
                 tracing::warn!(host = %host.label, error = %e, "cannot confirm ownership; the lease still holds");
-                (true, None)
+                (Role::Act, None)
             }
-            Err(e) => (false, Some(e.to_string())),
+            Err(e) if host.held => (
+                Role::GrowOnly,
+                Some(format!(
+                    "{e}; held by this daemon last: growing guests into free memory only, no shrink or move until the lease is back"
+                )),
+            ),
+            Err(e) => (Role::Watch, Some(e.to_string())),
         }
     } else {
-        (true, None)
+        (Role::Act, None)
     };
-    if acting != host.acting || (standby.is_some() && standby != host.standby) {
+    let acting = role == Role::Act;
+    let grow_only = role == Role::GrowOnly;
+    let why = standby.as_deref().unwrap_or("");
+    if grow_only && !host.grow_only {
+        tracing::warn!(host = %host.label, why, "etcd lease lost: growing this host's guests toward their need into free memory only; no shrink or move until the lease is back");
+    } else if acting != host.acting
+        || grow_only != host.grow_only
+        || (standby.is_some() && standby != host.standby && !grow_only)
+    {
         if acting {
             tracing::info!(host = %host.label, "acting for this host");
-        } else {
-            tracing::info!(host = %host.label, why = standby.as_deref().unwrap_or(""), "not acting for this host");
+        } else if !grow_only {
+            tracing::info!(host = %host.label, why, "not acting for this host");
         }
     }
     host.acting = acting;
+    host.grow_only = grow_only;
     host.standby = standby;
     shared
         .metrics
         .host_acting
         .with_label_values(&[&host.label])
         .set(i64::from(acting));
-    acting
+    shared
+        .metrics
+        .host_grow_only
+        .with_label_values(&[&host.label])
+        .set(i64::from(grow_only));
+    role
 }
 
 fn g_name(host: &Host, uuid: &str) -> String {

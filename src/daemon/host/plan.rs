@@ -147,3 +147,67 @@ pub(super) fn movable(host: &Host, plans: &[Plan]) -> Vec<(String, Candidate)> {
         })
         .collect()
 }
+
+/// The etcd lease is lost on a host this daemon held last ([`super::Role::GrowOnly`]): a
+/// shrink waits for the lease (an operator's manual size is kept for then), and a growth is
+/// cut to the host's free memory now (capacity minus reserve minus what its guests hold or
+/// are growing to). Sharing counted on shrinks that will not happen, so its grants alone
+/// could overfill the host. Growths are served in the plans' order.
+pub(super) fn grow_only(host: &Host, shared: &Shared, plans: &mut [Plan]) {
+    let mut free = host.capacity.map(|cap| {
+        let held = host
+            .guests
+            .values()
+            .filter(|g| {
+                g.stats
+                    .as_ref()
+                    .is_some_and(|s| matches!(s.state, RunState::Running | RunState::Paused))
+            })
+            .map(|g| {
+                let current = g.current();
+                g.pending
+                    .as_ref()
+                    .map_or(current, |p| p.target.max(current))
+            })
+            .fold(Bytes(0), Bytes::saturating_add);
+        cap.saturating_sub(host.cfg.reserve).saturating_sub(held)
+    });
+    for p in plans.iter_mut() {
+        let wanted = p.decision.target;
+        let wait = || Decision::hold(p.before, Reason::Hold(HoldReason::NoLease { wanted }));
+        match p.decision.kind {
+            Kind::Shrink => {
+                if let Reason::Hold(HoldReason::Manual { requested }) = p.decision.reason
+                    && let Some(g) = host.guests.get(&p.uuid)
+                {
+                    shared
+                        .adjusts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(g.name.clone())
+                        .or_insert(requested);
+                }
+                p.decision = wait();
+            }
+            Kind::Grow => {
+                let Some(f) = free.as_mut() else { continue };
+                let room = p.before.saturating_add(*f);
+                if room <= p.before {
+                    p.decision = wait();
+                    continue;
+                }
+                if p.decision.target > room {
+                    // A size the envelope can take, at most the room.
+                    let cut = p.env.as_ref().map_or(room, |e| e.realize_down(room));
+                    if cut <= p.before {
+                        p.decision = wait();
+                        continue;
+                    }
+                    p.decision.target = cut;
+                }
+                *f = f.saturating_sub(p.decision.target.saturating_sub(p.before));
+            }
+            Kind::Hold => {}
+        }
+    }
+}

@@ -177,6 +177,7 @@ pub(super) fn publish(host: &mut Host, shared: &Shared, now: f64) {
         deficit: host.deficit,
         acting: host.acting,
         standby: host.standby.clone(),
+        grow_only: host.grow_only,
         last_tick: now,
         guests,
     };
