@@ -530,6 +530,18 @@ pub async fn run(a: RunArgs) -> i32 {
             return EXIT_INVALID;
         }
     };
+    if config.migration.tls {
+        let nova: Vec<String> = config
+            .hosts
+            .iter()
+            .filter(|h| h.migration_backend == crate::config::MigrationBackend::Nova)
+            .map(|h| h.label())
+            .collect();
+        if !nova.is_empty() {
+            // os-migrateLive has no such choice: Nova's compute hosts decide the transport.
+            tracing::warn!(hosts = ?nova, "[migration] tls does not apply to moves through Nova: set live_migration_with_native_tls = true in [libvirt] of nova.conf on the compute hosts");
+        }
+    }
     let shared = match Shared::new(config.clone(), set, &diags) {
         Ok(mut s) => {
             s.config_file = file;

@@ -69,6 +69,10 @@ pub struct MigrationConfig {
     pub timeout: Dur,
     /// A destination a migration to failed is not tried again for this long.
     pub retry_after: Dur,
+    /// Ask libvirt for its TLS transport (`VIR_MIGRATE_TLS`): the guest's memory goes over
+    /// TLS, checked against the x509 certificates in the libvirtds' qemu.conf
+    /// (`migrate_tls_x509_cert_dir`). Not for Nova's moves: Nova's compute hosts choose.
+    pub tls: bool,
 }
 
 impl Default for MigrationConfig {
@@ -79,6 +83,7 @@ impl Default for MigrationConfig {
             min_interval: Dur::secs(60),
             timeout: Dur::secs(300),
             retry_after: Dur::secs(300),
+            tls: false,
         }
     }
 }

@@ -215,8 +215,15 @@ pub trait Hypervisor: Send + Sync {
     fn host_memory(&self) -> Result<Bytes, HvError>;
     /// Live-migrate a running guest peer to peer: this host's libvirtd connects to
     /// `dest_uri` and streams memory to `data_uri` (libvirt's choice when none). The guest
-    /// is defined on the destination and undefined here once it runs there.
-    fn migrate(&self, uuid: &str, dest_uri: &str, data_uri: Option<&str>) -> Result<(), HvError>;
+    /// is defined on the destination and undefined here once it runs there. With `tls`, over
+    /// libvirt's TLS transport (QEMU's own TLS, with the hosts' x509 certificates).
+    fn migrate(
+        &self,
+        uuid: &str,
+        dest_uri: &str,
+        data_uri: Option<&str>,
+        tls: bool,
+    ) -> Result<(), HvError>;
     /// Abort the guest's job under way (a live migration past its timeout): libvirt rolls it
     /// back and the guest keeps running here. The migration call itself then returns an error.
     fn abort_job(&self, uuid: &str) -> Result<(), HvError> {

@@ -529,11 +529,20 @@ impl Hypervisor for LibvirtHost {
         self.with_conn(|c| c.node_info().map(|n| Bytes::from_kib(n.memory)))
     }
 
-    fn migrate(&self, uuid: &str, dest_uri: &str, data_uri: Option<&str>) -> Result<(), HvError> {
-        let flags = sys::VIR_MIGRATE_LIVE
+    fn migrate(
+        &self,
+        uuid: &str,
+        dest_uri: &str,
+        data_uri: Option<&str>,
+        tls: bool,
+    ) -> Result<(), HvError> {
+        let mut flags = sys::VIR_MIGRATE_LIVE
             | sys::VIR_MIGRATE_PEER2PEER
             | sys::VIR_MIGRATE_PERSIST_DEST
             | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        if tls {
+            flags |= sys::VIR_MIGRATE_TLS;
+        }
         // On a connection of its own: a live migration lasts as long as it lasts, and the
         // host's other calls (stats, resizes, the abort of this very job) must not queue
         // behind it on the shared one.

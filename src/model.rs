@@ -300,7 +300,13 @@ impl Hypervisor for ModelHost {
         Ok(self.memory)
     }
 
-    fn migrate(&self, _uuid: &str, dest_uri: &str, _data: Option<&str>) -> Result<(), HvError> {
+    fn migrate(
+        &self,
+        _uuid: &str,
+        dest_uri: &str,
+        _data: Option<&str>,
+        _tls: bool,
+    ) -> Result<(), HvError> {
         Err(HvError::Other(format!(
             "the model host cannot migrate (to {dest_uri})"
         )))

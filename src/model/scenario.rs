@@ -40,6 +40,8 @@ pub struct Migration {
     pub uuid: String,
     pub dest_uri: String,
     pub data_uri: Option<String>,
+    /// Asked over libvirt's TLS transport.
+    pub tls: bool,
 }
 
 /// The hosts that can reach each other for live migration, by URI.
@@ -508,7 +510,13 @@ impl Hypervisor for ScenarioHost {
         self.conn().map(|_| self.memory)
     }
 
-    fn migrate(&self, uuid: &str, dest_uri: &str, data_uri: Option<&str>) -> Result<(), HvError> {
+    fn migrate(
+        &self,
+        uuid: &str,
+        dest_uri: &str,
+        data_uri: Option<&str>,
+        tls: bool,
+    ) -> Result<(), HvError> {
         {
             let mut inner = self.conn()?;
             if inner.find(uuid)?.state == RunState::Shutoff {
@@ -555,6 +563,7 @@ impl Hypervisor for ScenarioHost {
             uuid: uuid.to_string(),
             dest_uri: dest_uri.to_string(),
             data_uri: data_uri.map(str::to_string),
+            tls,
         };
         // Never both hosts' locks at once: two migrations crossing would deadlock.
         let result = dest.receive(vm, then);

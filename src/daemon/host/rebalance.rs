@@ -398,8 +398,8 @@ async fn start_move(
                 .map_err(|e| HvError::Other(format!("nova: {e}")))
         })
     } else {
-        let hv = host.hv.clone();
-        tokio::task::spawn_blocking(move || hv.migrate(&u, &dest_uri, data_uri.as_deref()))
+        let (hv, tls) = (host.hv.clone(), mc.tls);
+        tokio::task::spawn_blocking(move || hv.migrate(&u, &dest_uri, data_uri.as_deref(), tls))
     };
     host.moving = Some(InFlight {
         uuid: uuid.to_string(),

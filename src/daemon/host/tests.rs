@@ -352,6 +352,7 @@ async fn a_short_host_is_shared_then_a_guest_moves() {
     // No `migration_address` configured: the memory goes to the host the URI names, not to
     // whatever libvirt would make of the destination's own hostname.
     assert_eq!(m.data_uri.as_deref(), Some("tcp://roomy"));
+    assert!(!m.tls, "TLS asked without [migration] tls");
     let migrated = bed.reasons(&m.name).into_iter().any(|(r, res)| {
         matches!(r, Reason::Event(EventReason::Migrate { .. })) && res == "applied"
     });
@@ -455,8 +456,9 @@ impl crate::hypervisor::Hypervisor for Wild {
         uuid: &str,
         dest_uri: &str,
         data_uri: Option<&str>,
+        tls: bool,
     ) -> Result<(), crate::hypervisor::HvError> {
-        self.inner.migrate(uuid, dest_uri, data_uri)
+        self.inner.migrate(uuid, dest_uri, data_uri, tls)
     }
 }
 
@@ -761,4 +763,114 @@ async fn under_dry_run_nothing_moves_even_when_approved() {
 fn the_controllers_default_timing_is_the_daemons() {
     let shared = Shared::new(Config::default(), PolicySet::default(), &[]).expect("shared");
     assert_eq!(shared.timing(), crate::control::Timing::default());
+}
+
+/// etcd unreachable for longer than the lease (the lease is lost): on the host this daemon
+/// held last, a guest whose demand climbs is still grown, into the memory free now (the idle
+/// guest beside it keeps what it has: nothing shrinks), and nothing moves although the host is
+/// short; a host it never held is left alone. Reported in status and metrics.
+#[tokio::test]
+async fn with_the_etcd_lease_lost_guests_are_grown_into_free_memory_and_nothing_shrinks_or_moves() {
+    let mut bed = Bed::with_config(
+        &[
+            ("small", Bytes::from_gib(2), mib(256)),
+            ("other", Bytes::from_gib(8), mib(256)),
+        ],
+        true,
+        |c| {
+            // Nothing listens there: no lease is ever granted.
+            c.coordination = Some(crate::coord::CoordConfig {
+                etcd: vec!["http://127.0.0.1:9".into()],
+                ..Default::default()
+            });
+        },
+    );
+    // "small" was this daemon's when etcd went; "other" never was.
+    bed.loops[0].held = true;
+    let (small, other) = (bed.hosts[0].clone(), bed.hosts[1].clone());
+    // A guest that needs a lot and then little (its shrink comes within two minutes of the
+    // drop when the daemon acts), and one that will climb.
+    small.add_guest(GuestSpec::virtio_mem("idle", mib(512), mib(1536)).demand(mib(700)));
+    small.add_guest(GuestSpec::virtio_mem("g", mib(512), mib(1536)).demand(mib(100)));
+    other.add_guest(GuestSpec::virtio_mem("o", mib(512), mib(1536)).demand(mib(100)));
+    // Growth goes on without the lease.
+    let grown = bed
+        .run_until(60, |b| b.hosts[0].current("idle") > mib(1000))
+        .await;
+    assert!(grown.is_some(), "not grown: {:?}", bed.reasons("idle"));
+    bed.run(10).await;
+    let (idle_size, idle_resizes) = (small.current("idle"), small.resizes("idle"));
+    small.set_demand("idle", mib(40));
+    small.set_demand("g", mib(1200));
+    other.set_demand("o", mib(700));
+    for _ in 0..150 {
+        bed.run(1).await;
+        let held = small.current("idle") + small.current("g");
+        assert!(held <= mib(1792), "host overfilled: {held}");
+    }
+    assert_eq!(
+        (small.current("idle"), small.resizes("idle")),
+        (idle_size, idle_resizes),
+        "{:?}",
+        bed.reasons("idle")
+    );
+    assert!(
+        bed.reasons("idle")
+            .iter()
+            .any(|(r, _)| matches!(r, Reason::Hold(HoldReason::NoLease { .. }))),
+        "{:?}",
+        bed.reasons("idle")
+    );
+    // Grown into the memory free, short of its 1.2 GiB demand: the rest waits for the lease.
+    let free = mib(1792).saturating_sub(idle_size);
+    assert!(
+        small.current("g") + mib(32) >= free,
+        "not grown: {} {:?}",
+        small.current("g"),
+        bed.reasons("g")
+    );
+    assert!(small.migrations().is_empty(), "{:?}", small.migrations());
+    assert_eq!(other.resizes("o"), 0, "{:?}", bed.reasons("o"));
+    let view = |name: &str| {
+        bed.shared
+            .hosts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .map(|v| (v.acting, v.grow_only, v.standby.clone().unwrap_or_default()))
+    };
+    let (acting, grow_only, why) = view("small").expect("small published");
+    assert!(!acting && grow_only, "{why}");
+    assert!(why.contains("no shrink or move"), "{why}");
+    assert_eq!(view("other").map(|v| (v.0, v.1)), Some((false, false)));
+    let gauge = |name: &str| {
+        bed.shared
+            .metrics
+            .host_grow_only
+            .with_label_values(&[name])
+            .get()
+    };
+    assert_eq!((gauge("small"), gauge("other")), (1, 0));
+}
+
+/// `[migration] tls = true`: the move is asked of the hypervisor over libvirt's TLS
+/// transport (the real one is shown by `tests/e2e_migrate_tls.rs`).
+#[tokio::test]
+async fn with_migration_tls_the_move_asks_for_tls() {
+    let mut bed = Bed::with_config(
+        &[
+            ("small", Bytes::from_gib(2), mib(256)),
+            ("roomy", Bytes::from_gib(8), mib(256)),
+        ],
+        true,
+        |c| c.migration.tls = true,
+    );
+    let a = bed.hosts[0].clone();
+    a.add_guest(GuestSpec::virtio_mem("p", mib(512), mib(1536)).demand(mib(900)));
+    a.add_guest(GuestSpec::virtio_mem("q", mib(512), mib(1536)).demand(mib(900)));
+    let moved = bed
+        .run_until(120, |b| !b.hosts[0].migrations().is_empty())
+        .await;
+    assert!(moved.is_some(), "no move: {:?}", bed.reasons("p"));
+    assert!(a.migrations()[0].tls, "{:?}", a.migrations());
 }

@@ -335,7 +335,7 @@ fn migration_moves_a_guest_and_fails_to_a_down_host() {
     let u = a.add_guest(GuestSpec::virtio_mem("g", mib(512), mib(1024)).demand(mib(200)));
     a.set_virtio_mem(&u, "virtiomem0", mib(128)).expect("plug");
     a.take_events();
-    a.migrate(&u, b.uri(), Some("tcp://10.0.0.2"))
+    a.migrate(&u, b.uri(), Some("tcp://10.0.0.2"), false)
         .expect("migrate");
     assert!(!a.has_guest("g") && b.has_guest("g"));
     assert!(a.stats().expect("stats").is_empty());
@@ -361,7 +361,9 @@ fn migration_moves_a_guest_and_fails_to_a_down_host() {
 
     // Back to a host that is down: refused, and the guest stays where it is.
     a.set_down(true);
-    let err = b.migrate(&u, a.uri(), None).expect_err("destination down");
+    let err = b
+        .migrate(&u, a.uri(), None, false)
+        .expect_err("destination down");
     assert!(
         !err.is_connection(),
         "the source's own connection is fine: {err}"
@@ -370,16 +372,19 @@ fn migration_moves_a_guest_and_fails_to_a_down_host() {
     let err = a.stats().expect_err("down");
     assert!(err.is_connection());
     assert!(a.host_memory().is_err());
-    assert!(b.migrate(&u, "scenario://nowhere/system", None).is_err());
-    assert!(b.migrate(&u, b.uri(), None).is_err());
+    assert!(
+        b.migrate(&u, "scenario://nowhere/system", None, false)
+            .is_err()
+    );
+    assert!(b.migrate(&u, b.uri(), None, false).is_err());
     a.set_down(false);
     assert!(a.stats().is_ok());
     assert_eq!(labels(&a), vec!["closed", "registered"]);
-    b.migrate(&u, a.uri(), None).expect("back");
+    b.migrate(&u, a.uri(), None, false).expect("back");
     assert_eq!(a.current("g"), mib(640));
 
     // A host on its own cannot migrate.
     let (_, lone) = host();
     let v = lone.add_guest(GuestSpec::balloon("x", mib(256)));
-    assert!(lone.migrate(&v, a.uri(), None).is_err());
+    assert!(lone.migrate(&v, a.uri(), None, false).is_err());
 }
