@@ -283,3 +283,110 @@ fn a_hung_host_stalls_only_itself() {
     );
     assert!(gb.oom().is_none() && ga.oom().is_none());
 }
+
+/// Status of the named host, as `/v1/status` lists it.
+fn host_status(d: &Daemon, name: &str) -> serde_json::Value {
+    d.get("/v1/status")
+        .and_then(|s| {
+            s["hosts"]
+                .as_array()
+                .and_then(|h| h.iter().find(|h| h["name"] == name).cloned())
+        })
+        .unwrap_or_default()
+}
+
+/// Started with two hosts, one of whose libvirtd is not running: the daemon is ready
+/// (`/v1/status` and systemd's READY=1) as soon as the host that answers has had its first
+/// tick, serves that host, and names the other unreachable (status, metric, log); when the
+/// libvirtd comes up the host joins and its guest is managed. Before, READY waited for every
+/// host: under systemd a kill at TimeoutStartSec and a restart loop (issue 16, item 3).
+#[test]
+fn an_unreachable_host_at_start_does_not_hold_back_readiness_and_joins_later() {
+    let a = Host::up("luna", 161);
+    let b = Host::up("lunb", 162);
+    let ga = a.guest(
+        "una",
+        &["--mem", "512", "--vmem", "1024", "--stats-period", "1"],
+    );
+    ga.wait_boot();
+    let host_sh = |cmd: &str| {
+        let out = std::process::Command::new(testbed().join("host.sh"))
+            .args([cmd, "lunb"])
+            .output()
+            .expect("host.sh");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    host_sh("kill-libvirtd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&sock).expect("bind notify socket");
+    rx.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .expect("timeout");
+    let d = Daemon::start_env(
+        &[&a, &b],
+        &[],
+        "interval = \"1s\"\nstats_period = 1\n",
+        &[],
+        &[("NOTIFY_SOCKET", sock.to_str().expect("utf-8 path"))],
+    );
+    // A bound that fails only if readiness never comes: within seconds, it does.
+    d.wait_until("ready with one host down", 60, || {
+        d.get("/v1/status").is_some_and(|s| s["ready"] == true)
+    });
+    let mut notes = String::new();
+    let mut buf = [0u8; 4096];
+    let t0 = std::time::Instant::now();
+    while !notes.contains("READY=1") && t0.elapsed() < std::time::Duration::from_secs(30) {
+        if let Ok(n) = rx.recv(&mut buf) {
+            notes.push_str(&String::from_utf8_lossy(&buf[..n]));
+            notes.push('\n');
+        }
+    }
+    assert!(notes.contains("READY=1"), "no READY=1 to systemd: {notes}");
+    let down = host_status(&d, "lunb");
+    assert_eq!(down["connected"], false, "{down}");
+    assert!(
+        down["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{down}"
+    );
+    assert_eq!(host_status(&d, "luna")["connected"], true);
+    assert_eq!(metric(&d, "memscale_host_connected{host=\"lunb\"}"), 0.0);
+    assert_eq!(metric(&d, "memscale_host_connected{host=\"luna\"}"), 1.0);
+    let log = d.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ready, serving the hosts that answered") && l.contains("lunb")),
+        "no warning naming the unreachable host:\n{}",
+        tail(&log, 30)
+    );
+    // The host that answers is served meanwhile: a demand is met.
+    ga.demand(350, 40);
+    d.wait_until("the reachable host's guest grown", 120, || {
+        ga.current_mib() > 600
+    });
+    // The libvirtd comes up, with a guest: the host joins and its guest is managed.
+    host_sh("start-libvirtd");
+    let gb = b.guest(
+        "unb",
+        &["--mem", "512", "--vmem", "1024", "--stats-period", "1"],
+    );
+    gb.wait_boot();
+    d.wait_until("the second host joins with its guest", 90, || {
+        let h = host_status(&d, "lunb");
+        h["connected"] == true && h["guests"].as_u64() == Some(1)
+    });
+    assert_eq!(metric(&d, "memscale_host_connected{host=\"lunb\"}"), 1.0);
+    gb.demand(350, 40);
+    d.wait_until("the joined host's guest grown", 120, || {
+        gb.current_mib() > 600
+    });
+    assert!(d.audit().iter().any(|r| r["host"] == "lunb"
+        && r["guest"] == "unb"
+        && r["kind"] == "grow"
+        && r["result"] == "applied"));
+    assert!(ga.oom().is_none() && gb.oom().is_none());
+}
