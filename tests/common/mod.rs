@@ -512,6 +512,8 @@ pub struct Etcd {
     pub child: Child,
     pub url: String,
     pub dir: tempfile::TempDir,
+    /// The command line, to start the same member again (`stop`, then `start_again`).
+    args: Vec<String>,
 }
 
 impl Etcd {
@@ -521,33 +523,57 @@ impl Etcd {
         let (client, peer) = (free_port(), free_port());
         let url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log");
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("t={peer_url}")])
+        let data = dir.path().join("data").to_string_lossy().into_owned();
+        let args: Vec<String> = [
+            "--name",
+            "t",
+            "--data-dir",
+            &data,
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("t={peer_url}"),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let child = Etcd::spawn(&args, dir.path());
+        let e = Etcd {
+            child,
+            url,
+            dir,
+            args,
+        };
+        e.wait_healthy();
+        e
+    }
+
+    fn spawn(args: &[String], dir: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("etcd.log"))
+            .expect("log");
+        Command::new("etcd")
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("TEST BED UNAVAILABLE: cannot start etcd: {e}"));
-        let e = Etcd { child, url, dir };
+            .unwrap_or_else(|e| panic!("TEST BED UNAVAILABLE: cannot start etcd: {e}"))
+    }
+
+    fn wait_healthy(&self) {
         let t0 = Instant::now();
         loop {
             let ok = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &e.url, "endpoint", "health"])
+                .args(["--endpoints", &self.url, "endpoint", "health"])
                 .output()
                 .is_ok_and(|o| o.status.success());
             if ok {
@@ -556,11 +582,22 @@ impl Etcd {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
                 "TEST BED FAILED: etcd not healthy after 30 s:\n{}",
-                std::fs::read_to_string(e.dir.path().join("etcd.log")).unwrap_or_default()
+                std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        e
+    }
+
+    /// Kill the member (an outage): nothing answers on its address until `start_again`.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the member again on the same address and data (after `stop`); once healthy.
+    pub fn start_again(&mut self) {
+        self.child = Etcd::spawn(&self.args, self.dir.path());
+        self.wait_healthy();
     }
 
     pub fn port(&self) -> u16 {
