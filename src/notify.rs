@@ -1,4 +1,5 @@
-//! systemd integration: READY once every host has completed a tick, STATUS lines, and the
+//! systemd integration: READY once every host has had its first tick (answered or found
+//! unreachable: an unreachable host joins later and never holds READY back), STATUS lines, and the
 //! watchdog petted only while every host loop keeps ticking (so a hung loop gets restarted).
 //! Without `NOTIFY_SOCKET` (not under systemd) every call is a no-op.
 
@@ -27,7 +28,7 @@ fn status_line(s: &Shared) -> String {
 
 pub async fn run(s: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut ready = s.ready.subscribe();
-    // READY only after the first successful tick of every host.
+    // READY once every host has had its first tick, answered or not (`daemon::run`).
     loop {
         if *ready.borrow() {
             break;
