@@ -554,6 +554,10 @@ mod tests {
             base().changes_needing_restart(&with_flavor),
             ["flavors.m1.small changed"]
         );
+        // [migration] is live, TLS included: a SIGHUP applies it.
+        assert!(edit(|c| c.migration.tls = true).is_empty());
+        let tls = Config::parse("c.toml", "[migration]\nenabled = true\ntls = true\n").unwrap();
+        assert!(tls.migration.tls && !Config::default().migration.tls);
     }
 
     #[test]
