@@ -251,7 +251,7 @@ struct Start<'a> {
 
 /// Follow the move under way: settle it once its call has returned; abort it through
 /// libvirt once past its timeout; report one that an abort has not ended.
-async fn follow(host: &mut Host, shared: &Shared, now: f64) {
+pub(super) async fn follow(host: &mut Host, shared: &Shared, now: f64) {
     let Some(f) = host.moving.as_mut() else {
         return;
     };
