@@ -214,7 +214,7 @@ pub(super) async fn tick(host: &mut Host, shared: &Shared) -> bool {
         // publish the host's committed memory for the movers, but change nothing.
         host.deficit = Bytes(0);
         // A move this daemon started before it stopped acting is still its to follow (and
-        // to abort past its timeout): the copy runs on whoever acts now.
+        // to abort past its timeout): its call runs in this daemon, whoever acts now.
         rebalance::follow(host, shared, now).await;
         publish::finish(host, shared, &seen, now);
         return true;
