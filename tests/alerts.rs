@@ -64,7 +64,10 @@ fn alert_rules_check_and_every_alert_is_tested_firing() {
         ("guest unconverged", "reason=\"unconverged\""),
         ("daemon not acting for a host", "memscale_host_acting"),
         ("migrations failing", "result=\"failed\""),
-        ("policy reload failed", "memscale_policy_reloads_total{result=\"error\"}"),
+        (
+            "policy reload failed",
+            "memscale_policy_reloads_total{result=\"error\"}",
+        ),
         ("stats stale", "memscale_guest_stats_age_seconds"),
     ] {
         assert!(rules.contains(metric), "no alert for {what} ({metric})");
@@ -86,9 +89,9 @@ fn dashboards_take_their_data_source_from_a_variable() {
         assert!(dash.get("__inputs").is_none(), "{name}: import inputs");
         let vars = dash["templating"]["list"].as_array().unwrap();
         assert!(
-            vars.iter()
-                .any(|v| v["name"] == "datasource" && v["type"] == "datasource"
-                    && v["query"] == "prometheus"),
+            vars.iter().any(|v| v["name"] == "datasource"
+                && v["type"] == "datasource"
+                && v["query"] == "prometheus"),
             "{name}: no datasource variable"
         );
         let mut uids = Vec::new();
