@@ -38,7 +38,7 @@ export -f run_one
 export logs
 # The longest first, so the three lanes finish together.
 printf '%s\n' "${bins[@]}" |
-  awk '{w = ($1 ~ /^e2e_(loop|coord|migrate|share)$/) ? 0 : ($1 ~ /^e2e_/ ? 1 : 2); print w, $0}' |
+  awk '{w = ($1 ~ /^(e2e_(loop|coord|migrate|share)|deb_systemd)$/) ? 0 : ($1 ~ /^e2e_/ ? 1 : 2); print w, $0}' |
   sort -k1,1n -k2,2 | cut -d' ' -f2- |
   xargs -P 3 -L 1 bash -c 'run_one "$@"' _
 failed=0

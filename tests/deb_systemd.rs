@@ -143,7 +143,11 @@ impl Container {
     /// As `sh`, failing the test when the command fails.
     fn ok(&self, cmd: &str) -> String {
         let (ok, out) = self.sh(cmd);
-        assert!(ok, "in the container: {cmd}\n{out}");
+        assert!(
+            ok,
+            "in the container: {cmd}\n{out}\nthe service's journal:\n{}",
+            tail(&self.sh("journalctl -u memscale --no-pager").1, 30)
+        );
         out
     }
 
@@ -259,9 +263,17 @@ fn the_package_under_a_real_systemd() {
     // The previous build, as a lower version of the same tree; then this build.
     let prev = build_deb(Some("0.0.9"), &prev_dir);
     let cur = build_deb(None, &cur_dir);
+    assert!(
+        prev.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("memscale_0.0.9_"),
+        "{}",
+        prev.display()
+    );
     // lintian takes a while: it runs while the container boots.
     let lintian = Command::new("lintian")
-        .args(["--fail-on", "error", "--no-tag-display-limit"])
+        .args(["--fail-on", "error", "--tag-display-limit", "0"])
         .arg(&cur)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -353,9 +365,10 @@ fn the_package_under_a_real_systemd() {
     assert_eq!(c.show("SubState"), "running");
     let status_text = c.show("StatusText");
     assert!(!status_text.is_empty(), "no STATUS= from the daemon");
+    assert!(status_text.contains("hosts"), "{status_text}");
     let status = c.sh("systemctl status --no-pager memscale").1;
     assert!(
-        status.contains(&format!("Status: \"{status_text}")),
+        status.contains("Status: \"") && status.contains(" hosts"),
         "systemctl status shows the STATUS line: {status}"
     );
     assert_eq!(c.show("UnitFileState"), "enabled");
@@ -401,8 +414,9 @@ fn the_package_under_a_real_systemd() {
     let (ok, out) = c.sh("systemctl reload memscale");
     assert!(!ok, "a broken policy fails the reload: {out}");
     let journal = c.sh("journalctl -u memscale --no-pager").1;
+    // Refused by `memscale check` (ExecReload), which names the file and line.
     assert!(
-        journal.contains("dg.toml:7:"),
+        journal.contains("dg.toml:7:") && journal.contains("1 error(s) in 1 file(s)"),
         "the journal names the file and line: {}",
         tail(&journal, 20)
     );
