@@ -430,7 +430,7 @@ fn without_a_policy_directory_guests_get_the_shipped_default() {
         .expect("run memscale");
     let t0 = std::time::Instant::now();
     let guest = loop {
-        if let Some(v) = get_json(port, "/v1/guests/test") {
+        if let Some(v) = get_json(port, "/v1/guests/test").filter(|v| v.get("policy").is_some()) {
             break v;
         }
         assert!(
@@ -447,6 +447,12 @@ fn without_a_policy_directory_guests_get_the_shipped_default() {
     }
     let _ = child.wait();
     assert_eq!(guest["policy"], "default", "{guest}\n{status:?}\n{err}");
+    let status = status.unwrap_or_default();
+    assert_eq!(
+        status["policies"]["policies"],
+        serde_json::json!(["default"]),
+        "{status}"
+    );
     assert!(
         err.contains("no policy directory: every guest gets the shipped default policy"),
         "{err}"
