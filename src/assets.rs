@@ -8,18 +8,13 @@ use crate::cli::Cli;
 use clap::CommandFactory;
 use std::path::{Path, PathBuf};
 
-#[derive(clap::Args, Debug)]
-pub struct AssetsArgs {
-    /// Directory to write `man/` and `completions/` into (created).
-    pub dir: PathBuf,
-}
-
 /// The documentation the section-5 pages are made of, as this binary was built with it.
 const CONFIG_MD: &str = include_str!("../docs/config.md");
 const POLICIES_MD: &str = include_str!("../docs/policies.md");
 
-pub fn write(a: &AssetsArgs) -> i32 {
-    match write_to(&a.dir) {
+/// `memscale package-assets DIR`: the exit code.
+pub fn write(dir: &Path) -> i32 {
+    match write_to(dir) {
         Ok(files) => {
             for f in files {
                 println!("{}", f.display());

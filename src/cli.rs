@@ -56,7 +56,13 @@ pub enum Command {
     Simulate(crate::sim::cmd::SimulateArgs),
     /// Write the man pages and shell completions into a directory (for packaging).
     #[command(hide = true, name = "package-assets")]
-    PackageAssets(crate::assets::AssetsArgs),
+    PackageAssets(PackageAssetsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PackageAssetsArgs {
+    /// Directory to write `man/` and `completions/` into (created).
+    pub dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
