@@ -203,6 +203,19 @@ impl Audit {
         })
     }
 
+    /// Opens the file at its path again (after log rotation renamed it): lines written
+    /// until now went to the renamed file, the next go to the path. On failure the old file
+    /// is kept and written to, and the error returned.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let Some(p) = &self.path else { return Ok(()) };
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?;
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+        Ok(())
+    }
+
     pub fn push(&self, r: Record) {
         if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             match serde_json::to_string(&r) {
@@ -400,6 +413,30 @@ mod tests {
             })
         );
         assert_eq!(a.recent(Some("b"), 10)[0].why, "a sentence of its own");
+    }
+
+    /// A rotation renames the file; after `reopen` the next lines go to a new file at the
+    /// path, and none is lost: the renamed file has every line up to the reopen.
+    #[test]
+    fn reopen_after_rotation_loses_no_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let a = Audit::new(10, Some(p.clone())).unwrap();
+        a.push(rec("a"));
+        let rotated = dir.path().join("audit.jsonl.1");
+        std::fs::rename(&p, &rotated).unwrap();
+        a.push(rec("b"));
+        a.reopen().unwrap();
+        a.push(rec("c"));
+        let lines = |f: &std::path::Path| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["guest"].clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(lines(&rotated), ["a", "b"]);
+        assert_eq!(lines(&p), ["c"]);
     }
 
     /// Long messages cannot make the ring outgrow its byte budget: the oldest records go

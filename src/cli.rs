@@ -54,6 +54,15 @@ pub enum Command {
     Migrations(MigrationsArgs),
     /// Replay a recorded trace through policies and baselines, side by side.
     Simulate(crate::sim::cmd::SimulateArgs),
+    /// Write the man pages and shell completions into a directory (for packaging).
+    #[command(hide = true, name = "package-assets")]
+    PackageAssets(PackageAssetsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PackageAssetsArgs {
+    /// Directory to write `man/` and `completions/` into (created).
+    pub dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -296,6 +305,10 @@ pub struct CheckArgs {
     /// With --explain: a tag of the guest (repeatable).
     #[arg(long, requires = "explain")]
     pub tag: Vec<String>,
+    /// Print the outcome as JSON on stdout (diagnostics, counts, the --explain answer); the
+    /// exit code is the same.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn init_logging(fmt: LogFormat) {
@@ -444,34 +457,68 @@ pub fn check(a: &CheckArgs) -> i32 {
     }
     let (set, d) = policy::load_files(&files, 1);
     diags.extend(d);
-    print_diags(&diags);
     let errors = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)
         .count();
-    if errors > 0 {
-        let places: std::collections::BTreeSet<&str> = diags
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .map(|d| d.path.as_str())
-            .collect();
-        eprintln!("{errors} error(s) in {} file(s)", places.len());
-        return EXIT_INVALID;
-    }
+    let places: std::collections::BTreeSet<&str> = diags
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.path.as_str())
+        .collect();
     let set = set.unwrap_or_default();
-    if let Some(name) = &a.explain {
+    let explained = a.explain.as_ref().filter(|_| errors == 0).map(|name| {
         let g = policy::GuestLabels {
             name,
             flavor: a.flavor.as_deref(),
             project: a.project.as_deref(),
             tags: &a.tag,
         };
-        let win = set.select(&g);
+        let win = set.select(&g).clone();
+        let losers: Vec<policy::Policy> = set
+            .candidates(&g)
+            .iter()
+            .skip(1)
+            .map(|p| (*p).clone())
+            .collect();
+        (name, win, losers)
+    });
+    if a.json {
+        let brief = |p: &policy::Policy| serde_json::json!({ "name": p.name, "priority": p.priority, "origin": p.origin });
+        let v = serde_json::json!({
+            "ok": errors == 0,
+            "errors": errors,
+            "warnings": diags.len() - errors,
+            "diagnostics": diags,
+            "files": files,
+            "policies": if errors == 0 {
+                set.policies.iter().map(brief).collect::<Vec<_>>()
+            } else {
+                Vec::new()
+            },
+            "explain": explained.as_ref().map(|(name, win, losers)| serde_json::json!({
+                "guest": name,
+                "policy": brief(win),
+                "losers": losers.iter().map(brief).collect::<Vec<_>>(),
+            })),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+        );
+        return if errors > 0 { EXIT_INVALID } else { 0 };
+    }
+    print_diags(&diags);
+    if errors > 0 {
+        eprintln!("{errors} error(s) in {} file(s)", places.len());
+        return EXIT_INVALID;
+    }
+    if let Some((name, win, losers)) = &explained {
         println!(
             "{name}: policy {:?} (priority {}, {})",
             win.name, win.priority, win.origin
         );
-        for p in set.candidates(&g).iter().skip(1) {
+        for p in losers {
             println!(
                 "  also matches {:?} (priority {}, {}), which loses",
                 p.name, p.priority, p.origin
@@ -511,8 +558,15 @@ pub async fn run(a: RunArgs) -> i32 {
     let (set, diags) = if config.policies.is_dir() {
         policy::load_dir(&config.policies, 1)
     } else {
-        tracing::warn!(dir = %config.policies.display(), "no policy directory: every guest gets the built-in defaults");
-        (Some(policy::PolicySet::new(vec![], vec![], 1)), vec![])
+        tracing::warn!(dir = %config.policies.display(), "no policy directory: every guest gets the shipped default policy (policies/default.toml, built in)");
+        (
+            Some(policy::PolicySet::new(
+                vec![policy::shipped_default()],
+                vec![],
+                1,
+            )),
+            vec![],
+        )
     };
     let Some(set) = set else {
         print_diags(&diags);

@@ -6,6 +6,7 @@
 
 pub mod actuator;
 pub mod api;
+pub mod assets;
 pub mod audit;
 pub mod cli;
 pub mod client;

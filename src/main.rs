@@ -20,6 +20,7 @@ fn main() {
         Command::Pin(a) => cli::pin(&a, true),
         Command::Unpin(a) => cli::pin(&a, false),
         Command::Simulate(a) => memscale::sim::cmd::simulate(&a),
+        Command::PackageAssets(a) => memscale::assets::write(&a.dir),
         Command::Run(a) => match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -26,10 +26,15 @@ pub async fn watch(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         Err(e) => tracing::warn!(error = %e, "no file watcher; SIGHUP still reloads"),
     }
     let hup = tx.clone();
+    let hup_shared = shared.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         if let Ok(mut s) = signal(SignalKind::hangup()) {
             while s.recv().await.is_some() {
+                // logrotate's postrotate sends SIGHUP once it has renamed the audit log.
+                if let Err(e) = hup_shared.audit.reopen() {
+                    tracing::warn!(path = ?hup_shared.config.audit_log, error = %e, "cannot reopen the audit log; still writing to the file open before");
+                }
                 let _ = hup.send("SIGHUP").await;
             }
         }

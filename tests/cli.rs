@@ -335,3 +335,126 @@ fn approving_on_a_dry_run_daemon_shows_the_refusal() {
     let _ = stop.send(true);
     let _ = rt.block_on(server);
 }
+
+/// `check --json`: the outcome on stdout as JSON (diagnostics with their places, the
+/// policies, the --explain answer), nothing on stderr, the same exit codes.
+#[test]
+fn check_json_reports_what_check_prints() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let (code, out, err) = memscale(&["check", "--json", dir, "--explain", "pg-1", "--tag", "db"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.is_empty(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["errors"], 0);
+    let names: Vec<&str> = v["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"default"), "{names:?}");
+    let (_, text, _) = memscale(&["check", dir, "--explain", "pg-1", "--tag", "db"]);
+    let winner = v["explain"]["policy"]["name"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!("pg-1: policy {winner:?}")),
+        "{text} vs {v}"
+    );
+
+    let bad = tempfile::tempdir().unwrap();
+    let p = bad.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "[[policy]]\nname = \"x\"\n[policy.memory]\nheadroom = \"256\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = memscale(&["check", "--json", p.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"], 1);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["path"], p.display().to_string());
+    assert_eq!((d["line"].as_u64(), d["col"].as_u64()), (Some(4), Some(12)));
+    assert_eq!(d["severity"], "error");
+    assert!(v["policies"].as_array().unwrap().is_empty(), "{v}");
+}
+
+/// The package's commented default config is valid as shipped.
+#[test]
+fn the_packaged_default_config_passes_check() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let state = tempfile::tempdir().unwrap();
+    let (code, out, err) = memscale(&[
+        "check",
+        "--config",
+        &format!("{repo}/packaging/memscale.toml"),
+        "--state-dir",
+        state.path().to_str().unwrap(),
+        &format!("{repo}/policies/default.toml"),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+fn get_json(port: u16, path: &str) -> Option<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    serde_json::from_str(out.split_once("\r\n\r\n")?.1).ok()
+}
+
+/// Without a policy directory every guest gets the shipped default policy (built in), not a
+/// second set of knobs: its peak window among them.
+#[test]
+fn without_a_policy_directory_guests_get_the_shipped_default() {
+    let state = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memscale"))
+        .args(["run", "--connect", "test:///default", "--policies"])
+        .arg(state.path().join("no-such-dir"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run memscale");
+    let t0 = std::time::Instant::now();
+    let guest = loop {
+        if let Some(v) = get_json(port, "/v1/guests/test").filter(|v| v.get("policy").is_some()) {
+            break v;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "no guest \"test\" served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let status = get_json(port, "/v1/status");
+    let _ = child.kill();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    let _ = child.wait();
+    assert_eq!(guest["policy"], "default", "{guest}\n{status:?}\n{err}");
+    let status = status.unwrap_or_default();
+    assert_eq!(
+        status["policies"]["policies"],
+        serde_json::json!(["default"]),
+        "{status}"
+    );
+    assert!(
+        err.contains("no policy directory: every guest gets the shipped default policy"),
+        "{err}"
+    );
+}

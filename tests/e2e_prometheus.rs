@@ -30,6 +30,10 @@ fn expressions(dash: &serde_json::Value) -> Vec<String> {
         out.push(a["expr"].as_str().unwrap().to_string());
     }
     for v in dash["templating"]["list"].as_array().unwrap() {
+        if v["type"] == "datasource" {
+            // The data source picker: no query of its own.
+            continue;
+        }
         // label_values(SELECTOR, LABEL) is Grafana's; its PromQL equivalent:
         let q = v["query"]["query"].as_str().unwrap();
         let inner = q

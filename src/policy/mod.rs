@@ -258,6 +258,25 @@ impl Policy {
     }
 }
 
+/// The policy shipped as `policies/default.toml`, as this binary was built with it: what
+/// `memscale simulate` replays by default, and what `memscale run` gives every guest when
+/// there is no policy directory (one default, not a second set of knobs).
+pub fn shipped_default() -> Policy {
+    let (mut ps, diags) = parse_policy_text(
+        "policies/default.toml",
+        include_str!("../../policies/default.toml"),
+    );
+    match ps.pop() {
+        Some(p) if diags.is_empty() => p,
+        // Caught by `shipped_default_policy_parses`; never reached in a tested build.
+        _ => {
+            let mut p = Policy::builtin();
+            p.name = "default".into();
+            p
+        }
+    }
+}
+
 /// A validated set of policies, swapped whole on reload.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicySet {

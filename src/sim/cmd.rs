@@ -4,7 +4,7 @@
 use super::report::Summary;
 use super::{Baseline, GuestKind, HostMode, Model, Options, RunResult, Spec};
 use crate::exit::{EXIT_INVALID, EXIT_RUNTIME, EXIT_USAGE};
-use crate::policy::{self, Policy, Severity};
+use crate::policy::{self, Severity};
 use crate::trace::{self, ReadOptions, Trace};
 use crate::units::{Bytes, Dur, Percent, Rate};
 use clap::ValueEnum;
@@ -150,22 +150,7 @@ pub fn options(a: &SimulateArgs) -> Result<Options, i32> {
     })
 }
 
-/// The policy shipped as `policies/default.toml`, as this binary was built with it.
-pub fn shipped_default() -> Policy {
-    let (mut ps, diags) = policy::parse_policy_text(
-        "policies/default.toml",
-        include_str!("../../policies/default.toml"),
-    );
-    match ps.pop() {
-        Some(p) if diags.is_empty() => p,
-        // Caught by `shipped_default_policy_parses`; never reached in a tested build.
-        _ => {
-            let mut p = Policy::builtin();
-            p.name = "default".into();
-            p
-        }
-    }
-}
+pub use crate::policy::shipped_default;
 
 /// The policies and baselines to run, policies first.
 pub fn specs(a: &SimulateArgs) -> Result<Vec<Spec>, i32> {

@@ -4,7 +4,8 @@
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 if [[ ${1:-} == --help ]]; then echo "usage: install.sh [--extra PKG...]"; exit 0; fi
-PKGS=(qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev busybox-static cpio kmod iproute2 socat pkg-config xz-utils prometheus systemd protobuf-compiler libprotobuf-dev etcd-server etcd-client)
+PKGS=(qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev busybox-static cpio kmod iproute2 socat pkg-config xz-utils prometheus systemd protobuf-compiler libprotobuf-dev etcd-server etcd-client
+  debootstrap systemd-container dpkg-dev binutils lintian)
 if [[ ${1:-} == --extra ]]; then shift; PKGS+=("$@"); fi
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -49,5 +50,9 @@ if [[ ! -s $CACHE/initrd.gz || $(cat "$CACHE/initrd.sum" 2>/dev/null) != "$sum" 
   echo "$sum" > "$CACHE/initrd.sum"
   rm -rf "$root"
 fi
+# The Debian 12 rootfs the package test boots under systemd-nspawn (about 4 minutes once).
+# scripts/test.sh builds it in the background instead, while the code compiles (the test
+# waits for it on rootfs.sh's lock).
+if [[ -z ${MEMSCALE_TESTBED_ROOTFS_ASYNC:-} ]]; then "$HERE/rootfs.sh" >/dev/null; fi
 echo "kernel=$CACHE/vmlinuz"
 echo "initrd=$CACHE/initrd.gz"
