@@ -107,6 +107,11 @@ pub struct Guest {
     pub asked_reached: bool,
     /// Why its claimed size is not believed, as of the last stats record.
     pub size_dispute: Option<SizeDispute>,
+    /// The part of its claimed use the host did not back (claimed use above RSS) when this
+    /// host first had its report, lowered whenever less is seen: memory a guest holds in pages
+    /// the host never backed (zero pages a live migration skipped, KSM's zero pages) is not a
+    /// lie. Only use that grows beyond RSS and this is checked against the host.
+    pub unbacked: Option<Bytes>,
     /// The policy chosen for this guest: (policy generation, index in that set). The labels
     /// it was chosen by change only with the definition, which clears it.
     pub policy_ix: Option<(u64, usize)>,
@@ -161,8 +166,9 @@ pub fn sample_retention(policy: &Policy) -> f64 {
 /// Seconds a cached persistent definition is trusted.
 pub const INACTIVE_MAX_AGE: f64 = 300.0;
 
-/// How far a guest's claimed use may exceed its host-side RSS before it is not believed:
-/// the larger of this and a tenth of its memory (RSS undercounts pages the host swapped out).
+/// How far a guest's claimed use may exceed its host-side RSS (plus the unbacked part it had
+/// when first seen, [`Guest::unbacked`]) before it is not believed: the larger of this and a
+/// tenth of its memory (RSS undercounts pages the host swapped out).
 pub const RSS_SLACK: Bytes = Bytes::from_mib(128);
 
 /// Host memory a guest's QEMU process may hold beyond its guest's size (its own code, device
@@ -296,6 +302,7 @@ impl Guest {
             asked: None,
             asked_reached: false,
             size_dispute: None,
+            unbacked: None,
             policy_ix: None,
             inactive: None,
             inactive_read: f64::NEG_INFINITY,

@@ -8,8 +8,20 @@ use crate::units::Bytes;
 
 impl Guest {
     /// Take one bulk-stats record. Returns true when it carried a fresh guest report.
-    pub fn observe(&mut self, s: GuestStats, now: f64) -> bool {
+    pub fn observe(&mut self, mut s: GuestStats, now: f64) -> bool {
         let prev_update = self.stats.as_ref().map(|p| p.last_update).unwrap_or(0);
+        if s.last_update == 0
+            && prev_update > 0
+            && let Some(prev) = &self.stats
+        {
+            // No guest report in this record after one before: libvirt leaves the guest's
+            // statistics out when it cannot ask QEMU without waiting (a job on the domain, as
+            // while a migration finishes). The guest did report: its last word stands and
+            // ages (stale in time), rather than "never reported".
+            s.guest = prev.guest;
+            s.last_update = prev.last_update;
+            s.rss = s.rss.or(prev.rss);
+        }
         let fresh = s.last_update > prev_update && s.last_update > 0;
         // Its size first: every record carries the claim, and the sample below is booked at
         // the size believed, not the size claimed.
@@ -34,14 +46,24 @@ impl Guest {
                 if avail > total || total > size + Bytes::from_mib(64) {
                     self.hostile += 1;
                 }
-                // A guest cannot use memory it never touched: a claim above what its QEMU
-                // process holds on the host (plus slack) is a lie or a broken driver. Believe
-                // the host: such a guest gains nothing by reporting no free memory.
+                // A guest cannot use memory it never touched: a claim that grows beyond what
+                // its QEMU process holds on the host (plus slack) is a lie or a broken driver.
+                // Believe the host: such a guest gains nothing by reporting no free memory.
+                // RSS is a lower bound only for memory touched on this host: a guest that
+                // arrived by live migration holds its zero pages unbacked (the migration
+                // skips them), so the unbacked part of its use at first sight here is not
+                // held against it (seen: a guest migrated in was believed at its RSS, a
+                // quarter of its use, and starved). It only shrinks as the host backs more.
                 let mut avail = avail;
                 let claimed = total.saturating_sub(avail.min(total));
                 let capped = match s.rss {
                     Some(rss) => {
-                        let limit = rss + RSS_SLACK.max(total.scale(0.1));
+                        let unbacked = claimed.saturating_sub(rss);
+                        let known = self.unbacked.map_or(unbacked, |u| u.min(unbacked));
+                        self.unbacked = Some(known);
+                        let limit = rss
+                            .saturating_add(RSS_SLACK.max(total.scale(0.1)))
+                            .saturating_add(known);
                         if claimed > limit {
                             avail = total.saturating_sub(limit);
                             true

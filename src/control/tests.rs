@@ -62,6 +62,78 @@ mod rss_tests {
             Some(Bytes::from_mib(10))
         );
     }
+
+    /// A guest that arrives by live migration holds its zero pages unbacked: its use far
+    /// above its new process's RSS at first sight is believed; use that grows with RSS is
+    /// believed; use that grows without it is not.
+    #[test]
+    fn the_unbacked_use_seen_at_arrival_is_not_a_lie() {
+        let mut g = Guest::new("moved", "u", 0.0);
+        // Uses 1500 MiB; the new process holds 300 MiB of it.
+        g.observe(stats(10, 500, Some(300)), 10.0);
+        assert!(!g.rss_capped);
+        assert_eq!(g.hostile, 0);
+        assert_eq!(g.unbacked, Some(Bytes::from_mib(1200)));
+        assert_eq!(
+            g.samples.back().map(|s| s.available),
+            Some(Bytes::from_mib(500))
+        );
+        // It writes 300 MiB more, which the host backs: believed.
+        g.observe(stats(11, 200, Some(600)), 11.0);
+        assert!(!g.rss_capped);
+        assert_eq!(
+            g.samples.back().map(|s| s.available),
+            Some(Bytes::from_mib(200))
+        );
+        // Then claims 190 MiB more without the host holding any more of it: within the slack
+        // (200 MiB) it stands, beyond it the host is believed.
+        g.observe(stats(12, 10, Some(600)), 12.0);
+        assert!(!g.rss_capped);
+        let mut g2 = Guest::new("moved", "u", 0.0);
+        g2.observe(stats(10, 500, Some(300)), 10.0);
+        // Claims 490 MiB more, the host holds 100 MiB more: 1500 + 490 = 1990 used claimed,
+        // 400 + 200 (slack) + 1200 (unbacked at arrival) = 1800 believed.
+        g2.observe(stats(11, 10, Some(400)), 11.0);
+        assert!(g2.rss_capped);
+        assert_eq!(g2.hostile, 1);
+        assert_eq!(
+            g2.samples.back().map(|s| s.available),
+            Some(Bytes::from_mib(200))
+        );
+    }
+
+    /// The unbacked part only shrinks: a guest that first gives its unbacked memory back and
+    /// then claims it again without the host backing it is not believed.
+    #[test]
+    fn the_unbacked_part_only_shrinks() {
+        let mut g = Guest::new("moved", "u", 0.0);
+        g.observe(stats(10, 500, Some(300)), 10.0);
+        // Frees 1000 MiB: 500 used, RSS unchanged. Nothing unbacked left.
+        g.observe(stats(11, 1500, Some(300)), 11.0);
+        assert_eq!(g.unbacked, Some(Bytes::from_mib(200)));
+        assert!(!g.rss_capped);
+        // Claims the 1000 MiB again, untouched on the host.
+        g.observe(stats(12, 500, Some(300)), 12.0);
+        assert!(g.rss_capped);
+    }
+
+    /// A record without the guest's statistics after the guest reported (libvirt leaves them
+    /// out while a job holds the domain) keeps the last report: the guest is not taken for one
+    /// without a balloon driver, and its report ages.
+    #[test]
+    fn a_record_without_guest_statistics_keeps_the_last_report() {
+        let mut g = Guest::new("moved", "u", 0.0);
+        assert!(g.observe(stats(10, 500, Some(1600)), 10.0));
+        let mut bare = stats(0, 0, None);
+        bare.guest = GuestMem::default();
+        assert!(!g.observe(bare, 11.0));
+        let st = g.stats.as_ref().expect("stats");
+        assert_eq!(st.last_update, 10);
+        assert_eq!(st.guest.usable, Some(Bytes::from_mib(500)));
+        assert_eq!(g.stats_age(13.0), Some(3.0));
+        // The next report is fresh again.
+        assert!(g.observe(stats(12, 400, Some(1600)), 12.0));
+    }
 }
 
 mod hostile_tests {
