@@ -167,6 +167,43 @@ impl HvEvent {
     }
 }
 
+/// The host machine's own memory, as its kernel counts it (libvirt's node memory statistics,
+/// from `/proc/meminfo`): what is really there, whatever the configuration says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct NodeMemory {
+    pub total: Bytes,
+    pub free: Bytes,
+    pub buffers: Bytes,
+    pub cached: Bytes,
+}
+
+impl NodeMemory {
+    /// What the machine could give without swapping, as MemAvailable roughly counts it:
+    /// free, buffers and page cache.
+    pub fn available(&self) -> Bytes {
+        self.free
+            .saturating_add(self.buffers)
+            .saturating_add(self.cached)
+            .min(self.total)
+    }
+
+    /// From libvirt's `virNodeGetMemoryStats` fields (KiB); unknown ones are ignored.
+    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a [u8], u64)>) -> NodeMemory {
+        let mut m = NodeMemory::default();
+        for (k, v) in fields {
+            let b = Bytes::from_kib(v);
+            match k {
+                b"total" => m.total = b,
+                b"free" => m.free = b,
+                b"buffers" => m.buffers = b,
+                b"cached" => m.cached = b,
+                _ => {}
+            }
+        }
+        m
+    }
+}
+
 fn unsupported(uuid: &str, what: &str) -> HvError {
     HvError::Guest {
         guest: uuid.to_string(),
@@ -213,6 +250,12 @@ pub trait Hypervisor: Send + Sync {
     fn set_stats_period(&self, uuid: &str, seconds: u32) -> Result<(), HvError>;
     /// The host's physical memory.
     fn host_memory(&self) -> Result<Bytes, HvError>;
+    /// The host machine's memory as its kernel counts it now (total, free, buffers, cached).
+    fn node_memory(&self) -> Result<NodeMemory, HvError> {
+        Err(HvError::Other(
+            "node memory statistics are not supported by this host".into(),
+        ))
+    }
     /// Live-migrate a running guest peer to peer: this host's libvirtd connects to
     /// `dest_uri` and streams memory to `data_uri` (libvirt's choice when none). The guest
     /// is defined on the destination and undefined here once it runs there. With `tls`, over

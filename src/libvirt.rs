@@ -2,7 +2,7 @@
 //! (bulk domain stats). One connection per host, reopened when it is lost.
 
 use crate::domain;
-use crate::hypervisor::{GuestStats, HvError, HvEvent, Hypervisor, VcpuStat};
+use crate::hypervisor::{GuestStats, HvError, HvEvent, Hypervisor, NodeMemory, VcpuStat};
 use crate::units::Bytes;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::{Arc, Mutex, Once};
@@ -527,6 +527,41 @@ impl Hypervisor for LibvirtHost {
 
     fn host_memory(&self) -> Result<Bytes, HvError> {
         self.with_conn(|c| c.node_info().map(|n| Bytes::from_kib(n.memory)))
+    }
+
+    fn node_memory(&self) -> Result<NodeMemory, HvError> {
+        self.with_conn(|c| {
+            let cells = sys::VIR_NODE_MEMORY_STATS_ALL_CELLS;
+            let mut n: std::os::raw::c_int = 0;
+            // SAFETY: a valid connection; a null array asks only for the number of fields.
+            let r = unsafe {
+                sys::virNodeGetMemoryStats(c.as_ptr(), cells, std::ptr::null_mut(), &mut n, 0)
+            };
+            if r < 0 {
+                return Err(VirtError::last_error());
+            }
+            let mut params = vec![
+                sys::virNodeMemoryStats {
+                    field: [0; 80],
+                    value: 0,
+                };
+                n.max(0) as usize
+            ];
+            // SAFETY: `params` holds `n` entries for libvirt to fill.
+            let r = unsafe {
+                sys::virNodeGetMemoryStats(c.as_ptr(), cells, params.as_mut_ptr(), &mut n, 0)
+            };
+            if r < 0 {
+                return Err(VirtError::last_error());
+            }
+            Ok(NodeMemory::from_fields(
+                params.iter().take(n.max(0) as usize).map(|p| {
+                    // SAFETY: `field` is a NUL-terminated array inside the entry.
+                    let k = unsafe { CStr::from_ptr(p.field.as_ptr()) }.to_bytes();
+                    (k, p.value as u64)
+                }),
+            ))
+        })
     }
 
     fn migrate(

@@ -108,6 +108,11 @@ pub struct HostView {
     pub committed: Bytes,
     /// What the guests need beyond capacity minus reserve (0: the host holds them).
     pub deficit: Bytes,
+    /// What the guests, held at their use, hold beyond capacity minus reserve (0: they fit).
+    pub over_capacity: Bytes,
+    /// The host machine's own available memory (free, buffers and cache, from libvirt's node
+    /// statistics), if it gives them.
+    pub node_available: Option<Bytes>,
     /// Whether this daemon acts for the host (false: watched only, or another daemon acts).
     pub acting: bool,
     /// Why not: "watched only" (`manage = false`), or the daemon that acts for it.

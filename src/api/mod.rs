@@ -66,7 +66,8 @@ pub fn status(s: &Shared) -> serde_json::Value {
             json!({
                 "name": h.name, "uri": h.uri, "connected": h.connected, "last_error": h.last_error,
                 "capacity": h.capacity, "reserve": h.reserve, "committed": h.committed,
-                "deficit": h.deficit, "acting": h.acting, "standby": h.standby, "grow_only": h.grow_only,
+                "deficit": h.deficit, "over_capacity": h.over_capacity,
+                "node_available": h.node_available, "acting": h.acting, "standby": h.standby, "grow_only": h.grow_only,
                 "guests": h.guests.len(), "last_tick": h.last_tick,
             })
         })

@@ -5,8 +5,11 @@
 //! manual) keep their size and count as fixed. Sharing never takes a guest below what it
 //! uses now (its unreclaimable memory, as its last report says, plus [`USE_MARGIN`]): that
 //! would only trade a configured number for a dead guest (seen: two kernels out of memory on
-//! a host with gigabytes free, their fair share below their use). What does not fit then is
-//! the host's deficit, for a move.
+//! a host with gigabytes free, their fair share below their use). When the machine itself
+//! has room by its own figures, each guest keeps its need too, past the configured capacity
+//! ([`Floor`]). What does not fit then is the host's deficit, for a move, and what the
+//! guests hold past the capacity is reported ([`Shared::over`]). Only a machine out of
+//! memory by its own figures lets a guest be cut below its use.
 
 use crate::planner::HoldReason;
 
@@ -44,10 +47,33 @@ pub struct Shared {
     pub needs: Bytes,
     /// The guests together wanted more than the host can give: they were cut to their shares.
     pub contested: bool,
+    /// What the guests were left holding beyond `available`: held at their use (or fixed),
+    /// they do not fit, and only a move (or the guests' own shrinking) can help.
+    pub over: Bytes,
 }
 
-/// Cut `asks` to what `available` (capacity minus reserve) holds.
+/// What no guest is cut below when the host is shared, chosen from the host machine's own
+/// memory (libvirt's node statistics), never from configuration alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Floor {
+    /// The machine has room to spare by its own figures: each guest keeps its need (what it
+    /// uses plus `min_free`, at most what it asks), even past the configured capacity; the
+    /// host is then over capacity, and says so, until a move relieves it.
+    Need,
+    /// No figures from the machine: never below its use (nor grown past capacity for it).
+    Use,
+    /// The machine itself is out of memory: only the envelope's floor holds, and a guest may
+    /// be cut below its use (better than the host's own out-of-memory killer choosing).
+    Envelope,
+}
+
+/// Cut `asks` to what `available` (capacity minus reserve) holds, never below a guest's use.
 pub fn share(asks: &mut [Ask<'_>], available: Bytes) -> Shared {
+    share_with(asks, available, Floor::Use)
+}
+
+/// As [`share`], with the floor the machine's own figures allow.
+pub fn share_with(asks: &mut [Ask<'_>], available: Bytes, floor: Floor) -> Shared {
     let mut claims = Vec::with_capacity(asks.len());
     let mut index = Vec::with_capacity(asks.len());
     for (k, a) in asks.iter().enumerate() {
@@ -65,11 +91,17 @@ pub fn share(asks: &mut [Ask<'_>], available: Bytes) -> Shared {
                 // grow a guest).
                 let used = a
                     .using
+                    .filter(|_| floor != Floor::Envelope)
                     .map(|u| u.saturating_add(USE_MARGIN).min(a.before))
                     .unwrap_or_default();
+                let need = a.decision.need.saturating_add(a.knobs.min_free);
+                let kept = match floor {
+                    Floor::Need => need.min(want),
+                    Floor::Use | Floor::Envelope => Bytes(0),
+                };
                 claims.push(Claim {
-                    floor: env.floor.max(used),
-                    need: a.decision.need.saturating_add(a.knobs.min_free),
+                    floor: env.floor.max(used).max(kept),
+                    need,
                     want,
                     shares: a.knobs.shares,
                 });
@@ -97,9 +129,14 @@ pub fn share(asks: &mut [Ask<'_>], available: Bytes) -> Shared {
         return Shared {
             needs,
             contested: false,
+            over: Bytes(0),
         };
     }
     let grants = fair_share(&claims, available);
+    let over = grants
+        .iter()
+        .fold(Bytes(0), |acc, g| acc.saturating_add(*g))
+        .saturating_sub(available);
     for ((c, granted), ix) in claims.iter().zip(grants).zip(index) {
         let Some(k) = ix else { continue };
         if granted >= c.want.max(c.floor) {
@@ -124,5 +161,6 @@ pub fn share(asks: &mut [Ask<'_>], available: Bytes) -> Shared {
     Shared {
         needs,
         contested: true,
+        over,
     }
 }

@@ -26,7 +26,7 @@ pub use guest::{Counters, KERNEL_RESERVE};
 pub use spec::GuestSpec;
 
 use crate::clock::Clock;
-use crate::hypervisor::{GuestStats, HvError, HvEvent, Hypervisor, RunState};
+use crate::hypervisor::{GuestStats, HvError, HvEvent, Hypervisor, NodeMemory, RunState};
 use crate::units::{Bytes, Rate};
 use guest::{DimmDev, Vm};
 use std::collections::BTreeMap;
@@ -107,6 +107,8 @@ pub struct ScenarioHost {
     uri: String,
     clock: Arc<dyn Clock>,
     memory: Bytes,
+    /// Memory of the machine held by something other than its guests (node statistics).
+    other_use: AtomicU64,
     fabric: Option<Arc<Fabric>>,
     down: AtomicBool,
     inner: Mutex<Inner>,
@@ -129,6 +131,7 @@ impl ScenarioHost {
             uri: uri.to_string(),
             clock,
             memory,
+            other_use: AtomicU64::new(0),
             fabric: None,
             down: AtomicBool::new(false),
             inner: Mutex::new(Inner {
@@ -202,6 +205,12 @@ impl ScenarioHost {
     }
     pub fn migrations(&self) -> Vec<Migration> {
         self.lock().migrations.clone()
+    }
+
+    /// Memory of the machine that something other than its guests holds (another process, a
+    /// leak): the node statistics count it as used. The guests hold what they are allocated.
+    pub fn set_other_use(&self, used: Bytes) {
+        self.other_use.store(used.0, Ordering::Relaxed);
     }
 
     #[track_caller]
@@ -508,6 +517,26 @@ impl Hypervisor for ScenarioHost {
 
     fn host_memory(&self) -> Result<Bytes, HvError> {
         self.conn().map(|_| self.memory)
+    }
+
+    /// The machine's memory less what its running guests are allocated and the other use
+    /// set by [`ScenarioHost::set_other_use`]; no buffers or page cache.
+    fn node_memory(&self) -> Result<NodeMemory, HvError> {
+        let now = self.clock.now();
+        let inner = self.conn()?;
+        let guests: Bytes = inner
+            .guests
+            .iter()
+            .filter(|g| g.state != RunState::Shutoff)
+            .map(|g| g.current(now))
+            .fold(Bytes(0), Bytes::saturating_add);
+        let other = Bytes(self.other_use.load(Ordering::Relaxed));
+        Ok(NodeMemory {
+            total: self.memory,
+            free: self.memory.saturating_sub(guests).saturating_sub(other),
+            buffers: Bytes(0),
+            cached: Bytes(0),
+        })
     }
 
     fn migrate(

@@ -142,6 +142,9 @@ pub enum EventReason {
         claimed: Bytes,
         believed: Bytes,
     },
+    /// The host's guests, held at their use, hold `over` more than its capacity minus reserve
+    /// (`available`) and no move relieves it yet: none is cut below its use.
+    OverCapacity { over: Bytes, available: Bytes },
 }
 
 impl fmt::Display for PlannerReason {
@@ -264,6 +267,10 @@ impl fmt::Display for EventReason {
                 f,
                 "the guest claims a size of {claimed} ({dispute}): not believed; booked at {believed}"
             ),
+            EventReason::OverCapacity { over, available } => write!(
+                f,
+                "host over its capacity by {over} ({available} for guests): its guests are held at their use, none cut below it; looking for a move"
+            ),
         }
     }
 }
@@ -352,6 +359,7 @@ impl EventReason {
             EventReason::CpuBusy { .. } => "cpu_busy",
             EventReason::CpuIdle { .. } => "cpu_idle",
             EventReason::SizeDisputed { .. } => "size_disputed",
+            EventReason::OverCapacity { .. } => "over_capacity",
         }
     }
 }

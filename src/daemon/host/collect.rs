@@ -45,6 +45,25 @@ pub(super) async fn collect(
     host.connected = true;
     host.last_error = None;
     host.backoff = 0;
+    // The machine's own memory, for sharing's one exception: a guest may be cut below its
+    // use only when the machine itself is out of memory, never on configuration alone.
+    let node = host
+        .call("node_memory", deadline, |h| h.node_memory())
+        .await;
+    match node {
+        Ok(m) => {
+            host.node = Some(m);
+            host.node_warned = false;
+        }
+        Err(e) => {
+            host.count_error(shared, "node_memory");
+            if !host.node_warned {
+                host.node_warned = true;
+                tracing::warn!(host = %host.label, error = %e, "cannot read the host's memory statistics; sharing never cuts a guest below its use");
+            }
+            host.node = None;
+        }
+    }
     if host.capacity.is_none() {
         host.capacity = match host.cfg.capacity {
             Some(c) => Some(c),

@@ -58,6 +58,17 @@ pub(super) struct Host {
     grow_only: bool,
     /// Needs beyond capacity minus reserve at the last tick.
     deficit: Bytes,
+    /// What the guests, held at their use, hold beyond capacity minus reserve (sharing).
+    over_capacity: Bytes,
+    /// The host machine's own memory figures at the last tick (None: not given).
+    node: Option<crate::hypervisor::NodeMemory>,
+    /// The machine was out of memory by its own figures at the last tick.
+    machine_short: bool,
+    /// "Cannot read the host's memory statistics" was logged since they last came.
+    node_warned: bool,
+    /// Whether the machine being out of memory, and the host over capacity, were said.
+    machine_short_reported: bool,
+    over_reported: bool,
     /// "No guest fits elsewhere" was logged for the current shortage.
     no_room_reported: bool,
     /// When the guests' planner memory was last captured for the state file.
@@ -132,6 +143,12 @@ impl Host {
             held: false,
             grow_only: false,
             deficit: Bytes(0),
+            over_capacity: Bytes(0),
+            node: None,
+            machine_short: false,
+            node_warned: false,
+            machine_short_reported: false,
+            over_reported: false,
             no_room_reported: false,
             last_snapshot: 0.0,
             holding_since: None,
@@ -213,6 +230,7 @@ pub(super) async fn tick(host: &mut Host, shared: &Shared) -> bool {
         // Watched only: keep every guest's history warm (a standby takes over with it) and
         // publish the host's committed memory for the movers, but change nothing.
         host.deficit = Bytes(0);
+        host.over_capacity = Bytes(0);
         // A move this daemon started before it stopped acting is still its to follow (and
         // to abort past its timeout): its call runs in this daemon, whoever acts now.
         rebalance::follow(host, shared, now).await;
@@ -225,6 +243,7 @@ pub(super) async fn tick(host: &mut Host, shared: &Shared) -> bool {
     // Decide for every guest first: a host that cannot give them all what they ask for is
     // shared (floors, then needs, then headroom, by shares) before anything moves.
     let needs = plan::share(host, &mut plans);
+    plan::report_over(host, shared, now);
     let grow_only = role == Role::GrowOnly;
     if grow_only {
         plan::grow_only(host, shared, &mut plans);

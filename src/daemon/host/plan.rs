@@ -2,10 +2,11 @@
 //! an operator's manual size stands in for the planner's, and the host is shared when the
 //! guests together ask for more than it can give. Nothing here calls libvirt.
 
-use crate::planner::HoldReason;
+use crate::planner::{EventReason, HoldReason};
 
 use super::{Host, Shared};
-use crate::control::share::{Ask, share as share_asks};
+use crate::audit::{Inputs, Record};
+use crate::control::share::{Ask, Floor, share_with as share_asks};
 use crate::envelope::Envelope;
 use crate::hypervisor::RunState;
 use crate::planner::{Decision, Kind, Reason};
@@ -89,11 +90,26 @@ pub(super) fn decide<'p>(
     plans
 }
 
-/// Share the host among the plans (`control::share`). Returns the guests' needs.
-pub(super) fn share(host: &Host, plans: &mut [Plan]) -> Bytes {
+/// Share the host among the plans (`control::share`). Returns the guests' needs. Guests are
+/// never cut below their use unless the machine itself is out of memory by its own figures
+/// (libvirt's node statistics: free, buffers and cache below the reserve): never on the
+/// configured capacity alone.
+pub(super) fn share(host: &mut Host, plans: &mut [Plan]) -> Bytes {
     let Some(cap) = host.capacity else {
+        host.over_capacity = Bytes(0);
+        host.machine_short = false;
         return Bytes(0);
     };
+    // By the machine's own figures: below the reserve it is out of memory; at twice the
+    // reserve or more it has room for needs past the configured capacity (the gap keeps a
+    // growth from tipping it straight into cutting).
+    let reserve = host.cfg.reserve;
+    let floor = match host.node.map(|n| n.available()) {
+        Some(a) if a < reserve => Floor::Envelope,
+        Some(a) if a >= reserve.saturating_add(reserve) => Floor::Need,
+        _ => Floor::Use,
+    };
+    let machine_short = floor == Floor::Envelope;
     let available = cap.saturating_sub(host.cfg.reserve);
     let mut asks: Vec<Ask> = plans
         .iter_mut()
@@ -113,7 +129,75 @@ pub(super) fn share(host: &Host, plans: &mut [Plan]) -> Bytes {
             })
         })
         .collect();
-    share_asks(&mut asks, available).needs
+    let shared = share_asks(&mut asks, available, floor);
+    host.over_capacity = shared.over;
+    host.machine_short = machine_short;
+    shared.needs
+}
+
+/// Say loudly when the host's guests, held at their use, do not fit its capacity minus
+/// reserve (log, audit; status and metrics are published), and when the machine itself is
+/// out of memory and sharing may cut below use. Once when it starts, once when it ends: the
+/// rebalancer keeps looking for a move meanwhile.
+pub(super) fn report_over(host: &mut Host, shared: &Shared, now: f64) {
+    let available = host
+        .capacity
+        .unwrap_or_default()
+        .saturating_sub(host.cfg.reserve);
+    if host.machine_short != host.machine_short_reported {
+        host.machine_short_reported = host.machine_short;
+        let node = host.node.map(|n| n.available()).unwrap_or_default();
+        if host.machine_short {
+            tracing::error!(host = %host.label, available = %node, reserve = %host.cfg.reserve,
+                "the host machine is out of memory by its own statistics: sharing may cut guests below their use");
+        } else {
+            tracing::info!(host = %host.label, available = %node, "the host machine has memory again: sharing never cuts a guest below its use");
+        }
+    }
+    let over = host.over_capacity;
+    let was = host.over_reported;
+    if over.0 > 0 && !was {
+        host.over_reported = true;
+        let moves = if shared.migration_config().enabled {
+            "looking for a move"
+        } else {
+            "migration is off: only the guests shrinking by themselves can relieve it"
+        };
+        tracing::warn!(host = %host.label, over = %over, available = %available,
+            "host over its capacity: its guests, held at their use, do not fit; none is cut below its use; {moves}");
+        let reason = Reason::Event(EventReason::OverCapacity { over, available });
+        shared.audit.push(Record {
+            time: now,
+            host: host.label.clone(),
+            guest: String::new(),
+            policy: String::new(),
+            generation: shared.policy_set().generation,
+            kind: Kind::Hold,
+            before: available.saturating_add(over),
+            after: available.saturating_add(over),
+            floor: Bytes(0),
+            ceiling: available,
+            method: None,
+            why: reason.to_string(),
+            reason,
+            inputs: Inputs {
+                total: None,
+                available: None,
+                free: None,
+                caches: None,
+                stats_age_seconds: None,
+                need: Bytes(0),
+                predicted: Bytes(0),
+                headroom: Bytes(0),
+            },
+            dry_run: false,
+            result: "held".into(),
+            vcpus: None,
+        });
+    } else if over.0 == 0 && was {
+        host.over_reported = false;
+        tracing::info!(host = %host.label, "host within its capacity again");
+    }
 }
 
 /// The guests that could move to another host now: planned (or shared) this tick, running,

@@ -157,6 +157,9 @@ pub(super) fn publish(host: &mut Host, shared: &Shared, now: f64) {
     hb("reserve", host.cfg.reserve);
     hb("committed", committed);
     hb("deficit", host.deficit);
+    m.host_over_capacity
+        .with_label_values(&[&host.label])
+        .set(host.over_capacity.0 as f64);
     m.host_connected
         .with_label_values(&[&host.label])
         .set(i64::from(host.connected));
@@ -175,6 +178,8 @@ pub(super) fn publish(host: &mut Host, shared: &Shared, now: f64) {
         reserve: host.cfg.reserve,
         committed,
         deficit: host.deficit,
+        over_capacity: host.over_capacity,
+        node_available: host.node.map(|n| n.available()),
         acting: host.acting,
         standby: host.standby.clone(),
         grow_only: host.grow_only,
