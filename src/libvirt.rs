@@ -558,7 +558,7 @@ impl Hypervisor for LibvirtHost {
                 params.iter().take(n.max(0) as usize).map(|p| {
                     // SAFETY: `field` is a NUL-terminated array inside the entry.
                     let k = unsafe { CStr::from_ptr(p.field.as_ptr()) }.to_bytes();
-                    (k, p.value as u64)
+                    (k, p.value)
                 }),
             ))
         })
