@@ -57,7 +57,8 @@ pub struct Shared {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Floor {
     /// The machine has room to spare by its own figures: each guest keeps its need (what it
-    /// uses plus `min_free`, at most what it asks), even past the configured capacity; the
+    /// uses, or where its trend takes it, plus `min_free`; at most what it asks), even past
+    /// the configured capacity; the
     /// host is then over capacity, and says so, until a move relieves it.
     Need,
     /// No figures from the machine: never below its use (nor grown past capacity for it).
@@ -95,8 +96,16 @@ pub fn share_with(asks: &mut [Ask<'_>], available: Bytes, floor: Floor) -> Share
                     .map(|u| u.saturating_add(USE_MARGIN).min(a.before))
                     .unwrap_or_default();
                 let need = a.decision.need.saturating_add(a.knobs.min_free);
+                // A climbing guest's need is where its trend takes it (`predicted`): the
+                // growth granted a tick at a time lags a guest climbing at tens of MiB/s
+                // (seen: a kernel out of memory at its bare need plus `min_free`).
                 let kept = match floor {
-                    Floor::Need => need.min(want),
+                    Floor::Need => a
+                        .decision
+                        .predicted
+                        .max(a.decision.need)
+                        .saturating_add(a.knobs.min_free)
+                        .min(want),
                     Floor::Use | Floor::Envelope => Bytes(0),
                 };
                 claims.push(Claim {

@@ -69,6 +69,8 @@ pub(super) struct Host {
     /// Whether the machine being out of memory, and the host over capacity, were said.
     machine_short_reported: bool,
     over_reported: bool,
+    /// Since when the guests fit again after being over capacity.
+    over_fits_since: Option<f64>,
     /// "No guest fits elsewhere" was logged for the current shortage.
     no_room_reported: bool,
     /// When the guests' planner memory was last captured for the state file.
@@ -149,6 +151,7 @@ impl Host {
             node_warned: false,
             machine_short_reported: false,
             over_reported: false,
+            over_fits_since: None,
             no_room_reported: false,
             last_snapshot: 0.0,
             holding_since: None,

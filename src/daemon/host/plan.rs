@@ -194,11 +194,22 @@ pub(super) fn report_over(host: &mut Host, shared: &Shared, now: f64) {
             result: "held".into(),
             vcpus: None,
         });
-    } else if over.0 == 0 && was {
-        host.over_reported = false;
-        tracing::info!(host = %host.label, "host within its capacity again");
+    } else if over.0 > 0 {
+        host.over_fits_since = None;
+    } else if was {
+        // Ended once it has stayed ended a while: guests climbing near the capacity cross
+        // it back and forth tick by tick, which is one episode, not many.
+        let since = *host.over_fits_since.get_or_insert(now);
+        if now - since >= OVER_QUIET {
+            host.over_reported = false;
+            host.over_fits_since = None;
+            tracing::info!(host = %host.label, "host within its capacity again");
+        }
     }
 }
+
+/// Seconds a host must fit its capacity before being over it again counts as a new episode.
+const OVER_QUIET: f64 = 30.0;
 
 /// The guests that could move to another host now: planned (or shared) this tick, running,
 /// not resizing, not pinned. By UUID, with the name and size the rebalancer weighs.
