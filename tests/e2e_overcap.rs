@@ -70,7 +70,7 @@ fn climbers(a: &Host) -> (Guest, Guest) {
                 "--stats-period",
                 "1",
                 "--demand",
-                "15:1000@20",
+                "15:1000@10",
             ],
         )
     };
@@ -95,9 +95,9 @@ fn assert_alive(d: &Daemon, gs: &[&Guest]) {
 
 #[test]
 fn every_move_failing_both_guests_are_held_at_their_use_and_the_host_says_it_is_over() {
-    let a = Host::up("lova", 161);
-    let b = Host::up("lovb", 162);
-    let c = Host::up("lovc", 163);
+    let a = Host::up("lova", 181);
+    let b = Host::up("lovb", 182);
+    let c = Host::up("lovc", 183);
     // B and C have room, but nothing takes migrations where the config sends them.
     let dead = |h: &Host| format!("qemu+tcp://{}:1/system", addr(h));
     let config = format!(
@@ -172,9 +172,9 @@ fn every_move_failing_both_guests_are_held_at_their_use_and_the_host_says_it_is_
 
 #[test]
 fn with_moves_possible_and_no_migration_address_one_guest_moves_and_both_demands_are_met() {
-    let a = Host::up("loma", 164);
-    let b = Host::up("lomb", 165);
-    let c = Host::up("lomc", 166);
+    let a = Host::up("loma", 184);
+    let b = Host::up("lomb", 185);
+    let c = Host::up("lomc", 186);
     let config = format!(
         "interval = \"1s\"\nstats_period = 1\ndriver_grace = \"12s\"\n\
          [migration]\nenabled = true\nmin_interval = \"5s\"\n{}{}{}",
