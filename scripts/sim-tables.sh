@@ -80,7 +80,11 @@ python3 - "$out" "${months[@]}" >"$out/tables.md" <<'EOF'
 import json, sys
 out, months = sys.argv[1], sys.argv[2:]
 def load(m, name):
-    return json.load(open(f"{out}/{m}-{name}.json"))
+    try:
+        return json.load(open(f"{out}/{m}-{name}.json"))
+    except (OSError, ValueError):
+        print(f"*{m}-{name}: not run (or not finished).*\n")
+        return None
 def label(m):
     return {"07": "July 2013", "08": "August 2013"}.get(m, m)
 def row(r, name=None):
@@ -98,8 +102,10 @@ def model(j):
             f"delay {md['delay']:g} s, interval {md['interval']:g} s")
 for m in months:
     for name, floor in (("floor0", "0%"), ("floor25", "25%")):
-        j = load(m, name)
         print(f"### {label(m)}, floor {floor}\n")
+        j = load(m, name)
+        if j is None:
+            continue
         print(f"{j['trace']['vms']} VMs, {j['results'][0]['vm_days']:.0f} VM-days; {model(j)}.\n")
         print(head)
         for r in j["results"]:
@@ -109,9 +115,10 @@ for m in months:
     print("| controller | grow speed | reclaimed % | % of oracle | pressure time % | events / VM-day "
           "| shortfall GiB·h | p99 event s | resizes / VM-day |\n"
           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    runs = [(n, load(m, n)) for n in ("floor0", "grow512", "grow1g")]
-    for r0 in runs[0][1]["results"]:
-        if r0["name"] == "static":
+    runs = [(n, j) for n in ("floor0", "grow512", "grow1g") if (j := load(m, n)) is not None]
+    for r0 in (runs[0][1]["results"] if runs else []):
+        # MoM and Proxmox act only on host pressure: nothing to show outside host mode.
+        if r0["name"] in ("static", "mom", "proxmox"):
             continue
         for n, j in runs:
             r = next(x for x in j["results"] if x["name"] == r0["name"])
@@ -119,8 +126,10 @@ for m in months:
             cells = row(r).split(" | ")
             print(" | ".join([cells[0], speed] + cells[1:]))
     print()
-    j = load(m, "autopilot")
     print(f"### {label(m)}, floor 0%: Autopilot's unpublished constants\n")
+    j = load(m, "autopilot")
+    if j is None:
+        continue
     print("Defaults: window=24h, margin=10%, oom=20%; each row changes one.\n")
     print(head)
     for r in j["results"]:
