@@ -67,9 +67,18 @@ fn json_results_and_report_on_the_sample_trace() {
             "pressure_events_per_vm_day",
             "shortfall_gib_h",
             "resizes_per_vm_day",
+            "pressure_event_p50_s",
+            "pressure_event_p99_s",
+            "mean_allocation_pct",
+            "mean_demand_pct",
+            "decisions",
+            "vms",
+            "vm_days",
         ] {
             assert!(r[key].is_number(), "{key} in {r}");
         }
+        // Host figures only in host mode.
+        assert!(r.get("host_pressure_time_pct").is_none(), "{r}");
         let kind = r["kind"].as_str().unwrap_or("");
         assert!(kind == "policy" || kind == "baseline", "{r}");
         assert_eq!(r["envelope_violations"], 0, "{r}");
@@ -86,6 +95,9 @@ fn json_results_and_report_on_the_sample_trace() {
     assert_eq!(by("default")["kind"], "policy");
     // The trace's defects and the rules applied travel with the results.
     assert_eq!(v["trace"]["vms"], 6);
+    // Outside host mode each VM is its own group, not a host: no host count.
+    assert!(v["hosts"].is_null(), "hosts: {}", v["hosts"]);
+    assert!(v.get("host").is_none());
     assert_eq!(v["trace"]["defects"]["rows"], 161_432);
     assert!(v["trace"]["defects"]["zero_capacity_rows"].is_u64());
     assert!(

@@ -31,7 +31,8 @@ pub struct SimulateArgs {
     #[arg(long = "policy", value_name = "FILE")]
     pub policies: Vec<PathBuf>,
     /// Baseline to compare with: static, oracle, mom, proxmox, vpa, autopilot; "all" (the
-    /// default) or "none".
+    /// default) or "none". Autopilot's unpublished constants can be set:
+    /// `autopilot:window=12h,margin=5%,oom=20%`.
     #[arg(long = "baseline", value_name = "NAME")]
     pub baselines: Vec<String>,
     /// Time between decisions.
@@ -49,8 +50,9 @@ pub struct SimulateArgs {
     /// Time from a resize request until memory moves.
     #[arg(long, default_value = "1s")]
     pub delay: String,
-    /// Speed of growth (plug, deflate).
-    #[arg(long, default_value = "1GiB/s")]
+    /// Speed of growth (plug, deflate): by default the virtio-mem onlining rate measured on
+    /// real guests (docs/benchmarks.md).
+    #[arg(long, default_value = "128MiB/s")]
     pub grow_speed: String,
     /// Speed of shrinking (unplug, inflate).
     #[arg(long, default_value = "256MiB/s")]
@@ -193,7 +195,10 @@ pub fn specs(a: &SimulateArgs) -> Result<Vec<Spec>, i32> {
     }
     let mut names: Vec<String> = a.baselines.clone();
     if names.is_empty() || names.iter().any(|n| n == "all") {
-        names = Baseline::ALL.iter().map(|b| b.to_string()).collect();
+        // "all" stands for every baseline at its defaults; variants given beside it stay.
+        let mut all: Vec<String> = Baseline::ALL.iter().map(|b| b.to_string()).collect();
+        all.extend(names.into_iter().filter(|n| n != "all"));
+        names = all;
     }
     for n in names.iter().filter(|n| *n != "none") {
         let b: Baseline = n.parse().map_err(|e| usage("--baseline", e))?;
@@ -232,7 +237,9 @@ pub struct Output<'a> {
     model: &'a Model,
     #[serde(skip_serializing_if = "Option::is_none")]
     host: Option<&'a HostMode>,
-    hosts: usize,
+    /// Hosts the VMs were packed onto; null outside host mode (each VM is then its own group,
+    /// not a host).
+    hosts: Option<usize>,
     elapsed_s: f64,
     decisions_per_s: f64,
     results: &'a [RunResult],
@@ -240,7 +247,7 @@ pub struct Output<'a> {
 
 fn table(results: &[RunResult], host: bool) -> String {
     let mut s = format!(
-        "{:<22} {:<8} {:>10} {:>8} {:>10} {:>10} {:>11} {:>10}",
+        "{:<22} {:<8} {:>10} {:>8} {:>10} {:>10} {:>11} {:>8} {:>10}",
         "NAME",
         "KIND",
         "RECLAIMED%",
@@ -248,6 +255,7 @@ fn table(results: &[RunResult], host: bool) -> String {
         "PRESSURE%",
         "EVENTS/VMD",
         "SHORT GiB·h",
+        "P99 EV s",
         "RESIZE/VMD"
     );
     if host {
@@ -256,7 +264,7 @@ fn table(results: &[RunResult], host: bool) -> String {
     s.push('\n');
     for r in results {
         s.push_str(&format!(
-            "{:<22} {:<8} {:>10.2} {:>8} {:>10.4} {:>10.3} {:>11.1} {:>10.1}",
+            "{:<22} {:<8} {:>10.2} {:>8} {:>10.4} {:>10.3} {:>11.1} {:>8.0} {:>10.1}",
             r.name,
             r.kind,
             r.reclaimed_pct,
@@ -266,6 +274,7 @@ fn table(results: &[RunResult], host: bool) -> String {
             r.pressure_time_pct,
             r.pressure_events_per_vm_day,
             r.shortfall_gib_h,
+            r.pressure_event_p99_s,
             r.resizes_per_vm_day,
         ));
         if host {
@@ -359,7 +368,7 @@ pub fn simulate(a: &SimulateArgs) -> i32 {
         },
         model: &opts.model,
         host: opts.host.as_ref(),
-        hosts: groups.len(),
+        hosts: opts.host.as_ref().map(|_| groups.len()),
         elapsed_s: elapsed,
         decisions_per_s: decisions as f64 / elapsed.max(1e-9),
         results: &results,

@@ -27,7 +27,7 @@ pub use result::{Acc, RunResult, Timeline, TimelinePoint};
 use crate::envelope::{Envelope, Source, VmemSlot};
 use crate::planner::Sample;
 use crate::trace::{Trace, VmTrace};
-use crate::units::{Bytes, GIB, MIB};
+use crate::units::{Bytes, MIB};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,7 +56,9 @@ pub struct Model {
     pub block: Bytes,
     /// Seconds from a request until memory starts moving.
     pub delay: f64,
-    /// Bytes per second a growth moves (virtio-mem plug, balloon deflate).
+    /// Bytes per second a growth moves (virtio-mem plug, balloon deflate). The default,
+    /// 128 MiB/s, is the top of the virtio-mem onlining rates measured on real guests
+    /// (50 to 130 MiB/s, `docs/benchmarks.md`, "Reaction time, real guests").
     pub grow_speed: f64,
     /// Bytes per second a shrink moves (unplug, balloon inflate).
     pub shrink_speed: f64,
@@ -73,7 +75,7 @@ impl Default for Model {
             guest: GuestKind::VirtioMem,
             block: Bytes::from_mib(2),
             delay: 1.0,
-            grow_speed: GIB as f64,
+            grow_speed: 128.0 * MIB as f64,
             shrink_speed: 256.0 * MIB as f64,
             exact: false,
         }

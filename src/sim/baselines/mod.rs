@@ -27,7 +27,8 @@ pub enum Baseline {
     Mom,
     Proxmox,
     Vpa,
-    Autopilot,
+    /// With the constants the paper does not publish (`autopilot:window=12h,margin=5%`).
+    Autopilot(autopilot::Params),
 }
 
 impl Baseline {
@@ -37,14 +38,18 @@ impl Baseline {
         Baseline::Mom,
         Baseline::Proxmox,
         Baseline::Vpa,
-        Baseline::Autopilot,
+        Baseline::Autopilot(autopilot::Params {
+            window_s: 24 * 3600,
+            margin_pm: 100,
+            oom_bump_pm: 200,
+        }),
     ];
 
     pub fn build(&self, guests: usize, model: &Model) -> Box<dyn Controller> {
         match self {
             Baseline::Vpa => Box::new(VpaCtl::new(guests)),
             Baseline::Mom => Box::new(MomCtl::new()),
-            Baseline::Autopilot => Box::new(AutopilotCtl::new(guests)),
+            Baseline::Autopilot(p) => Box::new(AutopilotCtl::new(guests, *p)),
             Baseline::Proxmox => Box::new(ProxmoxCtl::new()),
             Baseline::Static => Box::new(StaticCtl),
             Baseline::Oracle => Box::new(OracleCtl::new(model)),
@@ -59,7 +64,8 @@ impl fmt::Display for Baseline {
             Baseline::Oracle => "oracle",
             Baseline::Vpa => "vpa",
             Baseline::Mom => "mom",
-            Baseline::Autopilot => "autopilot",
+            Baseline::Autopilot(p) if *p == autopilot::Params::default() => "autopilot",
+            Baseline::Autopilot(p) => return write!(f, "autopilot:{}", p.describe()),
             Baseline::Proxmox => "proxmox",
         })
     }
@@ -68,6 +74,9 @@ impl fmt::Display for Baseline {
 impl FromStr for Baseline {
     type Err = String;
     fn from_str(s: &str) -> Result<Baseline, String> {
+        if let Some(rest) = s.strip_prefix("autopilot:") {
+            return autopilot::Params::parse(rest).map(Baseline::Autopilot);
+        }
         Baseline::ALL
             .iter()
             .copied()

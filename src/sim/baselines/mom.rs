@@ -1,9 +1,10 @@
-//! oVirt MoM's shipped ballooning rules (`doc/balloon.rules` in github.com/oVirt/mom):
-//! nothing moves until host free memory falls below the pressure threshold; then every guest
-//! gives up at most 5% per round down to what it uses plus a free share scaled by the host's
-//! pressure (negative when critical: the guest is made to swap); otherwise every ballooned
-//! guest grows by 5% per round (at least to its use plus 20% of its maximum), up to its
-//! maximum. Evaluated every 10 s (MoM's policy engine interval).
+//! oVirt MoM's shipped ballooning rules (`doc/balloon.rules` in github.com/oVirt/mom, read at
+//! commit 3de1c8e): nothing moves until host free memory falls below the pressure threshold;
+//! then every guest gives up at most 5% per round down to what it uses plus a free share of
+//! its current size scaled by the host's pressure (negative when critical: the guest is made
+//! to swap); otherwise every ballooned guest grows by 5% per round, at least to its use plus
+//! 20% of its current balloon size (`min_guest_free_percent * guest.balloon_cur`), up to its
+//! maximum. Evaluated every 10 s (`policy-engine-interval` in `doc/mom-balloon.conf`).
 
 use crate::sim::{Controller, GuestView, HostView};
 use crate::units::Bytes;
@@ -72,10 +73,11 @@ impl Controller for MomCtl {
                     None
                 }
             } else if v.size < v.env.ceiling {
-                // Grow by 5%, but at least so the guest has its desired free memory.
+                // grow_guest: 5%, but at least so the guest has its desired free memory, a share
+                // of its current balloon size (`guest.balloon_cur`), not of its maximum.
                 let max = v.env.ceiling.0 as f64;
                 let used = v.sample.size.0.saturating_sub(v.sample.available.0) as f64;
-                let balloon_min = used + MIN_GUEST_FREE_PERCENT * max;
+                let balloon_min = (used + MIN_GUEST_FREE_PERCENT * cur).max(v.env.floor.0 as f64);
                 let size = (cur * (1.0 + MAX_BALLOON_CHANGE_PERCENT))
                     .min(max)
                     .max(balloon_min);

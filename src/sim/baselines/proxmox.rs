@@ -2,7 +2,9 @@
 //! every 10 s, aim the host at 80% memory use; the difference is spread over the guests in
 //! proportion to their shares, between each guest's balloon minimum and its maximum memory,
 //! moving each by at most 100 MiB per round. Growth goes first to guests short of free memory
-//! (free below a quarter of their minimum), shrinking first to guests with enough.
+//! (free below a quarter of their minimum), shrinking first to guests with enough; when that
+//! first group makes no progress, a second pass runs over all guests (`PVE/AutoBalloon.pm` in
+//! pve-manager, read at commit 138cae8).
 
 use crate::sim::{Controller, GuestView, HostView};
 use crate::units::Bytes;
@@ -117,16 +119,19 @@ pub fn pve_compute(vms: &[PveGuest], goal: f64, maxchange: f64) -> Vec<Option<f6
             pressured.push(i);
         }
     }
+    let all: Vec<usize> = (0..vms.len()).collect();
     let mut res = vec![None; vms.len()];
+    // "no progress ==> consider all VMs": the second pass runs over every VM (`$idlist`), not
+    // the other group, with what the first left over.
     if goal > DEAD_BAND {
         let rest = pve_change(vms, &mut res, &pressured, goal, maxchange);
         if rest >= goal {
-            pve_change(vms, &mut res, &enough, goal, maxchange);
+            pve_change(vms, &mut res, &all, rest, maxchange);
         }
     } else if goal < -DEAD_BAND {
         let rest = pve_change(vms, &mut res, &enough, goal, maxchange);
         if rest <= goal {
-            pve_change(vms, &mut res, &pressured, goal, maxchange);
+            pve_change(vms, &mut res, &all, rest, maxchange);
         }
     }
     res

@@ -26,11 +26,16 @@ pub const MIN_MIB: f64 = 250.0;
 /// OOM handling: the next peak is the larger of used × 1.2 and used + 100 MiB.
 pub const OOM_RATIO: f64 = 1.2;
 pub const OOM_MIN_MIB: f64 = 100.0;
-/// The updater acts when the allocation leaves [lower, upper], or when the target differs
-/// by more than 10% from it and the pod has lived 12 hours.
+/// The updater (`pkg/updater/priority/update_priority_calculator.go`, `AddPod`) acts when the
+/// allocation leaves [lower, upper]; or when the pod has lived
+/// `--in-recommendation-bounds-eviction-lifetime-threshold` (12 h) and the target differs by
+/// `--pod-update-threshold` (10%) or more; or after a quick OOM: a container OOM-killed less
+/// than `--evict-after-oom-threshold` (10 min) after it started. An update evicts the pod: the
+/// new pod's lifetime starts again at zero.
 pub const UPDATE_THRESHOLD: f64 = 0.1;
 pub const LIFETIME: f64 = 12.0 * 3600.0;
-/// Metrics resolution and recommender loop.
+pub const EVICT_AFTER_OOM: f64 = 600.0;
+/// Metrics resolution, recommender loop and `--updater-interval` (1 min).
 pub const PERIOD: f64 = 60.0;
 
 struct VpaGuest {
@@ -39,7 +44,15 @@ struct VpaGuest {
     window_start: f64,
     window_end: f64,
     peak: f64,
+    /// The interval's usage peak (OOM samples left out: `memoryPeak`).
+    usage_peak: f64,
     was_pressured: bool,
+    /// The pod's start: its creation, or the last update (an eviction recreates it).
+    pod_start: f64,
+    /// The container's start: the pod's, or its restart after the last OOM kill.
+    container_start: f64,
+    /// An OOM kill the updater has not looked at yet: was it quick?
+    oom_seen: Option<bool>,
     /// p50, p90, p95 of the histogram; None when it changed since.
     cached: Option<(f64, f64, f64)>,
     next: f64,
@@ -47,22 +60,40 @@ struct VpaGuest {
 
 pub struct VpaCtl {
     guests: Vec<Option<VpaGuest>>,
+    /// The rule before issue 18, for its test: the 12 h counted from the first sample, never
+    /// reset by an update.
+    never_reset: bool,
 }
 
 impl VpaCtl {
     pub fn new(n: usize) -> VpaCtl {
         VpaCtl {
             guests: (0..n).map(|_| None).collect(),
+            never_reset: false,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn never_resetting(n: usize) -> VpaCtl {
+        VpaCtl {
+            never_reset: true,
+            ..VpaCtl::new(n)
         }
     }
 }
 
 impl VpaGuest {
-    fn add_peak_sample(&mut self, v: f64, t: f64) {
+    /// `ContainerState.addMemorySample`: one peak per aggregation interval, the larger of the
+    /// usage peak and the OOM peak.
+    fn add_peak_sample(&mut self, v: f64, t: f64, oom: bool) {
         if t >= self.window_end {
             self.window_start = t;
             self.window_end = t + AGGREGATION;
             self.peak = 0.0;
+            self.usage_peak = 0.0;
+        }
+        if !oom {
+            self.usage_peak = self.usage_peak.max(v);
         }
         if v > self.peak {
             if self.peak > 0.0 {
@@ -129,40 +160,60 @@ impl Controller for VpaCtl {
                 window_start: now,
                 window_end: f64::NEG_INFINITY,
                 peak: 0.0,
+                usage_peak: 0.0,
                 was_pressured: false,
+                pod_start: now,
+                container_start: now,
+                oom_seen: None,
                 cached: None,
                 next: now,
             });
-            // An OOM is seen the moment it happens; the rest runs once a minute.
-            let oom = v.pressured && !g.was_pressured;
+            // An OOM kill is recorded the moment it happens (the recommender's OOM observer):
+            // when demand first goes above the allocation, and again once an updater period
+            // while it stays there (the restarted container is killed at the same limit).
+            let periodic = now >= g.next;
+            let oom = v.pressured && (!g.was_pressured || periodic);
             g.was_pressured = v.pressured;
             if oom {
-                let used = (v.size.0 as f64).max(g.peak);
+                // `RecordOOM`: the larger of the request and the usage peak ("omitting oomPeak
+                // here to protect against recommendation running too high on subsequent
+                // OOMs"), bumped.
+                let used = (v.size.0 as f64).max(g.usage_peak);
                 let needed = (used + OOM_MIN_MIB * MIB_F).max(used * OOM_RATIO);
-                g.add_peak_sample(needed, now);
+                g.add_peak_sample(needed, now, true);
+                let quick = now - g.container_start < EVICT_AFTER_OOM;
+                g.oom_seen = Some(g.oom_seen.unwrap_or(false) || quick);
+                g.container_start = now;
             }
-            if now < g.next && !oom {
+            // The rest (metrics, recommender, updater) runs once a minute.
+            if !periodic {
                 wake = wake.min(g.next);
                 continue;
             }
             g.next = now + PERIOD;
             wake = wake.min(g.next);
             // Usage as a container runtime sees it: never above the allocation.
-            g.add_peak_sample(v.sample.need().0 as f64, now);
+            g.add_peak_sample(v.sample.need().0 as f64, now, false);
             if v.resizing {
                 continue;
             }
             let (lower, target, upper) = g.recommendation(now);
             let alloc = v.size.0 as f64;
             let outside = alloc < lower || alloc > upper;
-            let drift = (target - alloc).abs() / alloc.max(1.0) > UPDATE_THRESHOLD
-                && now - g.first >= LIFETIME;
-            if outside || drift || oom {
+            let diff = (target - alloc).abs() / alloc.max(1.0);
+            let drift = diff >= UPDATE_THRESHOLD && now - g.pod_start >= LIFETIME;
+            let quick_oom = g.oom_seen.take() == Some(true) && diff > 0.0;
+            if outside || drift || quick_oom {
                 let want = v
                     .env
                     .realize_up(Bytes(target.min(v.env.ceiling.0 as f64) as u64));
                 if want != v.target {
                     out.push((i, want));
+                    // Evicted and recreated with the new request.
+                    if !self.never_reset {
+                        g.pod_start = now;
+                    }
+                    g.container_start = now;
                 }
             }
         }
