@@ -143,10 +143,9 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
             "xloud_adjust",
             xloud::adjust(&s, &headers, server, &body).await,
         ),
-        (Method::GET, ["compute", "v2.1", "servers", server, "xloud-status"]) => (
-            "xloud_status",
-            xloud::status(&s, &headers, server).await,
-        ),
+        (Method::GET, ["compute", "v2.1", "servers", server, "xloud-status"]) => {
+            ("xloud_status", xloud::status(&s, &headers, server).await)
+        }
         (Method::GET, ["v1", "decisions"]) => (
             "decisions",
             json_resp(StatusCode::OK, &json!(s.audit.recent(None, 500))),

@@ -299,7 +299,10 @@ fn memory_refusal(g: &GuestView, mb: u64) -> Option<Resp> {
             return Some(named(
                 StatusCode::CONFLICT,
                 "not_ready",
-                &format!("the guest is {:?}: its memory cannot be resized now", g.state),
+                &format!(
+                    "the guest is {:?}: its memory cannot be resized now",
+                    g.state
+                ),
                 "retry once the guest runs and reports",
             ));
         }
@@ -329,7 +332,10 @@ fn memory_refusal(g: &GuestView, mb: u64) -> Option<Resp> {
         return Some(named(
             StatusCode::BAD_REQUEST,
             "below_flavor_base",
-            &format!("{mb} MB is below the server's floor of {} MB", env.floor.mib()),
+            &format!(
+                "{mb} MB is below the server's floor of {} MB",
+                env.floor.mib()
+            ),
             "live scaling stops at the flavor's base; a flavor resize goes below it",
         ));
     }

@@ -58,7 +58,7 @@ start_db() {
   setsid mariadbd --no-defaults --datadir="$OSDIR/mysql" --socket="$(SOCK_DB)" --skip-networking \
     --user=root --pid-file="$pidf" --log-error="$OSDIR/log/mysqld.log" \
     --innodb-buffer-pool-size=64M --innodb-flush-log-at-trx-commit=0 --max-connections=200 \
-    </dev/null >/dev/null 2>&1 &
+    </dev/null >/dev/null 2>&1 9>&- &
   for ((i = 0; i < 300; i++)); do
     sql -e 'select 1' >/dev/null 2>&1 && return 0
     sleep 0.1
@@ -158,7 +158,7 @@ start_one() {
   env "$(envvar_of "$s")=$OSDIR/$s" uwsgi --plugin python3 --master --processes 1 --threads 4 \
     --http-socket "$ADDR:$(port_of "$s")" --wsgi-file "$(wsgi_of "$s")" \
     --die-on-term --lazy-apps --need-app --enable-threads --no-orphans --buffer-size 65535 \
-    --pidfile "$pidf" --daemonize "$OSDIR/log/$s-uwsgi.log" >/dev/null 2>&1 ||
+    --pidfile "$pidf" --daemonize "$OSDIR/log/$s-uwsgi.log" >/dev/null 2>&1 9>&- ||
     die "uwsgi for $s did not start: see $OSDIR/log/$s-uwsgi.log"
 }
 
@@ -276,6 +276,7 @@ up() {
   need_packages
   mkdir -p "$OSDIR"
   exec 9>"$OSDIR/.lock"
+  # (the services it starts must not inherit this descriptor: they would hold the lock)
   flock 9
   local t0=$SECONDS sum
   # The state is reused while the recipe (this script) and the packages are what made it.
