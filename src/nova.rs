@@ -323,13 +323,19 @@ impl Nova {
         let url = format!("{}/auth/tokens", self.cfg.auth_url.trim_end_matches('/'));
         for attempt in 0..2 {
             let (token, _) = self.session()?;
-            let mut r = self
+            let mut r = match self
                 .agent
                 .get(&url)
                 .header("X-Auth-Token", &token)
                 .header("X-Subject-Token", subject)
                 .call()
-                .map_err(|e| NovaError::Auth(format!("GET {url}: {e}")))?;
+            {
+                Ok(r) => r,
+                // A kept-alive connection the server has closed meanwhile (uwsgi's HTTP
+                // socket closes after each answer): once more on a new one.
+                Err(ureq::Error::Io(_)) if attempt == 0 => continue,
+                Err(e) => return Err(NovaError::Auth(format!("GET {url}: {e}"))),
+            };
             let status = r.status().as_u16();
             let text = r.body_mut().read_to_string().unwrap_or_default();
             let caller = match status {
@@ -412,6 +418,29 @@ pub fn compute_endpoint(token: &Value, interface: &str, region: Option<&str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_caller_may_act_on_its_own_project_or_as_admin() {
+        let t = |project: Option<&str>, roles: &[&str]| {
+            caller_of(&json!({"token": {
+                "user": {"id": "u1"},
+                "project": project.map(|p| json!({"id": p})),
+                "roles": roles.iter().map(|r| json!({"name": r})).collect::<Vec<_>>(),
+            }}))
+            .expect("a caller")
+        };
+        let member = t(Some("p1"), &["member", "reader"]);
+        assert!(member.may_act_on(Some("p1")));
+        assert!(!member.may_act_on(Some("p2")));
+        assert!(
+            !member.may_act_on(None),
+            "a server with no project is admin's only"
+        );
+        let unscoped = t(None, &[]);
+        assert!(!unscoped.may_act_on(None));
+        assert!(t(Some("p9"), &["admin"]).may_act_on(Some("p1")));
+        assert!(caller_of(&json!({"token": {}})).is_none());
+    }
 
     #[test]
     fn finds_the_compute_endpoint_by_interface_and_region() {

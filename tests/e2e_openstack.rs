@@ -14,21 +14,22 @@ use std::process::Command;
 /// The test bed's OpenStack, up (brought up or found running), and its settings.
 fn openstack() -> HashMap<String, String> {
     install();
-    let run = |arg: &str| {
-        let out = Command::new(testbed().join("openstack.sh"))
+    let run = |script: &str, arg: &str| {
+        let out = Command::new(testbed().join(script))
             .arg(arg)
             .output()
-            .expect("TEST BED UNAVAILABLE: cannot run openstack.sh");
+            .expect("TEST BED UNAVAILABLE: cannot run the test bed's scripts");
         assert!(
             out.status.success(),
-            "TEST BED FAILED: openstack.sh {arg}: {}{}",
+            "TEST BED FAILED: {script} {arg}: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    run("up");
-    run("env")
+    run("install.sh", "--openstack");
+    run("openstack.sh", "up");
+    run("openstack.sh", "env")
         .split_whitespace()
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -187,7 +188,7 @@ fn guide_api_with_keystone_tokens_and_named_errors() {
         pw.display()
     );
     let d = Daemon::start(&[&h], &[], &cfg, &[]);
-    d.wait_until("os1 ready, os3 seen without a driver", 90, || {
+    d.wait_until("os1 ready, os3 seen without a driver", 180, || {
         d.guest("os1").is_some_and(|v| v["state"] == "ok")
             && d.guest("os3").is_some_and(|v| v["state"] == "no-driver")
             && d.guest("os2").is_some_and(|v| v["vcpus"].is_object())
@@ -253,16 +254,15 @@ fn guide_api_with_keystone_tokens_and_named_errors() {
     d.wait_until("os1 at 640 MiB (its owner's size)", 60, || {
         d.guest("os1").is_some_and(|v| mib(&v["target"]) == 640)
     });
-    // /v1 still takes memscale's own bearer token.
+    // /v1 still takes memscale's own bearer token (and not a Keystone one).
     let (c, b) = d
-        .request(
-            "POST",
-            "/v1/guests/os1/adjust",
-            Some("{\"memory_mib\": 704}"),
-            Some("own-token"),
-        )
+        .request("POST", "/v1/guests/os1/pin", None, Some(&admin))
         .expect("answer");
-    assert_eq!(c, 202, "{b}");
+    assert_eq!(c, 401, "{b}");
+    let (c, b) = d
+        .request("POST", "/v1/guests/os1/pin", None, Some("own-token"))
+        .expect("answer");
+    assert_eq!(c, 200, "{b}");
 
     // The guide's named errors.
     let named = |u: &str, body: Value| {
@@ -293,8 +293,11 @@ fn guide_api_with_keystone_tokens_and_named_errors() {
         named(&u1, json!({"xloud_adjust": {}})),
         (400, "bad_request".into())
     );
-    // A refused request changed nothing: os1 stays at the size asked through /v1.
-    d.wait_until("os1 at 704 MiB", 60, || {
-        d.guest("os1").is_some_and(|v| mib(&v["target"]) == 704)
-    });
+    // The refusals changed nothing: os1 keeps its owner's size.
+    let v = d.guest("os1").expect("os1");
+    assert_eq!(mib(&v["target"]), 640, "{v}");
+    assert!(
+        !d.log_text().contains("memory_mib=2048") && !d.log_text().contains("vcpus=8"),
+        "a refused size was queued"
+    );
 }

@@ -316,6 +316,17 @@ fn memory_refusal(g: &GuestView, mb: u64) -> Option<Resp> {
             NO_SPECS_FIX,
         ));
     };
+    if env.ceiling <= env.floor {
+        return Some(named(
+            StatusCode::CONFLICT,
+            "no_hot_add_specs",
+            &format!(
+                "the server's memory cannot grow past its {} MB: its flavor has no hw:mem_max_mb above its RAM",
+                env.floor.mib()
+            ),
+            NO_SPECS_FIX,
+        ));
+    }
     let want = crate::units::Bytes::from_mib(mb);
     if mb > env.ceiling.mib() {
         return Some(named(
