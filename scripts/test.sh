@@ -7,12 +7,15 @@ cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "test: run as root (the end-to-end tests start libvirtd and QEMU)" >&2; exit 2; }
 echo "== test bed: packages and guest kernel"
 export MEMSCALE_TESTBED_ROOTFS_ASYNC=1
-tests/testbed/install.sh
+tests/testbed/install.sh --openstack
 # The Debian rootfs of tests/deb_systemd.rs (debootstrap, about 4 minutes on a fresh machine)
 # builds while the code compiles; the test waits for it (rootfs.sh holds a lock).
 rootfs_log=$(mktemp)
 tests/testbed/rootfs.sh >"$rootfs_log" 2>&1 &
-trap 'tests/testbed/host.sh down-all || true' EXIT
+# Keystone, Placement and nova-api for e2e_openstack: the first bring-up takes minutes, so it
+# also runs while the code builds (the test's own `up` waits for it; a failure shows there).
+tests/testbed/openstack.sh up >/dev/null 2>&1 &
+trap 'tests/testbed/host.sh down-all || true; tests/testbed/openstack.sh down || true' EXIT
 if ! rustup component list --installed 2>/dev/null | grep -q clippy; then rustup component add clippy rustfmt; fi
 echo "== format and lints"
 cargo fmt --check

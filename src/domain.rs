@@ -87,6 +87,8 @@ pub struct NovaMeta {
     pub vcpus: Option<u32>,
     pub extra_specs: BTreeMap<String, String>,
     pub project: Option<String>,
+    /// The project's id (`<nova:project uuid=...>`): whose members may adjust the server.
+    pub project_id: Option<String>,
     pub user: Option<String>,
 }
 
@@ -328,7 +330,10 @@ fn parse_nova(inst: roxmltree::Node) -> Result<NovaMeta, DomainError> {
                 for o in c.children().filter(|c| c.is_element()) {
                     let txt = o.text().map(|t| t.trim().to_string());
                     match o.tag_name().name() {
-                        "project" => n.project = txt,
+                        "project" => {
+                            n.project = txt;
+                            n.project_id = o.attribute("uuid").map(str::to_string);
+                        }
                         "user" => n.user = txt,
                         _ => {}
                     }
@@ -457,6 +462,7 @@ pub(crate) mod tests {
         assert_eq!(n.memory, Some(Bytes::from_mib(1024)));
         assert_eq!(n.extra_specs["hw:mem_max_mb"], "3072");
         assert_eq!(n.project.as_deref(), Some("shop"));
+        assert_eq!(n.project_id.as_deref(), Some("p"));
         assert_eq!(d.tags, vec!["web".to_string()]);
     }
 

@@ -254,6 +254,7 @@ mod tests {
             size_dispute: None,
             flavor: None,
             project: None,
+            project_id: None,
             tags: vec![],
             vcpus: None,
         };

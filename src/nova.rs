@@ -76,6 +76,8 @@ pub struct Nova {
     agent: ureq::Agent,
     /// Token and compute endpoint, until Nova refuses the token.
     session: Mutex<Option<(String, String)>>,
+    /// Callers' tokens Keystone was asked about lately, and what it said.
+    tokens: Mutex<std::collections::HashMap<String, (Instant, Option<Caller>)>>,
 }
 
 impl Nova {
@@ -106,6 +108,7 @@ impl Nova {
             password,
             agent,
             session: Mutex::new(None),
+            tokens: Mutex::new(Default::default()),
         })
     }
 
@@ -280,6 +283,111 @@ impl Nova {
     }
 }
 
+/// Who a Keystone token speaks for, as memscale's service user was told by
+/// `GET /v3/auth/tokens` (the token's own scope and roles).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user: String,
+    /// The project the token is scoped to (none: unscoped or domain-scoped).
+    pub project_id: Option<String>,
+    pub roles: Vec<String>,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin")
+    }
+    /// Admin, or a member (any role) of `project_id`.
+    pub fn may_act_on(&self, project_id: Option<&str>) -> bool {
+        self.is_admin() || (project_id.is_some() && self.project_id.as_deref() == project_id)
+    }
+}
+
+/// How long a validated token is believed before Keystone is asked again (a revoked token
+/// keeps working at most this long).
+pub const TOKEN_CACHE: Duration = Duration::from_secs(30);
+
+impl Nova {
+    /// Validate a caller's token with Keystone, as the service user: `Ok(None)` when Keystone
+    /// says the token is not valid (401 or 404), an error when Keystone cannot be asked.
+    /// Blocking: call it off the async runtime.
+    pub fn validate_token(&self, subject: &str) -> Result<Option<Caller>, NovaError> {
+        {
+            let cache = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, c)) = cache.get(subject)
+                && at.elapsed() < TOKEN_CACHE
+            {
+                return Ok(c.clone());
+            }
+        }
+        let url = format!("{}/auth/tokens", self.cfg.auth_url.trim_end_matches('/'));
+        for attempt in 0..2 {
+            let (token, _) = self.session()?;
+            let mut r = match self
+                .agent
+                .get(&url)
+                .header("X-Auth-Token", &token)
+                .header("X-Subject-Token", subject)
+                .call()
+            {
+                Ok(r) => r,
+                // A kept-alive connection the server has closed meanwhile (uwsgi's HTTP
+                // socket closes after each answer): once more on a new one.
+                Err(ureq::Error::Io(_)) if attempt == 0 => continue,
+                Err(e) => return Err(NovaError::Auth(format!("GET {url}: {e}"))),
+            };
+            let status = r.status().as_u16();
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            let caller = match status {
+                200 => {
+                    let v: Value = serde_json::from_str(&text).map_err(|e| {
+                        NovaError::Auth(format!("GET {url}: the token's description: {e}"))
+                    })?;
+                    Some(caller_of(&v).ok_or_else(|| {
+                        NovaError::Auth(format!("GET {url}: no user in the token's description"))
+                    })?)
+                }
+                // 401 for the service's own token (renewed once), else the subject's.
+                401 if attempt == 0 => {
+                    *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    continue;
+                }
+                401 | 404 => None,
+                s => {
+                    return Err(NovaError::Auth(format!(
+                        "GET {url}: HTTP {s}: {}",
+                        text.chars().take(300).collect::<String>()
+                    )));
+                }
+            };
+            let mut cache = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(subject.to_string(), (Instant::now(), caller.clone()));
+            return Ok(caller);
+        }
+        Ok(None)
+    }
+}
+
+/// The caller in a Keystone v3 token description.
+pub fn caller_of(v: &Value) -> Option<Caller> {
+    let t = &v["token"];
+    Some(Caller {
+        user: t["user"]["id"].as_str()?.to_string(),
+        project_id: t["project"]["id"].as_str().map(str::to_string),
+        roles: t["roles"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
 fn host_of(server: &Value) -> Option<String> {
     server["OS-EXT-SRV-ATTR:host"].as_str().map(str::to_string)
 }
@@ -310,6 +418,29 @@ pub fn compute_endpoint(token: &Value, interface: &str, region: Option<&str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_caller_may_act_on_its_own_project_or_as_admin() {
+        let t = |project: Option<&str>, roles: &[&str]| {
+            caller_of(&json!({"token": {
+                "user": {"id": "u1"},
+                "project": project.map(|p| json!({"id": p})),
+                "roles": roles.iter().map(|r| json!({"name": r})).collect::<Vec<_>>(),
+            }}))
+            .expect("a caller")
+        };
+        let member = t(Some("p1"), &["member", "reader"]);
+        assert!(member.may_act_on(Some("p1")));
+        assert!(!member.may_act_on(Some("p2")));
+        assert!(
+            !member.may_act_on(None),
+            "a server with no project is admin's only"
+        );
+        let unscoped = t(None, &[]);
+        assert!(!unscoped.may_act_on(None));
+        assert!(t(Some("p9"), &["admin"]).may_act_on(Some("p1")));
+        assert!(caller_of(&json!({"token": {}})).is_none());
+    }
 
     #[test]
     fn finds_the_compute_endpoint_by_interface_and_region() {

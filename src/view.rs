@@ -46,6 +46,8 @@ pub struct GuestView {
     pub size_dispute: Option<crate::control::SizeDispute>,
     pub flavor: Option<String>,
     pub project: Option<String>,
+    /// The Nova project's id, whose members may adjust the guest through the compute API.
+    pub project_id: Option<String>,
     pub tags: Vec<String>,
     /// The vCPU envelope, from the definitions.
     pub vcpus: Option<crate::envelope::Vcpus>,
@@ -82,6 +84,7 @@ impl GuestView {
             size_dispute: None,
             flavor: None,
             project: None,
+            project_id: None,
             tags: Vec::new(),
             vcpus: None,
         }

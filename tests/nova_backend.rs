@@ -2,10 +2,10 @@
 //! `os-migrateLive` server action with microversion 2.30, polling until the server runs on
 //! the destination, a refused token renewed, and every way Nova can say no.
 //!
-//! OpenStack itself cannot run on this test bed (Nova needs Keystone, Placement, a message
-//! queue and a database: far beyond CI's 2 cores and 20 minutes), so these tests talk to a
-//! stand-in that answers as Nova's API reference says Nova does. They check memscale's side
-//! of the conversation, not Nova.
+//! The test bed runs a real Keystone, Placement and nova-api (`tests/testbed/openstack.sh`), but
+//! not nova-compute, the conductor or the scheduler that a live migration needs, so these tests
+//! talk to a stand-in that answers as Nova's API reference says Nova does. They check
+//! memscale's side of the conversation, not Nova.
 
 use memscale::nova::{Nova, NovaConfig, NovaError};
 use serde_json::{Value, json};

@@ -124,7 +124,7 @@ async fn saved(
 
 /// A manual size (the guest is then pinned at it) and/or a vCPU count, both checked before
 /// either is queued, the size saved before anything is queued.
-async fn adjust(s: &Arc<Shared>, g: &GuestView, body: &[u8]) -> Resp {
+pub(super) async fn adjust(s: &Arc<Shared>, g: &GuestView, body: &[u8]) -> Resp {
     let req: AdjustBody = match serde_json::from_slice(body) {
         Ok(b) => b,
         Err(e) => {

@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod change;
+mod xloud;
 
 use crate::daemon::Shared;
 use crate::view::GuestView;
@@ -138,6 +139,13 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
             "mutate",
             change::mutate(&s, &headers, name, action, &body).await,
         ),
+        (Method::POST, ["compute", "v2.1", "os-xloud-adjust", server]) => (
+            "xloud_adjust",
+            xloud::adjust(&s, &headers, server, &body).await,
+        ),
+        (Method::GET, ["compute", "v2.1", "servers", server, "xloud-status"]) => {
+            ("xloud_status", xloud::status(&s, &headers, server).await)
+        }
         (Method::GET, ["v1", "decisions"]) => (
             "decisions",
             json_resp(StatusCode::OK, &json!(s.audit.recent(None, 500))),
@@ -176,7 +184,9 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Resp {
         | (_, ["v1", "guests"])
         | (_, ["v1", "guests", _])
         | (_, ["v1", "guests", _, "adjust" | "pin" | "unpin"])
-        | (_, ["v1", "decisions"]) => (
+        | (_, ["v1", "decisions"])
+        | (_, ["compute", "v2.1", "os-xloud-adjust", _])
+        | (_, ["compute", "v2.1", "servers", _, "xloud-status"]) => (
             "other",
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         ),

@@ -8,7 +8,8 @@
 #     --max-vcpus N (hot-pluggable up to N)  --threads N (per core, default 1)  --pin (vcpupin)
 #     --acpi (needed for DIMM and vCPU hotplug)  --memhp STATE (default online_movable)
 #     --nova FLAVOR:MEM_MIB[:MAX_MIB]  --nova-spec KEY=VALUE (repeatable)
-#     --nova-old FLAVOR  --nova-project NAME
+#     --nova-old FLAVOR  --nova-project NAME  --nova-project-id ID (default p-1)
+#     --nova-flavor-id ID (default a random UUID)
 #     --demand SCHEDULE (T:MIB[@RATE],...)  --cmdline "extra args"  --start
 #   guest.sh xml HOST NAME [options]      print the XML only
 #   guest.sh demand HOST NAME MIB [RATE]  drive the demand generator over the control port
@@ -36,7 +37,7 @@ xml() {
   local host=$1 name=$2; shift 2
   local mem=512 cur="" vmem=1024 block=2 numa=1 vcpus=1 slots=4 period=2 noballoon=0 nodevice=0
   local nova="" novaold="" project="demo" demand="" extra="" maxv="" threads=1 pin=0 acpi=0
-  local memhp=online_movable novaspecs=""
+  local memhp=online_movable novaspecs="" projid=p-1 flavorid=""
   while (($#)); do
     case $1 in
       --mem) mem=$2; shift ;;
@@ -58,6 +59,8 @@ xml() {
       --nova) nova=$2; shift ;;
       --nova-old) novaold=$2; shift ;;
       --nova-project) project=$2; shift ;;
+      --nova-project-id) projid=$2; shift ;;
+      --nova-flavor-id) flavorid=$2; shift ;;
       --demand) demand=$2; shift ;;
       --cmdline) extra=$2; shift ;;
       --start) ;;
@@ -89,7 +92,7 @@ xml() {
     local specs="$novaspecs"
     [[ -n ${fx:-} ]] && specs+="<nova:extraSpec name=\"hw:mem_max_mb\">$fx</nova:extraSpec><nova:extraSpec name=\"hw:numa_nodes\">$numa</nova:extraSpec>"
     [[ -n $specs ]] && specs="<nova:extraSpecs>$specs</nova:extraSpecs>"
-    meta="<metadata><nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\"><nova:package version=\"32.0.0\"/><nova:name>$name</nova:name><nova:flavor name=\"$fl\" id=\"$(cat /proc/sys/kernel/random/uuid)\"><nova:memory>$fm</nova:memory><nova:disk>1</nova:disk><nova:swap>0</nova:swap><nova:ephemeral>0</nova:ephemeral><nova:vcpus>$vcpus</nova:vcpus>$specs</nova:flavor><nova:owner><nova:user uuid=\"u-1\">demo</nova:user><nova:project uuid=\"p-1\">$project</nova:project></nova:owner></nova:instance></metadata>"
+    meta="<metadata><nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\"><nova:package version=\"32.0.0\"/><nova:name>$name</nova:name><nova:flavor name=\"$fl\" id=\"${flavorid:-$(cat /proc/sys/kernel/random/uuid)}\"><nova:memory>$fm</nova:memory><nova:disk>1</nova:disk><nova:swap>0</nova:swap><nova:ephemeral>0</nova:ephemeral><nova:vcpus>$vcpus</nova:vcpus>$specs</nova:flavor><nova:owner><nova:user uuid=\"u-1\">demo</nova:user><nova:project uuid=\"$projid\">$project</nova:project></nova:owner></nova:instance></metadata>"
   elif [[ -n $novaold ]]; then
     meta="<metadata><nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\"><nova:name>$name</nova:name><nova:flavor name=\"$novaold\"/><nova:owner><nova:user uuid=\"u-1\">demo</nova:user><nova:project uuid=\"p-1\">$project</nova:project></nova:owner></nova:instance></metadata>"
   fi

@@ -3,9 +3,33 @@
 # busybox initramfs with the virtio modules and the demand generator. Fast when all is there.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
-if [[ ${1:-} == --help ]]; then echo "usage: install.sh [--extra PKG...]"; exit 0; fi
+if [[ ${1:-} == --help ]]; then echo "usage: install.sh [--openstack] [--extra PKG...]"; exit 0; fi
 PKGS=(qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev busybox-static cpio kmod iproute2 socat pkg-config xz-utils prometheus systemd protobuf-compiler libprotobuf-dev etcd-server etcd-client
   debootstrap systemd-container dpkg-dev binutils lintian)
+# OpenStack (Keystone, Placement, nova-api; tests/testbed/openstack.sh): asked for with
+# --openstack. Their postinst scripts are told not to set up databases, endpoints or users.
+OS_PKGS=(keystone placement-api nova-api uwsgi-core uwsgi-plugin-python3 mariadb-server python3-pymysql python3-openstackclient curl)
+if [[ ${1:-} == --openstack ]]; then
+  shift
+  PKGS+=("${OS_PKGS[@]}")
+  if ! dpkg -s keystone placement-api nova-api >/dev/null 2>&1; then
+    {
+      for p in keystone placement-api nova-common nova-api; do echo "$p $p/dbconfig-install boolean false"; done
+      cat <<'EOF'
+keystone keystone/configure_db boolean false
+keystone keystone/create-admin-tenant boolean false
+keystone keystone/register-endpoint boolean false
+placement-common placement/configure_db boolean false
+placement-common placement/configure_ksat boolean false
+placement-api placement/register-endpoint boolean false
+nova-common nova/configure_db boolean false
+nova-common nova/configure_rabbit boolean false
+nova-common nova/configure_ksat boolean false
+nova-api nova/register-endpoint boolean false
+EOF
+    } | debconf-set-selections
+  fi
+fi
 if [[ ${1:-} == --extra ]]; then shift; PKGS+=("$@"); fi
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

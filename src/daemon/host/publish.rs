@@ -137,6 +137,10 @@ pub(super) fn publish(host: &mut Host, shared: &Shared, now: f64) {
         view.size_dispute = g.size_dispute;
         set_text(&mut view.flavor, nova.and_then(|n| n.flavor_name.as_ref()));
         set_text(&mut view.project, nova.and_then(|n| n.project.as_ref()));
+        set_text(
+            &mut view.project_id,
+            nova.and_then(|n| n.project_id.as_ref()),
+        );
         match g.spec.as_ref() {
             Some(s) => view.tags.clone_from(&s.tags),
             None => view.tags.clear(),
