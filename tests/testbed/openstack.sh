@@ -273,11 +273,17 @@ EOF
 }
 
 up() {
-  need_packages
   mkdir -p "$OSDIR"
   exec 9>"$OSDIR/.lock"
   # (the services it starts must not inherit this descriptor: they would hold the lock)
   flock 9
+  # The packages first, under the lock: scripts/test.sh starts this in the background on a
+  # fresh machine (minutes of downloads), and a test's own `up` waits here until it is done.
+  if ! need_packages 2>/dev/null; then
+    log "installing the OpenStack packages"
+    "$(dirname "${BASH_SOURCE[0]}")/install.sh" --openstack >&2
+  fi
+  need_packages
   local t0=$SECONDS sum
   # The state is reused while the recipe (this script) and the packages are what made it.
   sum=$( (cat "${BASH_SOURCE[0]}"; dpkg-query -W keystone placement-api nova-api) | sha256sum | cut -c1-16)
