@@ -110,7 +110,7 @@ fn guide_api_with_keystone_tokens_and_named_errors() {
     let os = openstack();
     let demo = os["MEMSCALE_OS_DEMO_PROJECT"].clone();
     assert!(!demo.is_empty(), "the demo project's id: {os:?}");
-    let h = Host::up("ostk", 61);
+    let h = Host::up("ostk", 62);
     // Live-scalable: 512 MiB flavor up to 1024, 2 vCPUs up to 4 over two NUMA nodes.
     let g1 = h.guest(
         "os1",
