@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Build the Debian package: scripts/deb.sh [--version V] [--out DIR] [--binary PATH]
+# Build the Debian package: scripts/deb.sh [--version V] [--out DIR] [--binary PATH] [--fast]
 # Builds the release binary (cargo build --release), generates its man pages and shell
 # completions from the binary itself, and assembles memscale_VERSION_ARCH.deb in DIR
 # (default target/debian) with dpkg-deb. Prints the package's path.
 #   --version V   the package version (default: Cargo.toml's); tests build an older one
 #   --binary PATH package this memscale binary, built already (tests/deb_systemd.rs
 #                 packages the one cargo test built)
+#   --fast        gzip -1 instead of xz (tests: xz takes about a minute on a debug build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -13,12 +14,14 @@ target=${CARGO_TARGET_DIR:-target}
 out=$target/debian
 build=1
 bin=
+compress=(-Zxz)
 while (($#)); do
   case $1 in
     --version) version=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --binary) bin=$2; build=0; shift 2 ;;
-    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --fast) compress=(-Zgzip -z1); shift ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "deb: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -107,5 +110,5 @@ chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/conffiles" "$root/DEBIAN/md5sums
 mkdir -p "$out"
 deb=$out/memscale_${version}_$arch.deb
 SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || date +%s) \
-  dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+  dpkg-deb --root-owner-group "${compress[@]}" --build "$root" "$deb" >/dev/null
 echo "$deb"
