@@ -19,6 +19,7 @@ echo "== installing what the demo needs (fast when already there)"
 "$TB/install.sh" >/dev/null
 echo "== building memscale"
 cargo build --quiet
+bin=${CARGO_TARGET_DIR:-target}/debug/memscale
 work=$(mktemp -d)
 pid=""
 cleanup() {
@@ -55,7 +56,7 @@ window = "20s"
 shrink_rate = "128MiB/s"
 TOML
 port=19850
-./target/debug/memscale --log-format plain run --connect "demo=$uri" --policies "$work/policies" \
+"$bin" --log-format plain run --connect "demo=$uri" --policies "$work/policies" \
   --listen "127.0.0.1:$port" --audit-log "$work/audit.jsonl" --state-dir "$work/state" 2> "$work/memscale.log" &
 pid=$!
 echo "== memscale running (pid $pid); API on 127.0.0.1:$port; Ctrl-C to stop"
@@ -66,7 +67,7 @@ while :; do
   [[ -t 1 ]] && clear
   echo "memscale demo — $(($(date +%s) - start))s   (guest demand is tmpfs the guest cannot give back)"
   echo
-  ./target/debug/memscale status --api "127.0.0.1:$port" || true
+  "$bin" status --api "127.0.0.1:$port" || true
   echo
   printf '%-6s %s\n' GUEST "IN-GUEST VIEW"
   for g in web db idle; do
