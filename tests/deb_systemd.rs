@@ -27,8 +27,13 @@ fn text(o: &Output) -> String {
 /// `scripts/deb.sh` on the binary this test was built with; the package's path.
 fn build_deb(version: Option<&str>, out: &Path) -> PathBuf {
     let mut c = Command::new(format!("{REPO}/scripts/deb.sh"));
-    c.args(["--fast", "--binary", env!("CARGO_BIN_EXE_memscale"), "--out"])
-        .arg(out);
+    c.args([
+        "--fast",
+        "--binary",
+        env!("CARGO_BIN_EXE_memscale"),
+        "--out",
+    ])
+    .arg(out);
     if let Some(v) = version {
         c.args(["--version", v]);
     }

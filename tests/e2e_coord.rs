@@ -56,16 +56,6 @@ fn running(h: &Host) -> Vec<String> {
         .collect()
 }
 
-fn host_status(d: &Daemon, host: &str) -> serde_json::Value {
-    d.get("/v1/status")
-        .and_then(|s| {
-            s["hosts"]
-                .as_array()
-                .and_then(|a| a.iter().find(|h| h["name"] == host).cloned())
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn two_short_hosts_never_overfill_one_destination_and_one_daemon_acts_per_host() {
     let etcd = Etcd::start();
@@ -125,7 +115,7 @@ fn two_short_hosts_never_overfill_one_destination_and_one_daemon_acts_per_host()
     let mut max_on_c = 0u64;
     let (mut short_a, mut short_b) = (0u64, 0u64);
     let short = |d: &Daemon, h: &str| {
-        let v = host_status(d, h);
+        let v = d.host_status(h);
         if v["acting"] == true {
             bytes(&v["deficit"])
         } else {
@@ -139,10 +129,10 @@ fn two_short_hosts_never_overfill_one_destination_and_one_daemon_acts_per_host()
         // Never two daemons acting for A.
         let acting: Vec<bool> = [&d1, &d1b]
             .iter()
-            .map(|d| host_status(d, "lcoa")["acting"] == true)
+            .map(|d| d.host_status("lcoa")["acting"] == true)
             .collect();
         assert!(!(acting[0] && acting[1]), "d1 and d1b both act for A");
-        max_on_c = max_on_c.max(bytes(&host_status(&d2, "lcoc")["committed"]));
+        max_on_c = max_on_c.max(bytes(&d2.host_status("lcoc")["committed"]));
         short_a = short_a.max(short(&d1, "lcoa")).max(short(&d1b, "lcoa"));
         short_b = short_b.max(short(&d2, "lcob"));
         all_moves().iter().any(|r| r["result"] == "applied")
@@ -157,7 +147,7 @@ fn two_short_hosts_never_overfill_one_destination_and_one_daemon_acts_per_host()
         for g in &guests {
             assert!(g.oom().is_none(), "{} OOM: {:?}", g.name, g.oom());
         }
-        max_on_c = max_on_c.max(bytes(&host_status(&d2, "lcoc")["committed"]));
+        max_on_c = max_on_c.max(bytes(&d2.host_status("lcoc")["committed"]));
         // The other host may come short only now (its guests' climb lagging under load): it
         // then finds C's room taken, which is what this test is about.
         short_a = short_a.max(short(&d1, "lcoa")).max(short(&d1b, "lcoa"));
@@ -242,8 +232,8 @@ fn two_short_hosts_never_overfill_one_destination_and_one_daemon_acts_per_host()
     );
 
     // One of d1 and d1b acts for A, the other stands by and has decided nothing there.
-    let s1 = host_status(&d1, "lcoa");
-    let s1b = host_status(&d1b, "lcoa");
+    let s1 = d1.host_status("lcoa");
+    let s1b = d1b.host_status("lcoa");
     assert!(
         (s1["acting"] == true) ^ (s1b["acting"] == true),
         "exactly one acts for A: d1 {s1}, d1b {s1b}"
@@ -258,11 +248,11 @@ fn two_short_hosts_never_overfill_one_destination_and_one_daemon_acts_per_host()
         "the standby changed nothing on A"
     );
     assert!(
-        host_status(&standby, "lcoa")["standby"]
+        standby.host_status("lcoa")["standby"]
             .as_str()
             .is_some_and(|s| s.contains("acts for it")),
         "{}",
-        host_status(&standby, "lcoa")
+        standby.host_status("lcoa")
     );
     // The acting daemon dies without a word: the standby takes A over once the lease lapses
     // and decides for A's guests.
@@ -273,7 +263,7 @@ fn two_short_hosts_never_overfill_one_destination_and_one_daemon_acts_per_host()
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     standby.wait_until("the standby to act for A", 30, || {
-        host_status(&standby, "lcoa")["acting"] == true
+        standby.host_status("lcoa")["acting"] == true
     });
     let on_a: Vec<&Guest> = guests
         .iter()

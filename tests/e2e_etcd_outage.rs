@@ -20,23 +20,6 @@ shrink_interval = "2s"
 shrink_rate = "256MiB/s"
 "#;
 
-fn metric(d: &Daemon, name: &str) -> Option<f64> {
-    let (_, m) = d.request("GET", "/metrics", None, None)?;
-    m.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-fn host_status(d: &Daemon, name: &str) -> serde_json::Value {
-    d.get("/v1/status")
-        .and_then(|s| {
-            s["hosts"]
-                .as_array()
-                .and_then(|h| h.iter().find(|h| h["name"] == name).cloned())
-        })
-        .unwrap_or_default()
-}
-
 /// Applied resizes of `guest` of this kind (`grow`, `shrink`) recorded after `since`.
 fn applied(d: &Daemon, guest: &str, kind: &str, since: f64) -> Vec<serde_json::Value> {
     d.audit()
@@ -67,7 +50,7 @@ fn with_etcd_down_longer_than_the_lease_growth_goes_on_and_nothing_shrinks_until
     );
     let d = Daemon::start(&[], &[("fast.toml", POLICY)], &config, &[]);
     d.wait_until("the daemon to act for the host", 60, || {
-        host_status(&d, "letcd")["acting"] == true
+        d.host_status("letcd")["acting"] == true
     });
     // The idler needs a lot for a while: grown, with the lease.
     idler.demand(600, 100);
@@ -81,7 +64,7 @@ fn with_etcd_down_longer_than_the_lease_growth_goes_on_and_nothing_shrinks_until
     etcd.stop();
     let stopped = now();
     d.wait_until("the lease lost: grow-only", 60, || {
-        host_status(&d, "letcd")["grow_only"] == true
+        d.host_status("letcd")["grow_only"] == true
     });
     let lost = now();
     let idle_size = idler.current_mib();
@@ -106,7 +89,7 @@ fn with_etcd_down_longer_than_the_lease_growth_goes_on_and_nothing_shrinks_until
         no_shrink(&d);
         now() > lost + 40.0
     });
-    let st = host_status(&d, "letcd");
+    let st = d.host_status("letcd");
     assert_eq!(
         (st["acting"].clone(), st["grow_only"].clone()),
         (false.into(), true.into()),
@@ -123,13 +106,10 @@ fn with_etcd_down_longer_than_the_lease_growth_goes_on_and_nothing_shrinks_until
         .map(|s| s["coordination"]["session"].clone());
     assert_eq!(session, Some(false.into()));
     assert_eq!(
-        metric(&d, "memscale_host_grow_only{host=\"letcd\"}"),
+        d.metric("memscale_host_grow_only{host=\"letcd\"}"),
         Some(1.0)
     );
-    assert_eq!(
-        metric(&d, "memscale_host_acting{host=\"letcd\"}"),
-        Some(0.0)
-    );
+    assert_eq!(d.metric("memscale_host_acting{host=\"letcd\"}"), Some(0.0));
     assert!(
         d.log_text()
             .contains("etcd lease lost: growing this host's guests"),
@@ -150,10 +130,10 @@ fn with_etcd_down_longer_than_the_lease_growth_goes_on_and_nothing_shrinks_until
     etcd.start_again();
     let back = now();
     d.wait_until("acting again with etcd back", 60, || {
-        host_status(&d, "letcd")["acting"] == true
+        d.host_status("letcd")["acting"] == true
     });
     assert_eq!(
-        metric(&d, "memscale_host_grow_only{host=\"letcd\"}"),
+        d.metric("memscale_host_grow_only{host=\"letcd\"}"),
         Some(0.0)
     );
     d.wait_until("the idler shrunk once the lease is back", 120, || {

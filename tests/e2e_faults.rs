@@ -284,17 +284,6 @@ fn a_hung_host_stalls_only_itself() {
     assert!(gb.oom().is_none() && ga.oom().is_none());
 }
 
-/// Status of the named host, as `/v1/status` lists it.
-fn host_status(d: &Daemon, name: &str) -> serde_json::Value {
-    d.get("/v1/status")
-        .and_then(|s| {
-            s["hosts"]
-                .as_array()
-                .and_then(|h| h.iter().find(|h| h["name"] == name).cloned())
-        })
-        .unwrap_or_default()
-}
-
 /// Started with two hosts, one of whose libvirtd is not running: the daemon is ready
 /// (`/v1/status` and systemd's READY=1) as soon as the host that answers has had its first
 /// tick, serves that host, and names the other unreachable (status, metric, log); when the
@@ -347,13 +336,13 @@ fn an_unreachable_host_at_start_does_not_hold_back_readiness_and_joins_later() {
         }
     }
     assert!(notes.contains("READY=1"), "no READY=1 to systemd: {notes}");
-    let down = host_status(&d, "lunb");
+    let down = d.host_status("lunb");
     assert_eq!(down["connected"], false, "{down}");
     assert!(
         down["last_error"].as_str().is_some_and(|e| !e.is_empty()),
         "{down}"
     );
-    assert_eq!(host_status(&d, "luna")["connected"], true);
+    assert_eq!(d.host_status("luna")["connected"], true);
     assert_eq!(metric(&d, "memscale_host_connected{host=\"lunb\"}"), 0.0);
     assert_eq!(metric(&d, "memscale_host_connected{host=\"luna\"}"), 1.0);
     let log = d.log_text();
@@ -376,7 +365,7 @@ fn an_unreachable_host_at_start_does_not_hold_back_readiness_and_joins_later() {
     );
     gb.wait_boot();
     d.wait_until("the second host joins with its guest", 90, || {
-        let h = host_status(&d, "lunb");
+        let h = d.host_status("lunb");
         h["connected"] == true && h["guests"].as_u64() == Some(1)
     });
     assert_eq!(metric(&d, "memscale_host_connected{host=\"lunb\"}"), 1.0);

@@ -104,16 +104,6 @@ fn a_guest_that_never_reports_free_memory_gains_nothing() {
     assert!(bad > 0.0, "bad stats counted in the metrics");
 }
 
-fn host_status(d: &Daemon, host: &str) -> serde_json::Value {
-    d.get("/v1/status")
-        .and_then(|s| {
-            s["hosts"]
-                .as_array()
-                .and_then(|a| a.iter().find(|h| h["name"] == host).cloned())
-        })
-        .unwrap_or_default()
-}
-
 /// A guest's kernel writes a false balloon `actual` into its own device (the test bed's guest
 /// does it through the virtio PCI config window), so libvirt's `balloon.current` says what
 /// the guest wants: first 64 MiB (it books memory it still holds as free), then a wrapped
@@ -207,7 +197,7 @@ fn a_guest_lying_about_its_own_size_books_nothing() {
     honest.demand(1150, 60);
     d.wait_until("the neighbour grown again", 120, || {
         assert!(honest.oom().is_none(), "neighbour OOM: {:?}", honest.oom());
-        let committed = bytes(&host_status(&d, "lsize")["committed"]) >> 20;
+        let committed = bytes(&d.host_status("lsize")["committed"]) >> 20;
         assert!(
             committed <= ROOM_MIB + 256,
             "committed {committed} MiB: the lie was booked"

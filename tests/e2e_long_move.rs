@@ -41,14 +41,6 @@ fn host_block(h: &Host, capacity: u64) -> String {
     )
 }
 
-fn domstate(h: &Host, guest: &str) -> String {
-    let out = Command::new("virsh")
-        .args(["-q", "-c", &h.uri, "domstate", guest])
-        .output()
-        .expect("virsh domstate");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn a_long_migration_runs_beside_the_tick_and_is_aborted_past_its_timeout() {
     let a = Host::up("llma", 72);
@@ -172,7 +164,7 @@ fn a_long_migration_runs_beside_the_tick_and_is_aborted_past_its_timeout() {
         ended - started
     );
     // The guest runs where it ran; B has no copy of it.
-    assert_eq!(domstate(&a, "mover"), "running");
+    assert_eq!(a.domstate("mover"), "running");
     let on_b = Command::new("virsh")
         .args(["-q", "-c", &b.uri, "list", "--all", "--name"])
         .output()

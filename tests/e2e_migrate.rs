@@ -33,14 +33,6 @@ fn host_block(h: &Host, capacity: u64, migration_uri: &str) -> String {
     )
 }
 
-fn domstate(h: &Host, guest: &str) -> String {
-    let out = Command::new("virsh")
-        .args(["-q", "-c", &h.uri, "domstate", guest])
-        .output()
-        .expect("virsh domstate");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn proposals(d: &Daemon) -> Vec<serde_json::Value> {
     d.get("/v1/proposals")
         .and_then(|v| v.as_array().cloned())
@@ -65,14 +57,6 @@ fn cli(d: &Daemon, token: &std::path::Path, args: &[&str]) -> (i32, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
-}
-
-fn metric(d: &Daemon, line_start: &str) -> Option<f64> {
-    let (_, text) = Daemon::request_port(d.port, "GET", "/metrics")?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[test]
@@ -178,7 +162,7 @@ fn a_host_that_sharing_cannot_relieve_moves_a_guest_away() {
         t.elapsed().as_secs() >= 20
     });
     for g in ["mid", "big"] {
-        assert_eq!(domstate(&a, g), "running", "{g} still on A");
+        assert_eq!(a.domstate(g), "running", "{g} still on A");
     }
     let history = d.get("/v1/migrations").expect("/v1/migrations");
     let history = history.as_array().cloned().unwrap_or_default();
@@ -190,11 +174,8 @@ fn a_host_that_sharing_cannot_relieve_moves_a_guest_away() {
         "{history:?}"
     );
     assert!(
-        metric(
-            &d,
-            "memscale_migrations_total{from=\"lmiga\",result=\"proposed\""
-        )
-        .is_some()
+        d.metric("memscale_migrations_total{from=\"lmiga\",result=\"proposed\"")
+            .is_some()
     );
     let (code, table) = cli(&d, &token, &["migrations"]);
     assert_eq!(code, 0, "{table}");
@@ -247,7 +228,7 @@ fn a_host_that_sharing_cannot_relieve_moves_a_guest_away() {
         failed["error"].as_str().is_some_and(|e| !e.is_empty()),
         "{failed}"
     );
-    assert_eq!(domstate(&a, &guest), "running", "{guest} still runs on A");
+    assert_eq!(a.domstate(&guest), "running", "{guest} still runs on A");
     assert!(d.audit().iter().any(|r| {
         r["reason"]["reason"] == "migrate"
             && r["result"]
@@ -257,10 +238,7 @@ fn a_host_that_sharing_cannot_relieve_moves_a_guest_away() {
             && r["reason"]["to"] == "lmigc"
     }));
     assert_eq!(
-        metric(
-            &d,
-            "memscale_migrations_total{from=\"lmiga\",result=\"failed\",to=\"lmigc\"}"
-        ),
+        d.metric("memscale_migrations_total{from=\"lmiga\",result=\"failed\",to=\"lmigc\"}"),
         Some(1.0)
     );
     assert!(
@@ -321,9 +299,9 @@ fn a_host_that_sharing_cannot_relieve_moves_a_guest_away() {
     let moved = m["guest"].as_str().unwrap_or("").to_string();
     assert!(moved == "mid" || moved == "big", "{moves:?}");
     assert!(bytes(&m["reason"]["deficit"]) > 0);
-    assert_eq!(domstate(&b, &moved), "running", "{moved} runs on B");
-    assert_ne!(domstate(&a, &moved), "running", "{moved} left A");
-    assert_ne!(domstate(&c, &moved), "running", "{moved} is not on C");
+    assert_eq!(b.domstate(&moved), "running", "{moved} runs on B");
+    assert_ne!(a.domstate(&moved), "running", "{moved} left A");
+    assert_ne!(c.domstate(&moved), "running", "{moved} is not on C");
     // Both guests' demand is met, the moved one on its new host, without OOM.
     let there = Guest {
         host: b.name.clone(),
@@ -361,10 +339,7 @@ fn a_host_that_sharing_cannot_relieve_moves_a_guest_away() {
             .any(|r| r["guest"] == moved.as_str() && r["result"] == "applied")
     }));
     assert_eq!(
-        metric(
-            &d,
-            "memscale_migrations_total{from=\"lmiga\",result=\"applied\",to=\"lmigb\"}"
-        ),
+        d.metric("memscale_migrations_total{from=\"lmiga\",result=\"applied\",to=\"lmigb\"}"),
         Some(1.0)
     );
     // memscale now manages the moved guest on its new host.

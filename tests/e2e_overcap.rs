@@ -13,7 +13,6 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 
 const POLICY: &str = r#"
 [[policy]]
@@ -39,22 +38,6 @@ fn block(h: &Host, capacity: u64, migration_uri: &str) -> String {
          migration_uri = \"{migration_uri}\"\n",
         h.name, h.uri
     )
-}
-
-fn metric(d: &Daemon, line_start: &str) -> Option<f64> {
-    let (_, text) = Daemon::request_port(d.port, "GET", "/metrics")?;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn domstate(h: &Host, guest: &str) -> String {
-    let out = Command::new("virsh")
-        .args(["-q", "-c", &h.uri, "domstate", guest])
-        .output()
-        .expect("virsh domstate");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// The two climbing guests on A, booted.
@@ -143,11 +126,12 @@ fn every_move_failing_both_guests_are_held_at_their_use_and_the_host_says_it_is_
         let s = g.stat();
         assert!(s.demand_mib >= 1000, "{}: {s:?}", g.name);
         assert_eq!(s.oom_kill, 0, "{}", g.name);
-        assert_eq!(domstate(&a, &g.name), "running", "{} still on A", g.name);
+        assert_eq!(a.domstate(&g.name), "running", "{} still on A", g.name);
     }
     // What they hold past A's 1792 MiB: at least 2 × 1000 MiB of use, less what A may give.
     assert!(over >= (2000 - 1792) << 20, "over capacity by {over}");
-    let m = metric(&d, "memscale_host_over_capacity_bytes{host=\"lova\"}")
+    let m = d
+        .metric("memscale_host_over_capacity_bytes{host=\"lova\"}")
         .expect("over-capacity metric");
     assert!(m > 0.0, "metric {m}");
     let records = d.audit();
@@ -198,8 +182,8 @@ fn with_moves_possible_and_no_migration_address_one_guest_moves_and_both_demands
     assert_eq!(m["host"], "loma");
     assert_eq!(m["reason"]["to"], "lomc", "the roomiest host: {m}");
     let moved = m["guest"].as_str().unwrap_or("").to_string();
-    assert_eq!(domstate(&c, &moved), "running", "{moved} runs on C");
-    assert_ne!(domstate(&a, &moved), "running", "{moved} left A");
+    assert_eq!(c.domstate(&moved), "running", "{moved} runs on C");
+    assert_ne!(a.domstate(&moved), "running", "{moved} left A");
     let there = Guest {
         host: c.name.clone(),
         uri: c.uri.clone(),

@@ -48,6 +48,15 @@ pub struct Host {
 }
 
 impl Host {
+    /// `virsh domstate` of a guest on this host ("running", "shut off", or empty when the
+    /// host has no such guest).
+    pub fn domstate(&self, guest: &str) -> String {
+        let out = Command::new("virsh")
+            .args(["-q", "-c", &self.uri, "domstate", guest])
+            .output()
+            .expect("virsh domstate");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
     pub fn up(name: &str, index: u32) -> Host {
         install();
         // a leftover from an interrupted run would hold the name
@@ -266,6 +275,24 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// One host's part of `/v1/status` (null when absent).
+    pub fn host_status(&self, host: &str) -> Value {
+        self.get("/v1/status")
+            .and_then(|s| {
+                s["hosts"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|h| h["name"] == host).cloned())
+            })
+            .unwrap_or_default()
+    }
+    /// The value of the first `/metrics` line starting with `line_start`.
+    pub fn metric(&self, line_start: &str) -> Option<f64> {
+        let (_, text) = self.request("GET", "/metrics", None, None)?;
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
     /// Start `memscale run` on these hosts, with policy files given as (name, text) and
     /// extra flags.
     pub fn start(

@@ -141,19 +141,7 @@ pub(super) async fn rebalance(
             deficit,
             needs,
         };
-        if let Err(e) = start_move(host, shared, &mc, start, &rooms, now).await {
-            shared.finish_proposal(p.id, "failed", Some(e.clone()));
-            record_migration(
-                host,
-                shared,
-                &m,
-                deficit,
-                needs,
-                now,
-                false,
-                outcome(Err(e)),
-            );
-        }
+        launch(host, shared, &mc, start, &rooms, now).await;
         return;
     }
     let dests: Vec<crate::rebalance::Destination> = rooms
@@ -226,7 +214,23 @@ pub(super) async fn rebalance(
         deficit,
         needs,
     };
-    if let Err(e) = start_move(host, shared, &mc, start, &rooms, now).await {
+    launch(host, shared, &mc, start, &rooms, now).await;
+}
+
+/// Start a move; one that cannot start is reported (and its proposal closed) at once.
+async fn launch(
+    host: &mut Host,
+    shared: &Shared,
+    mc: &crate::config::MigrationConfig,
+    s: Start<'_>,
+    rooms: &[(String, Bytes)],
+    now: f64,
+) {
+    let (m, proposal, deficit, needs) = (s.m.clone(), s.proposal, s.deficit, s.needs);
+    if let Err(e) = start_move(host, shared, mc, s, rooms, now).await {
+        if let Some(id) = proposal {
+            shared.finish_proposal(id, "failed", Some(e.clone()));
+        }
         record_migration(
             host,
             shared,
