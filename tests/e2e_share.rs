@@ -109,12 +109,20 @@ fn idle_headroom_is_squeezed_before_a_growing_guest_is_denied() {
     );
     // Never below the guest's need: it is idle, so its floor holds.
     assert!(after >= 512);
-    // The busy guest was never cut below what it needed.
+    // The busy guest was never cut below what it needed. (Its headroom may be taken for a
+    // tick while the roomy guest's squeeze lands: until the roomy guest's shrink shows, the
+    // host books it at what it may still hold.)
+    let below_need: Vec<_> = records
+        .iter()
+        .filter(|r| {
+            r["guest"] == "busy"
+                && r["kind"] == "shrink"
+                && bytes(&r["after"]) < bytes(&r["inputs"]["need"])
+        })
+        .collect();
     assert!(
-        !records
-            .iter()
-            .any(|r| r["guest"] == "busy" && r["kind"] == "shrink"),
-        "the short guest is not squeezed"
+        below_need.is_empty(),
+        "the short guest is cut below its need: {below_need:#?}"
     );
     assert!(assert_resizes_inside_envelope(&records) >= 2);
     let status = d.get("/v1/guests/roomy").expect("guest status");
