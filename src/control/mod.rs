@@ -398,15 +398,24 @@ impl Guest {
     /// its live `<memory>` (boot RAM and every memory device's full size), libvirt's
     /// `balloon.maximum`, and its envelope's ceiling (`<maxMemory>` for DIMMs).
     pub fn size_limit(&self) -> Option<Bytes> {
+        self.size_limit_with(self.stats.as_ref())
+    }
+
+    fn size_limit_with(&self, stats: Option<&GuestStats>) -> Option<Bytes> {
         let spec = self.spec.as_ref().map(|s| s.memory);
-        let stats = self.stats.as_ref().and_then(|s| s.maximum);
+        let stats = stats.and_then(|s| s.maximum);
         let ceiling = self.envelope.as_ref().ok().map(|e| e.ceiling);
         [spec, stats, ceiling].into_iter().flatten().max()
     }
 
     /// What this guest's size is believed to be, and whether its claim is disputed.
     pub fn size_reading(&self) -> SizeReading {
-        let claimed = self.stats.as_ref().and_then(|s| s.current);
+        self.size_reading_with(self.stats.as_ref())
+    }
+
+    /// [`Guest::size_reading`] with `stats` as the newest record (one not taken yet).
+    pub(super) fn size_reading_with(&self, stats: Option<&GuestStats>) -> SizeReading {
+        let claimed = stats.and_then(|s| s.current);
         let Some(c) = claimed else {
             return SizeReading {
                 claimed,
@@ -415,7 +424,7 @@ impl Guest {
                 dispute: None,
             };
         };
-        let limit = self.size_limit();
+        let limit = self.size_limit_with(stats);
         let above = limit.is_some_and(|l| c > l.saturating_add(CONVERGE_TOLERANCE));
         let plausible = (!above).then_some(c);
         // What it may hold: what memscale last asked (or, before that, its floor)...
@@ -423,9 +432,7 @@ impl Guest {
         let asked = self.asked.or(floor).unwrap_or(Bytes(0));
         // ...and what its process holds on the host beyond a QEMU's own overhead.
         let overhead = RSS_OVERHEAD.max(limit.unwrap_or(Bytes(0)).scale(0.125));
-        let held = self
-            .stats
-            .as_ref()
+        let held = stats
             .and_then(|s| s.rss)
             .map(|r| r.saturating_sub(overhead))
             .unwrap_or(Bytes(0));

@@ -25,8 +25,8 @@ impl Guest {
         let fresh = s.last_update > prev_update && s.last_update > 0;
         // Its size first: every record carries the claim, and the sample below is booked at
         // the size believed, not the size claimed.
-        let reading = self.size_reading_of(&s);
-        self.judge_size(&s.name, &reading);
+        let reading = self.size_reading_with(Some(&s));
+        self.judge_size(&s, &reading);
         if fresh && (s.last_update as f64) > self.settled_at && self.pending.is_none() {
             let g = &s.guest;
             let swap_rate = match (self.prev_swap_in, g.swap_in) {
@@ -105,17 +105,10 @@ impl Guest {
         fresh
     }
 
-    /// [`Guest::size_reading`] as it will be once `s` is taken.
-    fn size_reading_of(&mut self, s: &GuestStats) -> SizeReading {
-        let prev = self.stats.replace(s.clone());
-        let r = self.size_reading();
-        self.stats = prev;
-        r
-    }
-
     /// Report a size claim that changed from believed to disputed (or back): once, with the
     /// numbers, as a hostile report.
-    fn judge_size(&mut self, name: &str, r: &SizeReading) {
+    fn judge_size(&mut self, s: &GuestStats, r: &SizeReading) {
+        let name = &s.name;
         if r.dispute == self.size_dispute {
             return;
         }
@@ -124,8 +117,8 @@ impl Guest {
                 self.hostile = self.hostile.saturating_add(1);
                 tracing::warn!(guest = %name, dispute = d.label(),
                     claimed_kib = r.claimed.map(|c| c.0 / 1024).unwrap_or(0),
-                    believed = %r.believed, maximum = %self.size_limit().unwrap_or_default(),
-                    rss = %self.stats.as_ref().and_then(|s| s.rss).unwrap_or_default(),
+                    believed = %r.believed, maximum = %self.size_limit_with(Some(s)).unwrap_or_default(),
+                    rss = %s.rss.unwrap_or_default(),
                     "guest's claimed size is not believed; booking it at the size it may hold");
             }
             None => {
