@@ -11,7 +11,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-#[derive(Debug, Clone, Serialize)]
+/// A guest's figures behind a decision; all empty (`Default`) for a host-wide record.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Inputs {
     pub total: Option<Bytes>,
     pub available: Option<Bytes>,
@@ -305,16 +306,7 @@ mod tests {
             method: None,
             reason: Reason::Plan(PlannerReason::NoSamples),
             why: String::new(),
-            inputs: Inputs {
-                total: None,
-                available: None,
-                free: None,
-                caches: None,
-                stats_age_seconds: None,
-                need: Bytes(0),
-                predicted: Bytes(0),
-                headroom: Bytes(0),
-            },
+            inputs: Inputs::default(),
             dry_run: false,
             result: "held".into(),
             vcpus: None,

@@ -510,14 +510,9 @@ fn record_migration(
         why: reason.to_string(),
         reason,
         inputs: Inputs {
-            total: None,
-            available: None,
-            free: None,
-            caches: None,
-            stats_age_seconds: None,
             need: needs,
             predicted: needs,
-            headroom: Bytes(0),
+            ..Inputs::default()
         },
         dry_run: propose,
         result,
