@@ -3,6 +3,8 @@
 STATE=${MEMSCALE_TESTBED_DIR:-/var/tmp/memscale-testbed}
 CACHE=$STATE/cache
 HOSTS=$STATE/hosts
+# QEMU capabilities probed by one host's libvirtd, for the next (host.sh)
+CAPS=$STATE/qemu-caps
 BRIDGE=msbr0
 NET=10.77.0
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

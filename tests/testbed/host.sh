@@ -26,6 +26,10 @@ up() {
   # log/qemu: guests migrated in write their console logs there before libvirt makes it.
   mkdir -p "$d"/{run,lib,etc,log/qemu,cache}
   echo "$idx" > "$d/index"
+  # libvirtd probes every QEMU binary at start (about 8 s of TCG, per host); hosts share the
+  # probe's results. libvirt checks each file against the binaries' ctimes, the kernel and the
+  # CPU, and probes again when it no longer holds.
+  if [[ -d $CAPS ]]; then mkdir -p "$d/cache/qemu/capabilities" && cp -a "$CAPS/." "$d/cache/qemu/capabilities/"; fi
   ip=$NET.$((10 + idx))
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     ip link add "$BRIDGE" type bridge
@@ -99,9 +103,23 @@ kill_wait() {
   kill -KILL "${pids[@]}" 2>/dev/null || true
 }
 
+# Keep a host's QEMU capabilities for the next host (see `up`): files the shared cache lacks,
+# or newer ones (a binary upgraded since); each written whole, under the lock.
+save_caps() {
+  local f base
+  for f in "$1"/cache/qemu/capabilities/*.xml; do
+    [[ -f $f ]] || continue
+    base=$(basename "$f")
+    [[ -f $CAPS/$base && ! $f -nt $CAPS/$base ]] && continue
+    mkdir -p "$CAPS"
+    cp -a "$f" "$CAPS/.$base.tmp" && mv -f "$CAPS/.$base.tmp" "$CAPS/$base"
+  done
+}
+
 down() {
   local name=$1 d=$HOSTS/$1 pids=() f
   [[ -d $d ]] || return 0
+  save_caps "$d"
   for f in "$d"/run/libvirt/qemu/*.pid; do
     [[ -f $f ]] && pids+=("$(cat "$f")")
   done
