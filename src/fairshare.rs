@@ -93,10 +93,11 @@ pub fn share(claims: &[Claim], available: Bytes) -> Vec<Bytes> {
     let mut granted: Vec<u64> = norm.iter().map(|n| n.0).collect();
     // Needs, then headroom, then cushions: a tier is shared only once every claim of the one
     // before it is met.
-    let tiers: [fn(&(u64, u64, u64, u64)) -> u64; 3] =
-        [|n| n.1 - n.0, |n| n.2 - n.1, |n| n.3 - n.2];
-    for tier in tiers {
-        let claimed: Vec<u64> = norm.iter().map(tier).collect();
+    for tier in 0..3 {
+        let claimed: Vec<u64> = norm
+            .iter()
+            .map(|&(f, n, k, w)| [n - f, k - n, w - k][tier])
+            .collect();
         let got = water_fill(&claimed, &weight, left);
         left = left.saturating_sub(got.iter().fold(0u64, |a, g| a.saturating_add(*g)));
         for (g, x) in granted.iter_mut().zip(&got) {
