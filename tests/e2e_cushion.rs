@@ -143,7 +143,7 @@ fn an_idle_guest_keeps_its_cushion_while_the_host_has_room_and_gives_it_back_fir
         150,
         || {
             assert_alive(&d, &[&spiky, &late]);
-            late.stat().demand_mib >= 900 && spiky.current_mib() <= 512 + 48
+            late.stat().demand_mib >= 900 && spiky.current_mib() <= 512 + 16
         },
     );
     std::thread::sleep(Duration::from_secs(5));
@@ -152,12 +152,17 @@ fn an_idle_guest_keeps_its_cushion_while_the_host_has_room_and_gives_it_back_fir
         "spiky {grown} -> {cushion} -> {s} MiB; late {l} MiB; test {} s",
         started.elapsed().as_secs()
     );
-    assert!((512..=512 + 48).contains(&s), "spiky {s} MiB");
+    assert!((512..=512 + 16).contains(&s), "spiky {s} MiB");
     assert!(s + l <= 1900 + 16, "the host's share holds: {s} + {l} MiB");
     // Late has its need (use plus min_free) and all the host had left.
     let late_need = 900 + idle_use + MIN_FREE_MIB;
     assert!(l >= late_need, "late {l} MiB, below its need {late_need}");
-    assert!(l + s + 64 >= 1900, "memory left unused: {s} + {l} MiB");
+    // Shared as equals with late's headroom, the cushion went over many ticks and not all
+    // of it (seen: spiky 540 MiB, late 1310 MiB).
+    assert!(
+        l + 512 + 24 >= 1900,
+        "late {l} MiB: not all the cushion went to it"
+    );
     assert!(late.stat().memavail_kib / 1024 >= MIN_FREE_MIB);
     assert_eq!(late.stat().oom_kill + spiky.stat().oom_kill, 0);
     let records = d.audit();
