@@ -1,7 +1,10 @@
 //! Sharing one host among its guests' decisions, once for the daemon and the simulator: when
 //! what the running guests ask for does not fit the host's capacity minus its reserve, cut
 //! the planned decisions to each guest's fair share (`crate::fairshare::share`: floors, then
-//! needs, then headroom, by shares). Guests held for other reasons (pinned, stale, resizing,
+//! needs, then headroom, then cushions, by shares). A guest's cushion is what it holds past
+//! its need plus headroom: the room a `peak_window` policy keeps for a peak it showed within
+//! the window. It is kept while the host has room and given back first when the host runs
+//! short, before any guest's headroom or need (the decision then says `took: cushion`). Guests held for other reasons (pinned, stale, resizing,
 //! manual) keep their size and count as fixed. Sharing never takes a guest below what it
 //! uses now (its unreclaimable memory, as its last report says, plus [`USE_MARGIN`]): that
 //! would only trade a configured number for a dead guest (seen: two kernels out of memory on
@@ -11,7 +14,7 @@
 //! guests hold past the capacity is reported ([`Shared::over`]). Only a machine out of
 //! memory by its own figures lets a guest be cut below its use.
 
-use crate::planner::HoldReason;
+use crate::planner::{HoldReason, Squeeze};
 
 use crate::envelope::Envelope;
 use crate::fairshare::{Claim, share as fair_share};
@@ -108,9 +111,22 @@ pub fn share_with(asks: &mut [Ask<'_>], available: Bytes, floor: Floor) -> Share
                         .min(want),
                     Floor::Use | Floor::Envelope => Bytes(0),
                 };
+                // Past its need plus headroom a guest holds a cushion (a kept peak), given
+                // back before any other guest's headroom. A growth is all headroom: what it
+                // asks past that is a starved guest's probe for the need it hides.
+                let keep = if a.decision.kind == Kind::Grow {
+                    want
+                } else {
+                    a.decision
+                        .predicted
+                        .max(a.decision.need)
+                        .saturating_add(a.decision.headroom)
+                        .max(need)
+                };
                 claims.push(Claim {
                     floor: env.floor.max(used).max(kept),
                     need,
+                    keep,
                     want,
                     shares: a.knobs.shares,
                 });
@@ -121,6 +137,7 @@ pub fn share_with(asks: &mut [Ask<'_>], available: Bytes, floor: Floor) -> Share
                 claims.push(Claim {
                     floor: size,
                     need: size,
+                    keep: size,
                     want: size,
                     shares: 1,
                 });
@@ -154,9 +171,17 @@ pub fn share_with(asks: &mut [Ask<'_>], available: Bytes, floor: Floor) -> Share
         let a = &mut asks[k];
         let Some(env) = a.env else { continue };
         let t = env.realize_down(granted);
+        let took = if granted >= c.keep.min(c.want) {
+            Squeeze::Cushion
+        } else if granted >= c.need.min(c.want) {
+            Squeeze::Headroom
+        } else {
+            Squeeze::Need
+        };
         a.decision.reason = Reason::Hold(HoldReason::HostShare {
             wanted: c.want,
             granted,
+            took,
         });
         a.decision.target = t;
         a.decision.kind = if t > a.before {

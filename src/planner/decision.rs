@@ -103,9 +103,11 @@ pub enum HoldReason {
         has: Bytes,
     },
     /// The host cannot give every guest what it asks for: this guest gets its fair share.
+    /// `took` says how deep the cut went: only its cushion, its headroom too, or its need.
     HostShare {
         wanted: Bytes,
         granted: Bytes,
+        took: Squeeze,
     },
     /// With etcd, this daemon lost its lease (etcd unreachable for longer than `ttl`): it
     /// grows the guests of the hosts it held last into free memory only, and shrinks nothing
@@ -113,6 +115,20 @@ pub enum HoldReason {
     NoLease {
         wanted: Bytes,
     },
+}
+
+/// How deep a host's squeeze cut a guest ([`HoldReason::HostShare`]): sharing gives back
+/// cushions first, then headroom, and needs last (`crate::fairshare`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Squeeze {
+    /// Only memory past its need plus headroom: the cushion a guest keeps for a peak it showed
+    /// within `peak_window` (or memory a shrink had not given back yet).
+    Cushion,
+    /// Part of its headroom too; its need is met.
+    Headroom,
+    /// Part of its need: the host cannot hold every guest's need.
+    Need,
 }
 
 /// Something memscale did or saw outside a memory decision: a migration, a DIMM the guest
@@ -205,9 +221,29 @@ impl fmt::Display for HoldReason {
             }
             HoldReason::BadEnvelope { message } => write!(f, "bad envelope: {message}"),
             HoldReason::HostError { message } => write!(f, "host error: {message}"),
-            HoldReason::HostShare { wanted, granted } => write!(
+            HoldReason::HostShare {
+                wanted,
+                granted,
+                took: Squeeze::Cushion,
+            } => write!(
                 f,
-                "host short of memory: wants {wanted}, its fair share is {granted}"
+                "cushion given back for the host: keeps {granted} of {wanted} (its need and headroom met); the host is short of memory"
+            ),
+            HoldReason::HostShare {
+                wanted,
+                granted,
+                took: Squeeze::Headroom,
+            } => write!(
+                f,
+                "host short of memory: wants {wanted}, its fair share is {granted} (its need met, not all its headroom)"
+            ),
+            HoldReason::HostShare {
+                wanted,
+                granted,
+                took: Squeeze::Need,
+            } => write!(
+                f,
+                "host short of memory: wants {wanted}, its fair share is {granted}, below its need"
             ),
             HoldReason::NoLease { wanted } => write!(
                 f,
@@ -424,6 +460,15 @@ mod wire {
                 Reason::Hold(HoldReason::ResizeInProgress),
                 r#"{"reason":"resize-in-progress"}"#,
                 "in_progress",
+            ),
+            (
+                Reason::Hold(HoldReason::HostShare {
+                    wanted: Bytes(4),
+                    granted: Bytes(3),
+                    took: Squeeze::Cushion,
+                }),
+                r#"{"reason":"host-share","wanted":4,"granted":3,"took":"cushion"}"#,
+                "host_share",
             ),
             (
                 Reason::Event(EventReason::Migrate {

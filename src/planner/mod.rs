@@ -12,7 +12,7 @@ mod peak;
 mod sample;
 mod stats;
 
-pub use decision::{Decision, EventReason, HoldReason, Kind, PlannerReason, Reason};
+pub use decision::{Decision, EventReason, HoldReason, Kind, PlannerReason, Reason, Squeeze};
 pub use peak::PeakTracker;
 pub use sample::Sample;
 

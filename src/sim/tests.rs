@@ -480,6 +480,59 @@ fn a_contested_host_is_shared_needs_first_and_never_overfilled() {
     assert_eq!(roomy.acc.host_pressure_seconds, 0.0);
 }
 
+/// What `peak_window` means for an operator, in host mode: a guest idle after a spike keeps
+/// its cushion (its size near the peak plus headroom) while the host has room, and gives it
+/// back first, before any other guest's headroom or need, when the host runs short.
+#[test]
+fn an_idle_guest_keeps_its_cushion_while_the_host_has_room_and_gives_it_back_first() {
+    // A 7 GiB host, two 8 GiB guests with no floor (the trace's truth). A: 1 GiB, a 3 GiB
+    // spell of an hour, then idle at 1 GiB. B: idle at 1 GiB, then 4 GiB from hour 4, inside
+    // A's six-hour peak window.
+    let t = vms(&[
+        (8, &[(1.0, 1.0), (1.0, 3.0), (8.0, 1.0)]),
+        (8, &[(4.0, 1.0), (6.0, 4.0)]),
+    ]);
+    let opts = Options {
+        model: Model {
+            floor_fraction: 0.0,
+            ..Model::default()
+        },
+        host: Some(HostMode {
+            memory: Bytes::from_gib(7),
+            overcommit: 2.5,
+        }),
+        ..Options::default()
+    };
+    assert_eq!(groups(&t, opts.host.as_ref()).len(), 1, "one host");
+    let r = run_one(&t, default_policy(), &opts);
+    assert_eq!(r.envelope_violations, 0);
+    // Idle after the spell, with room on the host: A keeps room for its 3 GiB peak.
+    for h in [2.5, 3.0, 3.9] {
+        let (a, b) = (alloc_of(&r, 0, h), alloc_of(&r, 1, h));
+        assert!(a >= Bytes::from_gib(3), "at {h} h A kept no cushion: {a}");
+        assert!(a.0 + b.0 <= Bytes::from_gib(7).0, "at {h} h: {a} + {b}");
+    }
+    // B climbs and the host runs short: A's cushion goes first, all of it, before B's
+    // headroom is touched. A keeps its need (1 GiB) plus its headroom (512 MiB); B gets
+    // its need (4 GiB) plus all that is left (1.5 GiB of its 2 GiB headroom). Shared
+    // evenly, as before cushions came last, A would have kept 2 GiB and B 5 GiB.
+    for h in [5.0, 6.0, 7.9] {
+        let (a, b) = (alloc_of(&r, 0, h), alloc_of(&r, 1, h));
+        assert!(
+            a >= Bytes::from_gib(1) && a <= Bytes::from_mib(1536 + 64),
+            "at {h} h A holds {a}: its cushion was not given back first"
+        );
+        assert!(b >= Bytes::from_mib(5 * 1024 + 384), "at {h} h B holds {b}");
+        assert!(a.0 + b.0 <= Bytes::from_gib(7).0, "at {h} h: {a} + {b}");
+    }
+    // The host is overfilled only in transients (B's growth landing before A's shrink).
+    assert!(
+        r.acc.host_pressure_seconds < 120.0,
+        "{}",
+        r.acc.host_pressure_seconds
+    );
+}
+
 /// Holds every guest at one size: a controller whose allocation is known, for checking the
 /// measures against sums done by hand.
 struct Fixed(Bytes);
