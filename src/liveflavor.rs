@@ -12,12 +12,11 @@
 //! says so (with the named error), with one warning per episode.
 
 use crate::domain::NovaMeta;
-use crate::nova::{Nova, NovaError, Service};
+use crate::nova::{Nova, NovaError, Service, path_segment};
 use crate::units::Bytes;
-use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// Compute API microversion for flavor reads: 2.61 shows a flavor's extra specs inline.
 pub const FLAVOR_MICROVERSION: &str = "compute 2.61";
@@ -70,24 +69,7 @@ impl FlavorError {
     }
 }
 
-/// Where a guest's envelope came from, and since when (epoch seconds), for status.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EnvelopeOrigin {
-    /// `nova-api` or `domain-metadata`.
-    pub source: &'static str,
-    pub since: f64,
-    /// The flavor as the metadata names it (`id:…` or `name:…`).
-    pub flavor: String,
-    /// Why not nova-api: the named error and its message.
-    pub error: Option<String>,
-    pub error_name: Option<&'static str>,
-    /// The cache's generation this came from: the definition is read again when it moves.
-    #[serde(skip)]
-    pub generation: u64,
-}
-
-pub const NOVA_API: &str = "nova-api";
-pub const DOMAIN_METADATA: &str = "domain-metadata";
+pub use crate::envelope::{DOMAIN_METADATA, NOVA_API, Origin as EnvelopeOrigin};
 
 /// The cache key of the flavor a guest's metadata names: its id if it carries one.
 pub fn key_of(nova: &NovaMeta) -> Option<String> {
@@ -301,19 +283,6 @@ pub fn check_specs(f: &LiveFlavor) -> Result<(), FlavorError> {
     Ok(())
 }
 
-/// Percent-encode a path segment (flavor ids are free text).
-pub fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Ask nova-api for the flavor `key` names. Blocking.
 pub fn fetch(nova: &Nova, key: &str) -> Result<LiveFlavor, FlavorError> {
     let unreachable = |e: NovaError| FlavorError::Unreachable(e.to_string());
@@ -375,55 +344,6 @@ fn short(v: &Value) -> String {
         other => other.to_string(),
     };
     s.chars().take(300).collect()
-}
-
-/// Fetch the flavors the guests name as they come due, off the control loop, until `stop`.
-pub async fn run(shared: Arc<crate::daemon::Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let Some(nova) = shared.nova.clone() else {
-        return;
-    };
-    if !shared.flavors.enabled() {
-        return;
-    }
-    loop {
-        let due = shared.flavors.due(shared.now());
-        for key in due {
-            let n = nova.clone();
-            let k = key.clone();
-            let result = match tokio::task::spawn_blocking(move || fetch(&n, &k)).await {
-                Ok(r) => r,
-                Err(e) => Err(FlavorError::Unreachable(format!("the fetch failed: {e}"))),
-            };
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err(e) => e.name(),
-            };
-            shared
-                .metrics
-                .flavor_lookups
-                .with_label_values(&[outcome])
-                .inc();
-            match shared.flavors.store(&key, result, shared.now()) {
-                Transition::Live => {
-                    tracing::info!(flavor = %key, "envelopes of this flavor's guests come from nova-api")
-                }
-                Transition::Changed => {
-                    tracing::info!(flavor = %key, "flavor changed in nova-api: its guests get new envelopes")
-                }
-                Transition::Fallback(e) => {
-                    tracing::warn!(flavor = %key, error = e.name(), reason = %e, "envelopes of this flavor's guests come from the domain metadata")
-                }
-                Transition::Unchanged => {}
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-            _ = stop.changed() => {}
-        }
-        if *stop.borrow() {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub struct NovaConfig {
     pub placement_url: Option<String>,
     /// Memory given beyond flavors, held in Placement (absent: Placement is not written).
     #[serde(default)]
-    pub placement: Option<crate::placement::PlacementConfig>,
+    pub placement: Option<PlacementConfig>,
 }
 
 fn default_flavor_ttl() -> f64 {
@@ -63,6 +63,42 @@ fn default_interface() -> String {
 }
 fn default_poll() -> f64 {
     2.0
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+/// `[nova.placement]`: memory given beyond flavors, held in Placement (`placement.rs`).
+pub struct PlacementConfig {
+    /// The project and user Placement records memscale's consumers under (ids, not names).
+    pub project_id: String,
+    pub user_id: String,
+    /// At most one write per host this often.
+    #[serde(default = "default_interval")]
+    pub interval_seconds: f64,
+    /// A write only when what is held would change by at least this much (a return to zero
+    /// is always written).
+    #[serde(default = "default_min_change")]
+    pub min_change_mib: u64,
+}
+
+fn default_interval() -> f64 {
+    10.0
+}
+fn default_min_change() -> u64 {
+    64
+}
+
+/// Percent-encode a path segment (flavor ids are free text).
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]

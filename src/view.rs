@@ -49,7 +49,7 @@ pub struct GuestView {
     pub flavor_memory: Option<Bytes>,
     /// Where the envelope came from (`nova-api` or `domain-metadata`) and since when, when
     /// live flavors are on.
-    pub envelope_source: Option<crate::liveflavor::EnvelopeOrigin>,
+    pub envelope_source: Option<crate::envelope::Origin>,
     pub project: Option<String>,
     /// The Nova project's id, whose members may adjust the guest through the compute API.
     pub project_id: Option<String>,

@@ -432,15 +432,17 @@ fn live_flavor_envelopes_and_placement_kept_true() {
         Some(json!({"flavor": {"name": "m1.live", "id": fid, "ram": 512, "vcpus": 1, "disk": 1}})),
     );
     assert_eq!(c, 200, "create the flavor: {v}");
-    let set_max = |mb: u64| {
+    // Microversion 2.61: Zed checks extra specs it knows only from 2.86, and knows no
+    // hw:mem_max_mb.
+    let set_max = |mb: &str| {
         let (c, v) = nv(
             "POST",
             &format!("/flavors/{fid}/os-extra_specs"),
-            Some(json!({"extra_specs": {"hw:mem_max_mb": mb.to_string()}})),
+            Some(json!({"extra_specs": {"hw:mem_max_mb": mb}})),
         );
         assert_eq!(c, 200, "set hw:mem_max_mb: {v}");
     };
-    set_max(768);
+    set_max("768");
     step("flavor made");
 
     // The host's compute node provider, as nova-compute would register it (none runs here).
@@ -549,7 +551,7 @@ fn live_flavor_envelopes_and_placement_kept_true() {
     );
 
     // The operator raises the flavor's maximum: the running guest gets it, no restart.
-    set_max(1024);
+    set_max("1024");
     d.wait_until(
         "oslive1's ceiling raised to 1024 MiB by nova-api",
         60,
@@ -595,6 +597,41 @@ fn live_flavor_envelopes_and_placement_kept_true() {
             .is_some_and(|n| n >= 2.0),
         "the writes are counted"
     );
+    assert_eq!(
+        d.metric("memscale_placement_held_mib{host=\"oslv\"}"),
+        Some(512.0)
+    );
+    assert!(
+        d.metric("memscale_flavor_lookups_total{outcome=\"ok\"}")
+            .is_some_and(|n| n >= 2.0),
+        "the flavor reads are counted"
+    );
+
+    // A malformed spec: named (flavor and key), and the metadata is used until it is fixed.
+    set_max("lots");
+    d.wait_until("a malformed hw:mem_max_mb named", 60, || {
+        d.guest("oslive1").is_some_and(|v| {
+            v["envelope_source"]["error_name"] == "bad_flavor_spec"
+                && v["envelope_source"]["source"] == "domain-metadata"
+        })
+    });
+    step("a malformed spec named");
+    let v = d.guest("oslive1").unwrap();
+    let why = v["envelope_source"]["error"].as_str().unwrap_or("");
+    assert!(
+        why.contains("m1.live") && why.contains("hw:mem_max_mb") && why.contains("lots"),
+        "{v}"
+    );
+    assert_eq!(
+        mib(&v["envelope"]["ceiling"]),
+        768,
+        "the metadata's ceiling: {v}"
+    );
+    set_max("1024");
+    d.wait_until("back on nova-api once the spec is fixed", 60, || {
+        source(&d) == "nova-api" && ceiling(&d) == 1024
+    });
+    step("back on nova-api");
 
     // nova-api unreachable: the domain metadata, with the named error, in both statuses.
     fwd.set_down(true);
@@ -624,6 +661,10 @@ fn live_flavor_envelopes_and_placement_kept_true() {
     assert!(
         d.log_text().contains("nova_unreachable"),
         "the fallback is logged by name"
+    );
+    assert!(
+        d.metric("memscale_flavor_lookups_total{outcome=\"nova_unreachable\"}")
+            .is_some_and(|n| n >= 1.0)
     );
 
     // A clean stop (SIGTERM) takes memscale's allocation away.

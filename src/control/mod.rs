@@ -76,7 +76,7 @@ pub struct Guest {
     pub spec: Option<DomainSpec>,
     /// Where a Nova guest's envelope came from (nova-api or its domain metadata), when live
     /// flavors are on.
-    pub flavor_origin: Option<crate::liveflavor::EnvelopeOrigin>,
+    pub flavor_origin: Option<crate::envelope::Origin>,
     pub envelope: Result<Envelope, String>,
     /// The balloon target and each virtio-mem device's requested size, as last known.
     pub parts: Parts,

@@ -2,6 +2,7 @@
 //! the shared state the API and metrics read (the views they read live in `view`).
 
 mod host;
+pub mod openstack;
 mod persist;
 
 use crate::audit::Audit;
