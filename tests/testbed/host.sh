@@ -67,14 +67,6 @@ remember_owner = 0
 CONF
     touch "$d/etc/.memscale"
   fi
-  # QEMU's capabilities are probed once per machine and given to every new host (libvirtd
-  # checks them against the QEMU binary, libvirt, kernel and microcode and probes again if
-  # stale): a fresh libvirtd otherwise spends most of a minute probing under load, holding
-  # the lock every other host's start waits on.
-  if [[ -d $CACHE/qemu-capabilities && ! -d $d/cache/qemu/capabilities ]]; then
-    mkdir -p "$d/cache/qemu/capabilities"
-    cp -a "$CACHE/qemu-capabilities/." "$d/cache/qemu/capabilities/"
-  fi
   ip netns exec "msh-$name" unshare --mount --uts --propagation private --fork bash -c "
     set -e
     mount --bind '$d/run' /run
@@ -87,16 +79,7 @@ CONF
     libvirtd -d --listen
   " 9>&- >"$d/start.log" 2>&1 || { cat "$d/start.log" >&2; die "cannot start host $name"; }
   for _ in $(seq 1 100); do
-    if virsh -q -c "$(host_uri "$name")" version >/dev/null 2>&1; then
-      # Kept for the next host, and again whenever this libvirtd probed afresh (a new QEMU).
-      if compgen -G "$d/cache/qemu/capabilities/*.xml" >/dev/null \
-        && ! diff -rq "$d/cache/qemu/capabilities" "$CACHE/qemu-capabilities" >/dev/null 2>&1; then
-        mkdir -p "$CACHE" && rm -rf "$CACHE/qemu-capabilities.new"
-        cp -a "$d/cache/qemu/capabilities" "$CACHE/qemu-capabilities.new"
-        mv -T "$CACHE/qemu-capabilities.new" "$CACHE/qemu-capabilities"
-      fi
-      print_uris "$name"; return
-    fi
+    if virsh -q -c "$(host_uri "$name")" version >/dev/null 2>&1; then print_uris "$name"; return; fi
     sleep 0.2
   done
   die "libvirtd of host $name does not answer"
