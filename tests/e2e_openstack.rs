@@ -302,8 +302,27 @@ fn guide_api_with_keystone_tokens_and_named_errors() {
     );
 }
 
-/// A call to an OpenStack service as admin: status and JSON body.
+/// A call to an OpenStack service as admin: status and JSON body. A 503 is tried again for
+/// a while: just after the services start, their token middleware may not reach Keystone yet
+/// ("The Keystone service is temporarily unavailable").
 fn os_call(
+    token: &str,
+    microversion: &str,
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    for _ in 0..30 {
+        let r = os_call_once(token, microversion, method, url, body.clone());
+        if r.0 != 503 {
+            return r;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    os_call_once(token, microversion, method, url, body)
+}
+
+fn os_call_once(
     token: &str,
     microversion: &str,
     method: &str,
