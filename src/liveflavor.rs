@@ -142,6 +142,7 @@ impl FlavorCache {
             generation: 0,
         });
         e.used_at = now;
+        let pending = e.state.is_none() && now - e.since < crate::envelope::FLAVOR_WAIT;
         let (source, error) = match &e.state {
             Some(Ok(f)) => {
                 nova.memory = Some(f.ram);
@@ -159,12 +160,22 @@ impl FlavorCache {
             error_name: error.as_ref().map(FlavorError::name),
             error: error.map(|e| e.to_string()),
             generation: e.generation,
+            pending,
         })
     }
 
-    /// The generation of a flavor's entry (0 when not known).
-    pub fn generation(&self, key: &str) -> u64 {
-        self.lock().get(key).map(|e| e.generation).unwrap_or(0)
+    /// The generation of a flavor's entry (0 when not known), for a guest's tick: the flavor
+    /// counts as in use (a guest whose definition is not read again for long keeps its
+    /// flavor, and its envelope, rather than falling back while it is fetched afresh).
+    pub fn generation(&self, key: &str, now: f64) -> u64 {
+        let mut entries = self.lock();
+        match entries.get_mut(key) {
+            Some(e) => {
+                e.used_at = now;
+                e.generation
+            }
+            None => 0,
+        }
     }
 
     /// The flavors to fetch now: never fetched, or older than the TTL (a failure is tried

@@ -626,6 +626,29 @@ fn live_flavor_envelopes_and_placement_kept_true() {
         "the flavor reads are counted"
     );
 
+    // Killed and started again while the guest is past its metadata's 768 MiB: it waits for
+    // nova-api's first answer rather than being cut to the boot-time copy meanwhile.
+    let killed = now();
+    d.kill_and_restart();
+    d.wait_until(
+        "oslive1's envelope from nova-api after the restart",
+        60,
+        || source(&d) == "nova-api" && ceiling(&d) == 1024,
+    );
+    step("restarted: the live flavor again");
+    let cut: Vec<Value> = d
+        .audit()
+        .into_iter()
+        .filter(|r| {
+            r["guest"] == "oslive1"
+                && r["time"].as_f64().unwrap_or(0.0) >= killed
+                && r["kind"] != "hold"
+                && bytes(&r["after"]) < 1024 << 20
+        })
+        .collect();
+    assert!(cut.is_empty(), "cut after the restart: {cut:?}");
+    assert_eq!(g.current_mib(), 1024, "still 1024 MiB");
+
     // A malformed spec: named (flavor and key), and the metadata is used until it is fixed.
     set_max("lots");
     d.wait_until("a malformed hw:mem_max_mb named", 60, || {

@@ -158,7 +158,16 @@ pub struct Origin {
     /// The flavor cache's generation this came from: the definition is read again when it moves.
     #[serde(skip)]
     pub generation: u64,
+    /// nova-api has not answered for this flavor yet (and was first asked less than
+    /// [`FLAVOR_WAIT`] seconds ago): the guest waits for it rather than being sized by the
+    /// metadata's copy for a tick and by the live flavor the next.
+    #[serde(skip)]
+    pub pending: bool,
 }
+
+/// How long a guest waits for nova-api's first answer about its flavor before its envelope
+/// comes from the domain metadata.
+pub const FLAVOR_WAIT: f64 = 30.0;
 
 pub const NOVA_API: &str = "nova-api";
 pub const DOMAIN_METADATA: &str = "domain-metadata";

@@ -71,31 +71,42 @@ fn the_metadata_stands_until_nova_api_answers_then_the_live_flavor_wins() {
     let c = FlavorCache::new(60.0);
     let mut n = meta(Some("f1"), "m1.scal", 512, Some("1024"));
     let o = c.apply(&mut n, 100.0).expect("an origin");
-    assert_eq!((o.source, o.since), (DOMAIN_METADATA, 100.0));
+    assert_eq!(
+        (o.source, o.since, o.pending),
+        (DOMAIN_METADATA, 100.0, true)
+    );
+    assert!(
+        c.apply(&mut n.clone(), 130.0).is_some_and(|o| !o.pending),
+        "nova-api is waited for 30 s at most"
+    );
     assert_eq!(n.extra_specs["hw:mem_max_mb"], "1024", "metadata untouched");
     assert_eq!(c.due(100.0), ["id:f1"]);
     assert_eq!(
         c.store("id:f1", Ok(flavor("2048")), 101.0),
         Transition::Live
     );
-    assert_ne!(c.generation("id:f1"), o.generation, "the guest re-reads");
+    assert_ne!(
+        c.generation("id:f1", 0.0),
+        o.generation,
+        "the guest re-reads"
+    );
     let o = c.apply(&mut n, 102.0).expect("an origin");
     assert_eq!((o.source, o.since), (NOVA_API, 101.0));
     assert_eq!(n.extra_specs["hw:mem_max_mb"], "2048", "the live flavor");
     // Fresh within the TTL; due after it; the same answer changes nothing.
     assert!(c.due(150.0).is_empty());
     assert_eq!(c.due(161.0), ["id:f1"]);
-    let g = c.generation("id:f1");
+    let g = c.generation("id:f1", 0.0);
     assert_eq!(
         c.store("id:f1", Ok(flavor("2048")), 161.0),
         Transition::Unchanged
     );
-    assert_eq!(c.generation("id:f1"), g);
+    assert_eq!(c.generation("id:f1", 0.0), g);
     assert_eq!(
         c.store("id:f1", Ok(flavor("4096")), 222.0),
         Transition::Changed
     );
-    assert_ne!(c.generation("id:f1"), g);
+    assert_ne!(c.generation("id:f1", 0.0), g);
 }
 
 #[test]
@@ -111,7 +122,10 @@ fn falls_back_to_the_metadata_once_per_episode_and_says_why() {
     );
     let mut n = meta(Some("f1"), "m1.scal", 512, Some("1024"));
     let o = c.apply(&mut n, 62.0).expect("an origin");
-    assert_eq!((o.source, o.since), (DOMAIN_METADATA, 61.0));
+    assert_eq!(
+        (o.source, o.since, o.pending),
+        (DOMAIN_METADATA, 61.0, false)
+    );
     assert_eq!(o.error_name, Some("nova_unreachable"));
     assert_eq!(
         n.extra_specs["hw:mem_max_mb"], "1024",
@@ -119,7 +133,7 @@ fn falls_back_to_the_metadata_once_per_episode_and_says_why() {
     );
     // A failure is tried again within 10 s, and the same failure is no new episode.
     assert_eq!(c.due(71.0), ["id:f1"]);
-    let g = c.generation("id:f1");
+    let g = c.generation("id:f1", 0.0);
     assert_eq!(
         c.store(
             "id:f1",
@@ -128,7 +142,7 @@ fn falls_back_to_the_metadata_once_per_episode_and_says_why() {
         ),
         Transition::Unchanged
     );
-    assert_eq!(c.generation("id:f1"), g);
+    assert_eq!(c.generation("id:f1", 0.0), g);
     let gone = FlavorError::Gone("f1".into());
     assert_eq!(
         c.store("id:f1", Err(gone.clone()), 81.0),
@@ -148,8 +162,13 @@ fn off_when_the_ttl_is_zero_and_unused_flavors_are_dropped() {
     let c = FlavorCache::new(60.0);
     c.apply(&mut n, 0.0);
     assert_eq!(c.due(0.0).len(), 1);
-    assert!(c.due(601.0).is_empty(), "no guest named it for ten minutes");
-    assert_eq!(c.generation("id:f1"), 0);
+    c.generation("id:f1", 500.0);
+    assert_eq!(c.due(601.0).len(), 1, "a guest's tick counts as use");
+    assert!(
+        c.due(1101.0).is_empty(),
+        "no guest named it for ten minutes"
+    );
+    assert_eq!(c.generation("id:f1", 1101.0), 0);
 }
 
 #[test]

@@ -121,7 +121,7 @@ pub(super) async fn collect(
         // Its flavor changed in nova-api (or nova-api stopped or started answering): the
         // definition is read again, and the envelope made from what the cache says now.
         if let Some(o) = &g.flavor_origin
-            && shared.flavors.generation(&o.flavor) != o.generation
+            && shared.flavors.generation(&o.flavor, now) != o.generation
         {
             g.reread_definition();
         }
@@ -207,6 +207,12 @@ async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadli
                     .map(|i| i.as_mut().map(|i| i.nova.as_mut()))
                 {
                     shared.flavors.apply(n, now);
+                }
+                if origin.as_ref().is_some_and(|o| o.pending) {
+                    // nova-api's first answer about this flavor is on its way: the guest keeps
+                    // what it has (nothing, for a new guest: held) and the definition is read
+                    // again next tick, rather than sized by the boot-time copy meanwhile.
+                    return;
                 }
                 if origin.as_ref().map(|o| (o.source, o.error_name))
                     != g.flavor_origin.as_ref().map(|o| (o.source, o.error_name))
