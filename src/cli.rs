@@ -657,6 +657,11 @@ pub async fn run(a: RunArgs) -> i32 {
     let reloader = tokio::spawn(crate::reload::watch(shared.clone(), stop_rx.clone()));
     let daemon = tokio::spawn(daemon::run(shared.clone(), hosts, stop_rx.clone()));
     let notifier = tokio::spawn(crate::notify::run(shared.clone(), stop_rx.clone()));
+    let flavors = tokio::spawn(daemon::openstack::flavors(shared.clone(), stop_rx.clone()));
+    let placement = tokio::spawn(daemon::openstack::placement(
+        shared.clone(),
+        stop_rx.clone(),
+    ));
     let code = wait_for_stop(&api).await;
     let _ = stop_tx.send(true);
     // A second signal forces the exit while the loops wind down.
@@ -667,6 +672,9 @@ pub async fn run(a: RunArgs) -> i32 {
     });
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), daemon).await;
     reloader.abort();
+    flavors.abort();
+    // A clean stop deletes memscale's allocations in Placement.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), placement).await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), notifier).await;
     // A clean stop saves the planner's memory of every guest.
     let _ = tokio::task::spawn_blocking({

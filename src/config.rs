@@ -42,6 +42,11 @@ pub struct HostConfig {
     /// for Nova migrations (default: `name`).
     #[serde(default)]
     pub nova_host: Option<String>,
+    /// The name of this host's compute node resource provider in Placement (its hypervisor
+    /// hostname, `openstack hypervisor list`), where memory given beyond flavors is held
+    /// (default: `nova_host`, else `name`).
+    #[serde(default)]
+    pub hypervisor_hostname: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -104,6 +109,7 @@ impl HostConfig {
             manage: true,
             migration_backend: MigrationBackend::Libvirt,
             nova_host: None,
+            hypervisor_hostname: None,
         }
     }
     /// `--connect` takes `URI` or `NAME=URI` (a name has no `:` or `/`).
@@ -119,6 +125,13 @@ impl HostConfig {
 
     pub fn label(&self) -> String {
         self.name.clone().unwrap_or_else(|| self.uri.clone())
+    }
+    /// The compute node's resource provider name in Placement.
+    pub fn provider_name(&self) -> String {
+        self.hypervisor_hostname
+            .clone()
+            .or_else(|| self.nova_host.clone())
+            .unwrap_or_else(|| self.label())
     }
 }
 

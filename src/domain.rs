@@ -83,6 +83,8 @@ pub fn dimm_xml(alias: &str, node: Option<u32>, size: Bytes) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NovaMeta {
     pub flavor_name: Option<String>,
+    /// `<nova:flavor id=…>` (Nova 32 and later): the flavor's id in nova-api.
+    pub flavor_id: Option<String>,
     pub memory: Option<Bytes>,
     pub vcpus: Option<u32>,
     pub extra_specs: BTreeMap<String, String>,
@@ -308,6 +310,7 @@ fn parse_nova(inst: roxmltree::Node) -> Result<NovaMeta, DomainError> {
         match c.tag_name().name() {
             "flavor" => {
                 n.flavor_name = c.attribute("name").map(str::to_string);
+                n.flavor_id = c.attribute("id").map(str::to_string);
                 for f in c.children().filter(|c| c.is_element()) {
                     match f.tag_name().name() {
                         "memory" => n.memory = Some(Bytes::from_mib(number(f, "nova:memory")?)),

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub state_restored_from: IntGaugeVec,
     pub state_unreadable: IntGauge,
     pub up: IntCounter,
+    pub flavor_lookups: IntCounterVec,
+    pub placement_writes: IntCounterVec,
+    pub placement_held: IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -71,6 +74,9 @@ impl Metrics {
             host_acting: reg(&r, IntGaugeVec::new(Opts::new("memscale_host_acting", "1 when this daemon acts for the host; 0 when it only watches it (manage = false, or another daemon holds it through etcd)."), &["host"]).expect("metric")),
             host_grow_only: reg(&r, IntGaugeVec::new(Opts::new("memscale_host_grow_only", "1 while this daemon lost its etcd lease on a host it held last: the host's guests are grown into free memory only, nothing shrinks or moves until the lease is back."), &["host"]).expect("metric")),
             up: reg(&r, IntCounter::new("memscale_ticks_total", "Host ticks run since start.").expect("metric")),
+            flavor_lookups: reg(&r, IntCounterVec::new(Opts::new("memscale_flavor_lookups_total", "Flavor reads from nova-api for live envelopes, by outcome (ok, nova_unreachable, flavor_gone, bad_flavor_spec, bad_flavor_answer)."), &["outcome"]).expect("metric")),
+            placement_writes: reg(&r, IntCounterVec::new(Opts::new("memscale_placement_writes_total", "Writes of memscale's MEMORY_MB allocation in Placement, by host and outcome (ok, deleted, generation_conflict, over_capacity, no_provider, refused, unreachable)."), &["host", "outcome"]).expect("metric")),
+            placement_held: reg(&r, IntGaugeVec::new(Opts::new("memscale_placement_held_mib", "MiB memscale holds in Placement on the host's resource provider: what its Nova guests were given beyond their flavors' RAM, as last written."), &["host"]).expect("metric")),
             registry: r,
         };
         m.build
@@ -253,6 +259,8 @@ mod tests {
             claimed_size: None,
             size_dispute: None,
             flavor: None,
+            flavor_memory: None,
+            envelope_source: None,
             project: None,
             project_id: None,
             tags: vec![],

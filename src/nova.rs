@@ -39,6 +39,20 @@ pub struct NovaConfig {
     /// Seconds between two looks at a migrating server.
     #[serde(default = "default_poll")]
     pub poll_seconds: f64,
+    /// Live flavor envelopes: how long a flavor read from nova-api is believed before it is
+    /// read again (0: envelopes come from the domain metadata only).
+    #[serde(default = "default_flavor_ttl")]
+    pub flavor_ttl_seconds: f64,
+    /// The Placement endpoint, when the catalog is not to be used.
+    #[serde(default)]
+    pub placement_url: Option<String>,
+    /// Memory given beyond flavors, held in Placement (absent: Placement is not written).
+    #[serde(default)]
+    pub placement: Option<PlacementConfig>,
+}
+
+fn default_flavor_ttl() -> f64 {
+    60.0
 }
 
 fn default_domain() -> String {
@@ -49,6 +63,42 @@ fn default_interface() -> String {
 }
 fn default_poll() -> f64 {
     2.0
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+/// `[nova.placement]`: memory given beyond flavors, held in Placement (`placement.rs`).
+pub struct PlacementConfig {
+    /// The project and user Placement records memscale's consumers under (ids, not names).
+    pub project_id: String,
+    pub user_id: String,
+    /// At most one write per host this often.
+    #[serde(default = "default_interval")]
+    pub interval_seconds: f64,
+    /// A write only when what is held would change by at least this much (a return to zero
+    /// is always written).
+    #[serde(default = "default_min_change")]
+    pub min_change_mib: u64,
+}
+
+fn default_interval() -> f64 {
+    10.0
+}
+fn default_min_change() -> u64 {
+    64
+}
+
+/// Percent-encode a path segment (flavor ids are free text).
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +117,21 @@ pub enum NovaError {
     Failed(String),
 }
 
+/// A Keystone token and the endpoints memscale calls with it.
+#[derive(Debug, Clone)]
+struct Session {
+    token: String,
+    compute: String,
+    placement: Option<String>,
+}
+
+/// The OpenStack services memscale calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Compute,
+    Placement,
+}
+
 /// Microversion: 2.25 made `block_migration: "auto"` possible; 2.30 added `force` (left out).
 pub const MICROVERSION: &str = "compute 2.30";
 
@@ -74,8 +139,8 @@ pub struct Nova {
     cfg: NovaConfig,
     password: String,
     agent: ureq::Agent,
-    /// Token and compute endpoint, until Nova refuses the token.
-    session: Mutex<Option<(String, String)>>,
+    /// Token and endpoints, until a service refuses the token.
+    session: Mutex<Option<Session>>,
     /// Callers' tokens Keystone was asked about lately, and what it said.
     tokens: Mutex<std::collections::HashMap<String, (Instant, Option<Caller>)>>,
 }
@@ -112,7 +177,7 @@ impl Nova {
         })
     }
 
-    fn login(&self) -> Result<(String, String), NovaError> {
+    fn login(&self) -> Result<Session, NovaError> {
         let body = json!({"auth": {
             "identity": {"methods": ["password"], "password": {"user": {
                 "name": self.cfg.username,
@@ -163,10 +228,27 @@ impl Nova {
                     ))
                 })?,
         };
-        Ok((token, compute.trim_end_matches('/').to_string()))
+        let placement = self
+            .cfg
+            .placement_url
+            .clone()
+            .or_else(|| {
+                endpoint_of(
+                    &v,
+                    "placement",
+                    &self.cfg.interface,
+                    self.cfg.region.as_deref(),
+                )
+            })
+            .map(|u| u.trim_end_matches('/').to_string());
+        Ok(Session {
+            token,
+            compute: compute.trim_end_matches('/').to_string(),
+            placement,
+        })
     }
 
-    fn session(&self) -> Result<(String, String), NovaError> {
+    fn session(&self) -> Result<Session, NovaError> {
         let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(x) = s.as_ref() {
             return Ok(x.clone());
@@ -183,26 +265,68 @@ impl Nova {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), NovaError> {
-        for attempt in 0..2 {
-            let (token, base) = self.session()?;
+        self.request(Service::Compute, MICROVERSION, method, path, body)
+    }
+
+    /// One call to an OpenStack service at `microversion` (e.g. `compute 2.61`,
+    /// `placement 1.28`): a refused token is renewed once, a kept-alive connection the server
+    /// closed meanwhile is tried once more on a new one. The answer's status and JSON body
+    /// (a body that is not JSON comes back as a string).
+    pub fn request(
+        &self,
+        service: Service,
+        microversion: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), NovaError> {
+        let mut renewed = false;
+        let mut retried = false;
+        loop {
+            let s = self.session()?;
+            let base = match service {
+                Service::Compute => s.compute.clone(),
+                Service::Placement => s.placement.clone().ok_or_else(|| {
+                    NovaError::Auth(
+                        "no placement endpoint in the catalog (set placement_url in [nova])".into(),
+                    )
+                })?,
+            };
             let url = format!("{base}{path}");
+            let a = &self.agent;
             let r = match (method, body) {
-                ("POST", Some(b)) => self
-                    .agent
+                ("POST", Some(b)) => a
                     .post(&url)
-                    .header("X-Auth-Token", &token)
-                    .header("OpenStack-API-Version", MICROVERSION)
+                    .header("X-Auth-Token", &s.token)
+                    .header("OpenStack-API-Version", microversion)
                     .send_json(b),
-                _ => self
-                    .agent
+                ("PUT", Some(b)) => a
+                    .put(&url)
+                    .header("X-Auth-Token", &s.token)
+                    .header("OpenStack-API-Version", microversion)
+                    .send_json(b),
+                ("DELETE", _) => a
+                    .delete(&url)
+                    .header("X-Auth-Token", &s.token)
+                    .header("OpenStack-API-Version", microversion)
+                    .call(),
+                _ => a
                     .get(&url)
-                    .header("X-Auth-Token", &token)
-                    .header("OpenStack-API-Version", MICROVERSION)
+                    .header("X-Auth-Token", &s.token)
+                    .header("OpenStack-API-Version", microversion)
                     .call(),
             };
-            let mut r = r.map_err(|e| NovaError::Api(format!("{method} {url}: {e}")))?;
+            let mut r = match r {
+                Ok(r) => r,
+                Err(ureq::Error::Io(_)) if !retried => {
+                    retried = true;
+                    continue;
+                }
+                Err(e) => return Err(NovaError::Api(format!("{method} {url}: {e}"))),
+            };
             let status = r.status().as_u16();
-            if status == 401 && attempt == 0 {
+            if status == 401 && !renewed {
+                renewed = true;
                 *self.session.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 continue;
             }
@@ -210,9 +334,6 @@ impl Nova {
             let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
             return Ok((status, v));
         }
-        Err(NovaError::Api(format!(
-            "{method} {path}: token refused twice"
-        )))
     }
 
     fn server(&self, id: &str) -> Result<Value, NovaError> {
@@ -322,7 +443,7 @@ impl Nova {
         }
         let url = format!("{}/auth/tokens", self.cfg.auth_url.trim_end_matches('/'));
         for attempt in 0..2 {
-            let (token, _) = self.session()?;
+            let token = self.session()?.token;
             let mut r = match self
                 .agent
                 .get(&url)
@@ -402,10 +523,20 @@ fn brief(v: &Value) -> String {
 
 /// The compute endpoint in a Keystone v3 token's catalog.
 pub fn compute_endpoint(token: &Value, interface: &str, region: Option<&str>) -> Option<String> {
+    endpoint_of(token, "compute", interface, region)
+}
+
+/// The endpoint of a service type in a Keystone v3 token's catalog.
+pub fn endpoint_of(
+    token: &Value,
+    kind: &str,
+    interface: &str,
+    region: Option<&str>,
+) -> Option<String> {
     token["token"]["catalog"]
         .as_array()?
         .iter()
-        .filter(|s| s["type"] == "compute")
+        .filter(|s| s["type"] == kind)
         .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
         .find(|e| {
             e["interface"] == interface

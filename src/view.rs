@@ -45,6 +45,11 @@ pub struct GuestView {
     /// Why that claim is not believed (a hostile or broken balloon driver).
     pub size_dispute: Option<crate::control::SizeDispute>,
     pub flavor: Option<String>,
+    /// The flavor's RAM (Nova guests): what Nova's Placement already counts for the guest.
+    pub flavor_memory: Option<Bytes>,
+    /// Where the envelope came from (`nova-api` or `domain-metadata`) and since when, when
+    /// live flavors are on.
+    pub envelope_source: Option<crate::envelope::Origin>,
     pub project: Option<String>,
     /// The Nova project's id, whose members may adjust the guest through the compute API.
     pub project_id: Option<String>,
@@ -83,6 +88,8 @@ impl GuestView {
             claimed_size: None,
             size_dispute: None,
             flavor: None,
+            flavor_memory: None,
+            envelope_source: None,
             project: None,
             project_id: None,
             tags: Vec::new(),

@@ -189,6 +189,9 @@ fn nova(base: &str) -> (Nova, tempfile::TempDir) {
         interface: "public".into(),
         compute_url: None,
         poll_seconds: 0.05,
+        flavor_ttl_seconds: 0.0,
+        placement_url: None,
+        placement: None,
     })
     .expect("nova");
     (n, dir)
@@ -295,6 +298,9 @@ fn every_refusal_is_named() {
         interface: "public".into(),
         compute_url: None,
         poll_seconds: 0.05,
+        flavor_ttl_seconds: 0.0,
+        placement_url: None,
+        placement: None,
     })
     .expect("nova");
     let e = n
@@ -316,6 +322,9 @@ fn every_refusal_is_named() {
         interface: "public".into(),
         compute_url: None,
         poll_seconds: 1.0,
+        flavor_ttl_seconds: 0.0,
+        placement_url: None,
+        placement: None,
     })
     .err()
     .expect("no file");

@@ -60,11 +60,17 @@ pub fn status(s: &Shared) -> serde_json::Value {
         .filter(|p| !guests.iter().any(|g| p.selector.matches(&g.labels())))
         .map(|p| p.name.as_str())
         .collect();
+    let placement = s
+        .placement
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let hosts = s.hosts.read().unwrap_or_else(|p| p.into_inner());
     let hv: Vec<serde_json::Value> = hosts
         .values()
         .map(|h| {
             json!({
+                "placement": placement.get(&h.name),
                 "name": h.name, "uri": h.uri, "connected": h.connected, "last_error": h.last_error,
                 "capacity": h.capacity, "reserve": h.reserve, "committed": h.committed,
                 "deficit": h.deficit, "over_capacity": h.over_capacity,

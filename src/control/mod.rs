@@ -74,6 +74,9 @@ pub struct Guest {
     pub first_seen: f64,
     pub stats: Option<GuestStats>,
     pub spec: Option<DomainSpec>,
+    /// Where a Nova guest's envelope came from (nova-api or its domain metadata), when live
+    /// flavors are on.
+    pub flavor_origin: Option<crate::envelope::Origin>,
     pub envelope: Result<Envelope, String>,
     /// The balloon target and each virtio-mem device's requested size, as last known.
     pub parts: Parts,
@@ -315,6 +318,7 @@ impl Guest {
             cpu_last_change: f64::NEG_INFINITY,
             cpu_hold_until: f64::NEG_INFINITY,
             limited: None,
+            flavor_origin: None,
         }
     }
 

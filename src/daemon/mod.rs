@@ -2,6 +2,7 @@
 //! the shared state the API and metrics read (the views they read live in `view`).
 
 mod host;
+pub mod openstack;
 mod persist;
 
 use crate::audit::Audit;
@@ -68,6 +69,10 @@ pub struct Shared {
     pub state_lock: std::sync::Mutex<()>,
     /// OpenStack Nova, for hosts that migrate through it.
     pub nova: Option<Arc<crate::nova::Nova>>,
+    /// Live flavor envelopes: the flavors the guests name, as nova-api last said (issue 19).
+    pub flavors: crate::liveflavor::FlavorCache,
+    /// What memscale holds in Placement for each host, for status (by host label).
+    pub placement: std::sync::Mutex<BTreeMap<String, crate::placement::HostPlacement>>,
     /// The etcd session when `[coordination]` is set.
     pub coord: Option<Arc<crate::coord::Coord>>,
     /// Where the loops read the time of day (the machine's clock, or a test's).
@@ -81,6 +86,11 @@ impl Shared {
         metrics.policy_generation.set(policies.generation as i64);
         let status = policy_status(&policies, diags, false);
         let migration = config.migration.clone();
+        let flavor_ttl = config
+            .nova
+            .as_ref()
+            .map(|n| n.flavor_ttl_seconds)
+            .unwrap_or(0.0);
         let coord = config
             .coordination
             .clone()
@@ -98,6 +108,8 @@ impl Shared {
             pins: RwLock::new(Default::default()),
             migration: RwLock::new(migration),
             nova: None,
+            flavors: crate::liveflavor::FlavorCache::new(flavor_ttl),
+            placement: std::sync::Mutex::new(BTreeMap::new()),
             restored: std::sync::Mutex::new(BTreeMap::new()),
             snapshots: std::sync::Mutex::new(BTreeMap::new()),
             manual: std::sync::Mutex::new(BTreeMap::new()),

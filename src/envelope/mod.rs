@@ -143,5 +143,34 @@ pub struct Envelope {
     pub notes: Vec<Note>,
 }
 
+/// Where a Nova guest's envelope came from, and since when (epoch seconds), for status: the
+/// flavor as nova-api has it now, or the copy in the domain metadata (live flavors, issue 19).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Origin {
+    /// [`NOVA_API`] or [`DOMAIN_METADATA`].
+    pub source: &'static str,
+    pub since: f64,
+    /// The flavor as the metadata names it (`id:…` or `name:…`).
+    pub flavor: String,
+    /// Why not nova-api: the named error and its message.
+    pub error: Option<String>,
+    pub error_name: Option<&'static str>,
+    /// The flavor cache's generation this came from: the definition is read again when it moves.
+    #[serde(skip)]
+    pub generation: u64,
+    /// nova-api has not answered for this flavor yet (and was first asked less than
+    /// [`FLAVOR_WAIT`] seconds ago): the guest waits for it rather than being sized by the
+    /// metadata's copy for a tick and by the live flavor the next.
+    #[serde(skip)]
+    pub pending: bool,
+}
+
+/// How long a guest waits for nova-api's first answer about its flavor before its envelope
+/// comes from the domain metadata.
+pub const FLAVOR_WAIT: f64 = 30.0;
+
+pub const NOVA_API: &str = "nova-api";
+pub const DOMAIN_METADATA: &str = "domain-metadata";
+
 #[cfg(test)]
 mod tests;

@@ -118,6 +118,13 @@ pub(super) async fn collect(
                 None,
             );
         }
+        // Its flavor changed in nova-api (or nova-api stopped or started answering): the
+        // definition is read again, and the envelope made from what the cache says now.
+        if let Some(o) = &g.flavor_origin
+            && shared.flavors.generation(&o.flavor, now) != o.generation
+        {
+            g.reread_definition();
+        }
         let running = g
             .stats
             .as_ref()
@@ -185,10 +192,35 @@ async fn refresh_definition(host: &mut Host, shared: &Shared, uuid: &str, deadli
     };
     match xmls {
         Ok((live, inactive)) => match DomainSpec::parse(&live) {
-            Ok(spec) => {
+            Ok(mut spec) => {
                 // None: the persistent definition was not read this time; keep the last.
-                let inactive =
+                let mut inactive =
                     read_inactive.then(|| inactive.and_then(|x| DomainSpec::parse(&x).ok()));
+                // Live flavors: nova-api's flavor over the copy in the metadata (both
+                // definitions, so the vCPU envelope reads the same specs).
+                let origin = spec
+                    .nova
+                    .as_mut()
+                    .and_then(|n| shared.flavors.apply(n, now));
+                if let Some(Some(Some(n))) = inactive
+                    .as_mut()
+                    .map(|i| i.as_mut().map(|i| i.nova.as_mut()))
+                {
+                    shared.flavors.apply(n, now);
+                }
+                if origin.as_ref().is_some_and(|o| o.pending) {
+                    // nova-api's first answer about this flavor is on its way: the guest keeps
+                    // what it has (nothing, for a new guest: held) and the definition is read
+                    // again next tick, rather than sized by the boot-time copy meanwhile.
+                    return;
+                }
+                if origin.as_ref().map(|o| (o.source, o.error_name))
+                    != g.flavor_origin.as_ref().map(|o| (o.source, o.error_name))
+                    && let Some(o) = &origin
+                {
+                    tracing::info!(host = %host.label, guest = %g.name, flavor = %o.flavor, source = o.source, error = ?o.error_name, "envelope source");
+                }
+                g.flavor_origin = origin;
                 g.take_definitions(spec, inactive, &shared.config.flavors, now);
                 if let Ok(e) = &g.envelope {
                     tracing::debug!(host = %host.label, guest = %g.name, floor = %e.floor, ceiling = %e.ceiling, "envelope");

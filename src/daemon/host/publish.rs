@@ -136,6 +136,8 @@ pub(super) fn publish(host: &mut Host, shared: &Shared, now: f64) {
         view.claimed_size = reading.claimed;
         view.size_dispute = g.size_dispute;
         set_text(&mut view.flavor, nova.and_then(|n| n.flavor_name.as_ref()));
+        view.flavor_memory = nova.and_then(|n| n.memory);
+        view.envelope_source.clone_from(&g.flavor_origin);
         set_text(&mut view.project, nova.and_then(|n| n.project.as_ref()));
         set_text(
             &mut view.project_id,
