@@ -222,3 +222,96 @@ fn bad_input_is_named() {
         "{err}"
     );
 }
+
+/// Issue 18's bar for a policy at floor 0% and 128 MiB/s: more reclaimed than every baseline,
+/// and events per VM-day, shortfall and pressure time each no worse than VPA's and
+/// Autopilot's. Returns the measures it fails, each with both figures.
+fn fails_the_bar(results: &[serde_json::Value], name: &str) -> Vec<String> {
+    let by = |n: &str| {
+        results
+            .iter()
+            .find(|r| r["name"] == n)
+            .unwrap_or_else(|| panic!("{n} missing from the results"))
+    };
+    let f = |r: &serde_json::Value, k: &str| {
+        r[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} of {} is not a number", r["name"]))
+    };
+    let c = by(name);
+    let mut fails = Vec::new();
+    for b in results.iter().filter(|r| r["kind"] == "baseline" && r["name"] != "oracle") {
+        let bn = b["name"].as_str().unwrap_or("?");
+        if f(c, "reclaimed_pct") <= f(b, "reclaimed_pct") {
+            fails.push(format!(
+                "reclaimed_pct vs {bn}: {:.2} <= {:.2}",
+                f(c, "reclaimed_pct"),
+                f(b, "reclaimed_pct")
+            ));
+        }
+        if bn != "vpa" && bn != "autopilot" {
+            continue;
+        }
+        for k in ["pressure_events_per_vm_day", "shortfall_gib_h", "pressure_time_pct"] {
+            if f(c, k) > f(b, k) {
+                fails.push(format!("{k} vs {bn}: {:.4} > {:.4}", f(c, k), f(b, k)));
+            }
+        }
+    }
+    fails
+}
+
+/// Issue 18's domination claim, checked on the July sample (19 VMs, floor 0%, 128 MiB/s) for
+/// the candidates in docs/simulation.md. None meets the whole bar yet: `day-peak` (the peak
+/// kept 24 h) is no worse than VPA and Autopilot on every pressure measure and fails only on
+/// reclaim against Autopilot (66.5% vs 74.0%); `recur-day-3h` (3 h peak, yesterday's need
+/// grown to an hour ahead) reclaims more than the default with fewer events and less pressure
+/// time, but has 7-8 times VPA's events. The test pins both, so a candidate that starts to
+/// meet the bar, or stops meeting what it met, shows here.
+#[test]
+fn candidates_against_issue_18s_bar_on_the_july_sample() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let default = format!("{dir}/default.toml");
+    let day_peak = format!("{dir}/candidates/day-peak.toml");
+    let recur = format!("{dir}/candidates/recur-day-3h.toml");
+    let (code, out, err) = memscale(&[
+        "simulate",
+        "--trace",
+        &sample20(),
+        "--floor",
+        "0%",
+        "--grow-speed",
+        "128MiB/s",
+        "--policy",
+        &default,
+        "--policy",
+        &day_peak,
+        "--policy",
+        &recur,
+        "--json",
+        "--no-progress",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
+    let results = v["results"].as_array().expect("results");
+    // day-peak fails the bar on one measure only: reclaim against Autopilot.
+    let fails = fails_the_bar(results, "day-peak");
+    assert_eq!(fails.len(), 1, "{fails:?}");
+    assert!(fails[0].starts_with("reclaimed_pct vs autopilot"), "{fails:?}");
+    // The recurring rule: more reclaimed than the default, fewer events, less pressure time.
+    let by = |n: &str| results.iter().find(|r| r["name"] == n).expect(n);
+    let (d, r) = (by("default"), by("recur-day-3h"));
+    for (k, more) in [
+        ("reclaimed_pct", true),
+        ("pressure_events_per_vm_day", false),
+        ("pressure_time_pct", false),
+    ] {
+        let (a, b) = (d[k].as_f64().expect(k), r[k].as_f64().expect(k));
+        assert!(if more { b > a } else { b < a }, "{k}: default {a}, recur-day-3h {b}");
+    }
+    // And it does not meet the bar: events against VPA, and reclaim against Autopilot.
+    let fails = fails_the_bar(results, "recur-day-3h");
+    assert!(
+        fails.iter().any(|f| f.starts_with("pressure_events_per_vm_day vs vpa")),
+        "{fails:?}"
+    );
+}

@@ -53,6 +53,18 @@ pub(crate) fn plain_policy() -> Spec {
     Spec::Policy(Box::new(p))
 }
 
+/// The shipped default with issue 18's rules on: the peak kept 24 h with a cushion halving
+/// every 4 h, and the need of the same hour yesterday grown to an hour ahead. Its peak and
+/// recurring need change with time alone, which the simulator's skipping must see.
+pub(crate) fn candidate_policy() -> Spec {
+    let mut p = cmd::shipped_default();
+    p.name = "candidate".into();
+    p.knobs.peak_window = crate::units::Dur::secs(86400);
+    p.knobs.peak_decay = crate::units::Dur::secs(4 * 3600);
+    p.knobs.recur = crate::units::Dur::secs(86400);
+    Spec::Policy(Box::new(p))
+}
+
 #[test]
 fn shipped_default_policy_parses() {
     let (ps, diags) = crate::policy::parse_policy_text(
@@ -124,6 +136,7 @@ fn skipping_quiet_ticks_changes_nothing() {
         Spec::Baseline(Baseline::Static),
         plain_policy(),
         Spec::Baseline(Baseline::Vpa),
+        candidate_policy(),
     ];
     let fast = Options::default();
     let mut exact = Options::default();
