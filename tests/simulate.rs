@@ -239,7 +239,10 @@ fn fails_the_bar(results: &[serde_json::Value], name: &str) -> Vec<String> {
     };
     let c = by(name);
     let mut fails = Vec::new();
-    for b in results.iter().filter(|r| r["kind"] == "baseline" && r["name"] != "oracle") {
+    for b in results
+        .iter()
+        .filter(|r| r["kind"] == "baseline" && r["name"] != "oracle")
+    {
         let bn = b["name"].as_str().unwrap_or("?");
         if f(c, "reclaimed_pct") <= f(b, "reclaimed_pct") {
             fails.push(format!(
@@ -251,7 +254,11 @@ fn fails_the_bar(results: &[serde_json::Value], name: &str) -> Vec<String> {
         if bn != "vpa" && bn != "autopilot" {
             continue;
         }
-        for k in ["pressure_events_per_vm_day", "shortfall_gib_h", "pressure_time_pct"] {
+        for k in [
+            "pressure_events_per_vm_day",
+            "shortfall_gib_h",
+            "pressure_time_pct",
+        ] {
             if f(c, k) > f(b, k) {
                 fails.push(format!("{k} vs {bn}: {:.4} > {:.4}", f(c, k), f(b, k)));
             }
@@ -296,7 +303,10 @@ fn candidates_against_issue_18s_bar_on_the_july_sample() {
     // day-peak fails the bar on one measure only: reclaim against Autopilot.
     let fails = fails_the_bar(results, "day-peak");
     assert_eq!(fails.len(), 1, "{fails:?}");
-    assert!(fails[0].starts_with("reclaimed_pct vs autopilot"), "{fails:?}");
+    assert!(
+        fails[0].starts_with("reclaimed_pct vs autopilot"),
+        "{fails:?}"
+    );
     // The recurring rule: more reclaimed than the default, fewer events, less pressure time.
     let by = |n: &str| results.iter().find(|r| r["name"] == n).expect(n);
     let (d, r) = (by("default"), by("recur-day-3h"));
@@ -306,12 +316,17 @@ fn candidates_against_issue_18s_bar_on_the_july_sample() {
         ("pressure_time_pct", false),
     ] {
         let (a, b) = (d[k].as_f64().expect(k), r[k].as_f64().expect(k));
-        assert!(if more { b > a } else { b < a }, "{k}: default {a}, recur-day-3h {b}");
+        assert!(
+            if more { b > a } else { b < a },
+            "{k}: default {a}, recur-day-3h {b}"
+        );
     }
     // And it does not meet the bar: events against VPA, and reclaim against Autopilot.
     let fails = fails_the_bar(results, "recur-day-3h");
     assert!(
-        fails.iter().any(|f| f.starts_with("pressure_events_per_vm_day vs vpa")),
+        fails
+            .iter()
+            .any(|f| f.starts_with("pressure_events_per_vm_day vs vpa")),
         "{fails:?}"
     );
 }

@@ -234,7 +234,9 @@ impl Guest {
             size,
             samples: all,
             history: self.history,
-            peak: self.peaks.decayed(now, policy.knobs.peak_decay.as_secs_f64()),
+            peak: self
+                .peaks
+                .decayed(now, policy.knobs.peak_decay.as_secs_f64()),
             recurring: self.peaks.recurring(now, recur, ahead),
         });
         self.health = Health::Ok;

@@ -694,7 +694,9 @@ fn report(at: f64, size_mib: u64, need_mib: u64) -> Sample {
 /// A guest needing 300 MiB in 1 GiB for the last two minutes, told that 2 GiB came at this
 /// time one period ago.
 fn quiet_guest(recurring: Bytes, e: &Envelope, k: &Knobs) -> Decision {
-    let samples: Vec<Sample> = (0..=24).map(|t| report(t as f64 * 5.0, 1024, 300)).collect();
+    let samples: Vec<Sample> = (0..=24)
+        .map(|t| report(t as f64 * 5.0, 1024, 300))
+        .collect();
     plan(&Input {
         now: 120.0,
         envelope: e,
@@ -744,7 +746,9 @@ fn shrink_keeps_room_for_the_recurring_need() {
         shrink_rate: crate::units::Rate(Bytes(0)),
         ..Knobs::default()
     };
-    let samples: Vec<Sample> = (0..=24).map(|t| report(t as f64 * 5.0, 4096, 300)).collect();
+    let samples: Vec<Sample> = (0..=24)
+        .map(|t| report(t as f64 * 5.0, 4096, 300))
+        .collect();
     let at = |recurring| {
         plan(&Input {
             now: 120.0,
@@ -763,10 +767,7 @@ fn shrink_keeps_room_for_the_recurring_need() {
     let expected = Bytes::from_mib(2048);
     let kept = at(expected);
     assert_eq!(kept.kind, Kind::Shrink, "{kept:?}");
-    assert!(
-        kept.target >= expected + headroom(&k, expected),
-        "{kept:?}"
-    );
+    assert!(kept.target >= expected + headroom(&k, expected), "{kept:?}");
 }
 
 /// The tracker reads back the need of one period ago, up to `ahead` later, once it keeps
@@ -795,7 +796,10 @@ fn peak_tracker_reads_the_need_one_period_ago() {
     assert_eq!(p.peak(now), Bytes::from_mib(300));
     assert_eq!(p.recurring(now, day, hour), Bytes::from_mib(300));
     assert_eq!(p.recurring(now, day, 2.5 * hour), Bytes::from_mib(2048));
-    assert_eq!(p.recurring(now + 1.5 * hour, day, hour), Bytes::from_mib(2048));
+    assert_eq!(
+        p.recurring(now + 1.5 * hour, day, hour),
+        Bytes::from_mib(2048)
+    );
     assert_eq!(p.recurring(now, 0.0, hour), Bytes(0));
     // The next change lies ahead, within one bucket (6 h / 32).
     let next = p.next_change(now, day, hour);
@@ -833,7 +837,10 @@ fn peak_cushion_decays_with_the_time_since_the_peak() {
     assert_eq!(p.decayed(now, half), Bytes::from_mib(300 + 500));
     // One half-life: half; and the same until the next bucket boundary.
     assert_eq!(p.decayed(end + half, half), Bytes::from_mib(300 + 1000));
-    assert_eq!(p.decayed(end + half + width * 0.9, half), Bytes::from_mib(300 + 1000));
+    assert_eq!(
+        p.decayed(end + half + width * 0.9, half),
+        Bytes::from_mib(300 + 1000)
+    );
     // Never below the latest need.
     assert!(p.decayed(end + 100.0 * hour, hour) >= Bytes::from_mib(300));
 }

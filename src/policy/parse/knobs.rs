@@ -157,7 +157,10 @@ pub(super) fn parse_knobs(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Kno
         let s = at("peak_decay");
         ctx.err(
             s,
-            format!("peak_decay {} needs peak_window: it decays that peak", k.peak_decay),
+            format!(
+                "peak_decay {} needs peak_window: it decays that peak",
+                k.peak_decay
+            ),
         );
     }
     if !k.recur.0.is_zero() && k.peak_window.0.is_zero() {
