@@ -573,7 +573,7 @@ fn fixed_run(t: &Trace) -> RunResult {
     opts.model.delay = 0.0;
     opts.model.shrink_speed = 1e18;
     let mut ctl = Fixed(Bytes::from_gib(2));
-    let (acc, _) = run_group(t, &[0], &mut ctl, &opts, &AtomicU64::new(0));
+    let (acc, _, _) = run_group(t, &[0], &mut ctl, &opts, &AtomicU64::new(0));
     RunResult::from_acc("fixed".into(), "policy", acc, false, opts.model.interval)
 }
 
