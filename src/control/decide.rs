@@ -238,6 +238,7 @@ impl Guest {
                 .peaks
                 .decayed(now, policy.knobs.peak_decay.as_secs_f64()),
             recurring: self.peaks.recurring(now, recur, ahead),
+            young: policy.knobs.young_headroom.0 > 0 && self.peaks.young(now),
         });
         self.health = Health::Ok;
         let backoff = self.refused_at + REFUSAL_BACKOFF - now;

@@ -46,6 +46,9 @@ pub struct Input<'a> {
     /// need one period ago, up to `recur_ahead` later; see [`PeakTracker::recurring`]); zero
     /// when the policy expects none.
     pub recurring: Bytes,
+    /// The guest's peak history spans less than the policy's `peak_window` (see
+    /// [`PeakTracker::young`]): its headroom is at least the policy's `young_headroom`.
+    pub young: bool,
 }
 
 fn since(now: f64, t: Option<f64>) -> f64 {
@@ -80,7 +83,11 @@ pub fn plan(i: &Input) -> Decision {
         return Decision::hold(size, Reason::Plan(PlannerReason::NoSamples));
     };
     let need = last.need();
-    let headroom = headroom(k, need);
+    let mut headroom = headroom(k, need);
+    if i.young {
+        // No window of peaks yet: the peak kept does not know the guest's daily high.
+        headroom = headroom.max(k.young_headroom);
+    }
     // A starved guest reports need clipped at its allocation, so its "trend" would only echo
     // our own growth: fit the trend to samples that still had memory to spare.
     // Only the latest unbroken run counts: a jump across a starved spell is a step, not a trend.

@@ -16,6 +16,8 @@ pub struct PeakTracker {
     buckets: VecDeque<(i64, Bytes)>,
     last: Bytes,
     last_at: f64,
+    /// When it first took a sample in (restored: its oldest bucket's start); infinite before.
+    since: f64,
 }
 
 impl PeakTracker {
@@ -27,6 +29,7 @@ impl PeakTracker {
             buckets: VecDeque::new(),
             last: Bytes(0),
             last_at: f64::NEG_INFINITY,
+            since: f64::INFINITY,
         }
     }
 
@@ -66,6 +69,11 @@ impl PeakTracker {
         }
         let mut p = PeakTracker::new(window);
         p.buckets = buckets.into_iter().collect();
+        p.since = p
+            .buckets
+            .front()
+            .map(|(k, _)| *k as f64 * p.width)
+            .unwrap_or(f64::INFINITY);
         p.last = last;
         p.last_at = if last_at.is_nan() {
             f64::NEG_INFINITY
@@ -100,6 +108,20 @@ impl PeakTracker {
             .fold(Bytes(0), Bytes::max)
     }
 
+    /// Whether it took its first sample in less than a window before `now`: a guest first
+    /// seen less than a window ago, whose peak does not yet know its daily (weekly...) high.
+    /// True before any sample. Restored from saved parts, its history starts at its oldest
+    /// bucket's start; a new span (a policy reload) starts it over.
+    pub fn young(&self, now: f64) -> bool {
+        now < self.grown_at()
+    }
+
+    /// When it stops being young: its first sample's time plus the window (infinite before
+    /// any sample).
+    pub fn grown_at(&self) -> f64 {
+        self.since + self.window
+    }
+
     /// Time of the latest sample taken in.
     pub fn last_at(&self) -> f64 {
         self.last_at
@@ -110,6 +132,7 @@ impl PeakTracker {
             return;
         }
         let need = s.need();
+        self.since = self.since.min(s.at);
         let b = (s.at / self.width).floor() as i64;
         match self.buckets.back_mut() {
             Some((k, m)) if *k == b => *m = (*m).max(need),

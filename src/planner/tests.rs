@@ -68,6 +68,7 @@ impl Model {
             history: self.history,
             peak: Bytes(0),
             recurring: Bytes(0),
+            young: false,
         });
         match d.kind {
             Kind::Grow => self.history.last_grow = Some(now),
@@ -193,6 +194,7 @@ fn swapping_guest_grows() {
         history: History::default(),
         peak: Bytes(0),
         recurring: Bytes(0),
+        young: false,
     });
     assert_eq!(d.kind, Kind::Grow);
     assert!(matches!(
@@ -474,7 +476,11 @@ fn reference_plan(i: &Input) -> Decision {
         return Decision::hold(size, Reason::Plan(PlannerReason::NoSamples));
     };
     let need = last.need();
-    let headroom = headroom(k, need);
+    let headroom = if i.young {
+        headroom(k, need).max(k.young_headroom)
+    } else {
+        headroom(k, need)
+    };
     // A starved guest reports need clipped at its allocation, so its "trend" would only echo
     // our own growth: fit the trend to samples that still had memory to spare.
     // Only the latest unbroken run counts: a jump across a starved spell is a step, not a trend.
@@ -656,9 +662,12 @@ proptest! {
         peak_mib in 0u64..3000,
         late in 0.0f64..30.0,
         pct in 0.5f64..=1.0,
+        young in any::<bool>(),
+        young_mib in prop::sample::select(vec![0u64, 128, 512, 2048]),
     ) {
         let k = Knobs {
             percentile: crate::units::Percent(pct),
+            young_headroom: Bytes::from_mib(young_mib),
             ..k
         };
         let now = w.last().map_or(1000.0, |s| s.at) + late;
@@ -674,6 +683,7 @@ proptest! {
             },
             peak: Bytes::from_mib(peak_mib),
             recurring: Bytes(0),
+            young,
         };
         prop_assert_eq!(plan(&i), reference_plan(&i));
     }
@@ -706,6 +716,7 @@ fn quiet_guest(recurring: Bytes, e: &Envelope, k: &Knobs) -> Decision {
         history: History::default(),
         peak: Bytes(0),
         recurring,
+        young: false,
     })
 }
 
@@ -759,6 +770,7 @@ fn shrink_keeps_room_for_the_recurring_need() {
             history: History::default(),
             peak: Bytes(0),
             recurring,
+            young: false,
         })
     };
     let free = at(Bytes(0));
@@ -843,4 +855,90 @@ fn peak_cushion_decays_with_the_time_since_the_peak() {
     );
     // Never below the latest need.
     assert!(p.decayed(end + 100.0 * hour, hour) >= Bytes::from_mib(300));
+}
+
+/// A guest first seen less than a peak window ago keeps at least `young_headroom` free: its
+/// peak does not know its daily high yet. Once its history spans the window (and with the
+/// knob off) the same guest shrinks to its need plus its usual headroom.
+#[test]
+fn a_young_guest_keeps_the_young_headroom() {
+    let e = env(512, 512, 4096, 2, 1);
+    let k = Knobs {
+        max_shrink_step: Bytes(0),
+        shrink_rate: crate::units::Rate(Bytes(0)),
+        peak_window: crate::units::Dur::secs(86400),
+        young_headroom: Bytes::from_mib(1024),
+        ..Knobs::default()
+    };
+    let samples: Vec<Sample> = (0..=24)
+        .map(|t| report(t as f64 * 5.0, 4096, 300))
+        .collect();
+    let at = |young, k: &Knobs| {
+        plan(&Input {
+            now: 120.0,
+            envelope: &e,
+            knobs: k,
+            size: Bytes::from_mib(4096),
+            samples: &samples,
+            history: History::default(),
+            peak: Bytes::from_mib(300),
+            recurring: Bytes(0),
+            young,
+        })
+    };
+    let need = Bytes::from_mib(300);
+    let young = at(true, &k);
+    assert_eq!(young.kind, Kind::Shrink, "{young:?}");
+    assert_eq!(young.headroom, Bytes::from_mib(1024), "{young:?}");
+    assert!(young.target >= need + Bytes::from_mib(1024), "{young:?}");
+    let grown = at(false, &k);
+    assert_eq!(grown.kind, Kind::Shrink, "{grown:?}");
+    assert_eq!(grown.headroom, headroom(&k, need), "{grown:?}");
+    assert!(grown.target < need + Bytes::from_mib(1024), "{grown:?}");
+    // The knob off: being young changes nothing.
+    let off = Knobs {
+        young_headroom: Bytes(0),
+        ..k.clone()
+    };
+    assert_eq!(at(true, &off), grown);
+    // A young guest short of its young headroom grows to it.
+    let small: Vec<Sample> = (0..=24).map(|t| report(t as f64 * 5.0, 800, 300)).collect();
+    let d = plan(&Input {
+        now: 120.0,
+        envelope: &e,
+        knobs: &k,
+        size: Bytes::from_mib(800),
+        samples: &small,
+        history: History::default(),
+        peak: Bytes::from_mib(300),
+        recurring: Bytes(0),
+        young: true,
+    });
+    assert_eq!(d.kind, Kind::Grow, "{d:?}");
+    assert!(d.target >= need + Bytes::from_mib(1024), "{d:?}");
+}
+
+/// The tracker is young for one window from its first sample, however its samples come (a
+/// gap longer than the window does not make it young again); restored from its parts, its
+/// history starts at its oldest bucket.
+#[test]
+fn peak_tracker_is_young_for_one_window() {
+    let mut p = PeakTracker::new(3200.0); // buckets of 100 s
+    assert!(p.young(0.0), "no history is young");
+    assert_eq!(p.grown_at(), f64::INFINITY);
+    let mut t = 50.0;
+    while t < 10_000.0 {
+        p.observe(&report(t, 1024, 300));
+        p.peak(t);
+        assert_eq!(p.young(t), t < 3250.0, "at {t}");
+        // Silent from 4000 s to 9000 s: every bucket expires, and it stays grown up.
+        t += if t == 4000.0 { 5000.0 } else { 50.0 };
+    }
+    assert_eq!(p.grown_at(), 3250.0);
+    let (w, b, l, la) = p.parts();
+    let first = b[0].0 as f64 * 100.0;
+    let q = PeakTracker::from_parts(w, b, l, la);
+    assert_eq!(q.grown_at(), first + 3200.0);
+    // What it kept starts after the silence: restored, it knows less than a window of peaks.
+    assert!(q.young(10_000.0));
 }

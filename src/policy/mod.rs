@@ -44,6 +44,10 @@ pub struct Knobs {
     pub peak_decay: Dur,
     /// How far ahead of the same time one `recur` period ago the recurring need is looked for.
     pub recur_ahead: Dur,
+    /// While a guest's peak history spans less than `peak_window` (it was first seen less
+    /// than a window ago: no day of peaks yet), its headroom is at least this (0: off; needs
+    /// `peak_window`).
+    pub young_headroom: Bytes,
     /// Growth speed limit per guest (0: unlimited).
     pub grow_rate: Rate,
     /// Shrink speed limit per guest (0: unlimited).
@@ -94,6 +98,7 @@ impl Default for Knobs {
             recur: Dur::secs(0),
             peak_decay: Dur::secs(0),
             recur_ahead: Dur::secs(3600),
+            young_headroom: Bytes(0),
             grow_rate: Rate(Bytes(0)),
             shrink_rate: Rate(Bytes::from_mib(64)),
             max_grow_step: Bytes(0),

@@ -274,6 +274,13 @@ impl Controller for PolicyCtl {
                     k.recur.as_secs_f64(),
                     k.recur_ahead.as_secs_f64(),
                 );
+                // A young guest's headroom falls when its history spans the window.
+                let grown = g.ctl.peaks.grown_at();
+                let next = if k.young_headroom.0 > 0 && grown > now {
+                    next.min(grown)
+                } else {
+                    next
+                };
                 if k.peak_decay.0.is_zero() {
                     next
                 } else {

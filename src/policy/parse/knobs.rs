@@ -22,6 +22,7 @@ const KNOBS: &[&str] = &[
     "recur",
     "peak_decay",
     "recur_ahead",
+    "young_headroom",
     "percentile",
     "grow_rate",
     "shrink_rate",
@@ -68,6 +69,9 @@ pub(super) fn parse_knobs(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Kno
             "peak_decay" => k.peak_decay = d(ctx, Dur::secs(7 * 86400)).unwrap_or(k.peak_decay),
             "recur" => k.recur = d(ctx, Dur::secs(7 * 86400)).unwrap_or(k.recur),
             "recur_ahead" => k.recur_ahead = d(ctx, Dur::secs(86400)).unwrap_or(k.recur_ahead),
+            "young_headroom" => {
+                k.young_headroom = b(ctx, Bytes(0), big).unwrap_or(k.young_headroom)
+            }
             "window" => {
                 k.window = unit(ctx, name, v, Dur::parse, (Dur::secs(1), Dur::secs(86400)))
                     .unwrap_or(k.window)
@@ -160,6 +164,16 @@ pub(super) fn parse_knobs(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Kno
             format!(
                 "peak_decay {} needs peak_window: it decays that peak",
                 k.peak_decay
+            ),
+        );
+    }
+    if k.young_headroom.0 > 0 && k.peak_window.0.is_zero() {
+        let s = at("young_headroom");
+        ctx.err(
+            s,
+            format!(
+                "young_headroom {} needs peak_window: a guest is young until its peaks span it",
+                k.young_headroom
             ),
         );
     }
