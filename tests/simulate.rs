@@ -222,3 +222,218 @@ fn bad_input_is_named() {
         "{err}"
     );
 }
+
+/// Issue 18's bar for a policy at floor 0% and 128 MiB/s: more reclaimed than every baseline,
+/// and events per VM-day, shortfall and pressure time each no worse than VPA's and
+/// Autopilot's. Returns the measures it fails, each with both figures.
+fn fails_the_bar(results: &[serde_json::Value], name: &str) -> Vec<String> {
+    let by = |n: &str| {
+        results
+            .iter()
+            .find(|r| r["name"] == n)
+            .unwrap_or_else(|| panic!("{n} missing from the results"))
+    };
+    let f = |r: &serde_json::Value, k: &str| {
+        r[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} of {} is not a number", r["name"]))
+    };
+    let c = by(name);
+    let mut fails = Vec::new();
+    for b in results
+        .iter()
+        .filter(|r| r["kind"] == "baseline" && r["name"] != "oracle")
+    {
+        let bn = b["name"].as_str().unwrap_or("?");
+        if f(c, "reclaimed_pct") <= f(b, "reclaimed_pct") {
+            fails.push(format!(
+                "reclaimed_pct vs {bn}: {:.2} <= {:.2}",
+                f(c, "reclaimed_pct"),
+                f(b, "reclaimed_pct")
+            ));
+        }
+        if bn != "vpa" && bn != "autopilot" {
+            continue;
+        }
+        for k in [
+            "pressure_events_per_vm_day",
+            "shortfall_gib_h",
+            "pressure_time_pct",
+        ] {
+            if f(c, k) > f(b, k) {
+                fails.push(format!("{k} vs {bn}: {:.4} > {:.4}", f(c, k), f(b, k)));
+            }
+        }
+    }
+    fails
+}
+
+/// Issue 18's domination claim, checked on the July sample (19 VMs, floor 0%, 128 MiB/s) for
+/// the candidates in docs/simulation.md. None meets the whole bar yet: `day-peak` (the peak
+/// kept 24 h) is no worse than VPA and Autopilot on every pressure measure and fails only on
+/// reclaim against Autopilot (66.5% vs 74.0%); `recur-day-3h` (3 h peak, yesterday's need
+/// grown to an hour ahead) reclaims more than the default with fewer events and less pressure
+/// time, but has 7-8 times VPA's events; `two-day-young`, the closest (docs/simulation.md,
+/// "where the events and the lost reclaim come from"), meets every pressure measure and is
+/// 6.3 points of reclaim short of Autopilot. The test pins all three, so a candidate that
+/// starts to meet the bar, or stops meeting what it met, shows here.
+#[test]
+fn candidates_against_issue_18s_bar_on_the_july_sample() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
+    let default = format!("{dir}/default.toml");
+    let day_peak = format!("{dir}/candidates/day-peak.toml");
+    let recur = format!("{dir}/candidates/recur-day-3h.toml");
+    let young = format!("{dir}/candidates/two-day-young.toml");
+    let (code, out, err) = memscale(&[
+        "simulate",
+        "--trace",
+        &sample20(),
+        "--floor",
+        "0%",
+        "--grow-speed",
+        "128MiB/s",
+        "--policy",
+        &default,
+        "--policy",
+        &day_peak,
+        "--policy",
+        &recur,
+        "--policy",
+        &young,
+        "--json",
+        "--no-progress",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
+    let results = v["results"].as_array().expect("results");
+    // day-peak fails the bar on one measure only: reclaim against Autopilot.
+    let fails = fails_the_bar(results, "day-peak");
+    assert_eq!(fails.len(), 1, "{fails:?}");
+    assert!(
+        fails[0].starts_with("reclaimed_pct vs autopilot"),
+        "{fails:?}"
+    );
+    // The recurring rule: more reclaimed than the default, fewer events, less pressure time.
+    let by = |n: &str| results.iter().find(|r| r["name"] == n).expect(n);
+    let (d, r) = (by("default"), by("recur-day-3h"));
+    for (k, more) in [
+        ("reclaimed_pct", true),
+        ("pressure_events_per_vm_day", false),
+        ("pressure_time_pct", false),
+    ] {
+        let (a, b) = (d[k].as_f64().expect(k), r[k].as_f64().expect(k));
+        assert!(
+            if more { b > a } else { b < a },
+            "{k}: default {a}, recur-day-3h {b}"
+        );
+    }
+    // And it does not meet the bar: events against VPA, and reclaim against Autopilot.
+    let fails = fails_the_bar(results, "recur-day-3h");
+    assert!(
+        fails
+            .iter()
+            .any(|f| f.starts_with("pressure_events_per_vm_day vs vpa")),
+        "{fails:?}"
+    );
+    // The closest candidate: two-day-young (a 48 h peak, a lean 128 MiB / 25% headroom, 512
+    // MiB while a guest's peaks span less than the window) also fails on reclaim against
+    // Autopilot only, by 5 to 7.5 points (6.3 when measured), and reclaims more than
+    // day-peak.
+    let fails = fails_the_bar(results, "two-day-young");
+    assert_eq!(fails.len(), 1, "{fails:?}");
+    assert!(
+        fails[0].starts_with("reclaimed_pct vs autopilot"),
+        "{fails:?}"
+    );
+    let reclaimed = |n: &str| by(n)["reclaimed_pct"].as_f64().expect("reclaimed_pct");
+    let gap = reclaimed("autopilot") - reclaimed("two-day-young");
+    assert!(
+        (5.0..7.5).contains(&gap),
+        "two-day-young {gap:.2} points below Autopilot"
+    );
+    assert!(
+        reclaimed("two-day-young") > reclaimed("day-peak"),
+        "two-day-young {:.2}, day-peak {:.2}",
+        reclaimed("two-day-young"),
+        reclaimed("day-peak")
+    );
+}
+
+/// `--per-vm` gives each VM's figures and pressure events under each controller, and they add
+/// up to the run's totals: the events listed are the events counted, each one began with
+/// demand above the allocation, and the VMs' reclaim integrals give the run's reclaim.
+#[test]
+fn per_vm_figures_add_up_to_the_run() {
+    let (code, out, err) = memscale(&[
+        "simulate",
+        "--trace",
+        &sample20(),
+        "--floor",
+        "0%",
+        "--baseline",
+        "vpa",
+        "--json",
+        "--per-vm",
+        "--no-progress",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
+    let results = v["results"].as_array().expect("results");
+    for r in results {
+        let name = r["name"].as_str().expect("name");
+        let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{name}: {k}"));
+        let vms = r["per_vm"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: per_vm"));
+        assert_eq!(vms.len() as f64, f("vms"), "{name}");
+        let (mut events, mut days, mut ceiling_gib_h, mut reclaimed_gib_h) = (0.0, 0.0, 0.0, 0.0);
+        for vm in vms {
+            let g = |k: &str| vm[k].as_f64().unwrap_or_else(|| panic!("{name}: {k}"));
+            let list = vm["events"].as_array().expect("events");
+            assert_eq!(list.len() as f64, g("pressure_events"), "{name} {vm}");
+            for e in list {
+                let b = |k: &str| e[k].as_u64().unwrap_or_else(|| panic!("{name}: {k}"));
+                assert!(b("demand") > b("alloc"), "{name}: {e}");
+                assert!(b("demand") <= g("ceiling") as u64, "{name}: {e}");
+            }
+            events += g("pressure_events");
+            days += g("vm_days");
+            reclaimed_gib_h += g("reclaimed_gib_h");
+            ceiling_gib_h += g("ceiling") / (1u64 << 30) as f64 * g("vm_days") * 24.0;
+        }
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+        assert!(
+            close(days, f("vm_days")),
+            "{name}: {days} vs {}",
+            f("vm_days")
+        );
+        assert!(
+            close(events, f("pressure_events_per_vm_day") * f("vm_days")),
+            "{name}: {events} events listed"
+        );
+        let pct = 100.0 * reclaimed_gib_h / ceiling_gib_h;
+        assert!(
+            (pct - f("reclaimed_pct")).abs() < 0.01,
+            "{name}: {pct} vs {}",
+            f("reclaimed_pct")
+        );
+    }
+    // Without the flag the JSON has no per_vm (its size stays that of the totals).
+    let (code, out, err) = memscale(&[
+        "simulate",
+        "--trace",
+        &sample20(),
+        "--floor",
+        "0%",
+        "--baseline",
+        "vpa",
+        "--json",
+        "--no-progress",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
+    let results = v["results"].as_array().expect("results");
+    assert!(
+        results.iter().all(|r| r.get("per_vm").is_none()),
+        "per_vm printed without --per-vm"
+    );
+}

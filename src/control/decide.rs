@@ -213,6 +213,13 @@ impl Guest {
             self.peaks_seen = f64::NEG_INFINITY;
         }
         // Window statistics may use older samples; the latest must postdate the last resize.
+        let (recur, ahead) = (
+            policy.knobs.recur.as_secs_f64(),
+            policy.knobs.recur_ahead.as_secs_f64(),
+        );
+        if recur > 0.0 {
+            self.peaks.set_keep(recur + span / 32.0);
+        }
         let all: &[Sample] = self.samples.make_contiguous();
         // Samples are in time order: only the newest few are new to the tracker.
         let seen = self.peaks_seen;
@@ -227,7 +234,11 @@ impl Guest {
             size,
             samples: all,
             history: self.history,
-            peak: self.peaks.peak(now),
+            peak: self
+                .peaks
+                .decayed(now, policy.knobs.peak_decay.as_secs_f64()),
+            recurring: self.peaks.recurring(now, recur, ahead),
+            young: policy.knobs.young_headroom.0 > 0 && self.peaks.young(now),
         });
         self.health = Health::Ok;
         let backoff = self.refused_at + REFUSAL_BACKOFF - now;

@@ -35,6 +35,11 @@ pub enum PlannerReason {
     Swapping {
         bytes_per_sec: u64,
     },
+    /// Demand that recurs (the policy's `recur`) is expected at `expected` soon: grown to
+    /// ahead of it.
+    Recurring {
+        expected: Bytes,
+    },
     /// MemAvailable stayed above the shrink threshold over the window.
     Idle {
         available: Bytes,
@@ -183,6 +188,9 @@ impl fmt::Display for PlannerReason {
                 f,
                 "idle: available {available} above {threshold} over the window"
             ),
+            PlannerReason::Recurring { expected } => {
+                write!(f, "recurring: {expected} expected soon (as one period ago)")
+            }
             PlannerReason::BelowFloor => f.write_str("below floor"),
             PlannerReason::AboveCeiling => f.write_str("above ceiling"),
             PlannerReason::InBand { available } => write!(f, "in band: available {available}"),
@@ -349,6 +357,7 @@ impl PlannerReason {
             PlannerReason::Short { .. } => "short",
             PlannerReason::Swapping { .. } => "swapping",
             PlannerReason::Idle { .. } => "idle",
+            PlannerReason::Recurring { .. } => "recurring",
             PlannerReason::BelowFloor => "below_floor",
             PlannerReason::AboveCeiling => "above_ceiling",
             PlannerReason::InBand { .. } => "in_band",

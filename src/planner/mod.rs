@@ -42,6 +42,13 @@ pub struct Input<'a> {
     /// The highest need over the policy's `peak_window` (see [`PeakTracker`]); zero when the
     /// policy keeps no peak.
     pub peak: Bytes,
+    /// The need expected soon from demand that recurs (the policy's `recur`: the highest
+    /// need one period ago, up to `recur_ahead` later; see [`PeakTracker::recurring`]); zero
+    /// when the policy expects none.
+    pub recurring: Bytes,
+    /// The guest's peak history spans less than the policy's `peak_window` (see
+    /// [`PeakTracker::young`]): its headroom is at least the policy's `young_headroom`.
+    pub young: bool,
 }
 
 fn since(now: f64, t: Option<f64>) -> f64 {
@@ -76,7 +83,11 @@ pub fn plan(i: &Input) -> Decision {
         return Decision::hold(size, Reason::Plan(PlannerReason::NoSamples));
     };
     let need = last.need();
-    let headroom = headroom(k, need);
+    let mut headroom = headroom(k, need);
+    if i.young {
+        // No window of peaks yet: the peak kept does not know the guest's daily high.
+        headroom = headroom.max(k.young_headroom);
+    }
     // A starved guest reports need clipped at its allocation, so its "trend" would only echo
     // our own growth: fit the trend to samples that still had memory to spare.
     // Only the latest unbroken run counts: a jump across a starved spell is a step, not a trend.
@@ -140,8 +151,16 @@ pub fn plan(i: &Input) -> Decision {
     let grow_threshold = headroom.scale(k.grow_at.fraction());
     let swap = last.swap_in_rate;
     let swapping = k.swap_grow.per_sec().0 > 0 && swap > k.swap_grow.per_sec().0 as f64;
-    if avail_pred < grow_threshold || swapping || size < need + k.min_free {
+    // Demand that came at this time one period ago is grown to before it comes again, with the
+    // headroom it would have then; a guest already that large keeps it (the shrink below).
+    let expected = i.recurring;
+    let recurs = expected > predicted
+        && size.saturating_sub(expected) < self::headroom(k, expected).scale(k.grow_at.fraction());
+    if avail_pred < grow_threshold || swapping || size < need + k.min_free || recurs {
         let mut want = (predicted + headroom).max(need + k.min_free);
+        if recurs {
+            want = want.max(expected + self::headroom(k, expected));
+        }
         if swapping {
             want = want.max(size + headroom);
         }
@@ -153,7 +172,9 @@ pub fn plan(i: &Input) -> Decision {
             let factor = 1u64 << (starved - 1).min(6);
             want = want.max(size + Bytes(headroom.0.saturating_mul(factor)));
         }
-        let reason = if swapping && avail_pred >= grow_threshold {
+        let reason = if recurs && avail_pred >= grow_threshold && !swapping {
+            Reason::Plan(PlannerReason::Recurring { expected })
+        } else if swapping && avail_pred >= grow_threshold {
             Reason::Plan(PlannerReason::Swapping {
                 bytes_per_sec: swap as u64,
             })
@@ -225,7 +246,10 @@ pub fn plan(i: &Input) -> Decision {
             });
             return d;
         }
-        let keep = (need_window.max(i.peak) + headroom).max(need + k.min_free);
+        let kept = need_window.max(i.peak);
+        let keep = (kept + headroom)
+            .max(need + k.min_free)
+            .max(i.recurring + self::headroom(k, i.recurring));
         let mut step = size.saturating_sub(keep);
         if k.max_shrink_step.0 > 0 {
             step = step.min(k.max_shrink_step);

@@ -67,6 +67,8 @@ impl Model {
             samples: &self.samples,
             history: self.history,
             peak: Bytes(0),
+            recurring: Bytes(0),
+            young: false,
         });
         match d.kind {
             Kind::Grow => self.history.last_grow = Some(now),
@@ -191,6 +193,8 @@ fn swapping_guest_grows() {
         samples: &[s],
         history: History::default(),
         peak: Bytes(0),
+        recurring: Bytes(0),
+        young: false,
     });
     assert_eq!(d.kind, Kind::Grow);
     assert!(matches!(
@@ -472,7 +476,11 @@ fn reference_plan(i: &Input) -> Decision {
         return Decision::hold(size, Reason::Plan(PlannerReason::NoSamples));
     };
     let need = last.need();
-    let headroom = headroom(k, need);
+    let headroom = if i.young {
+        headroom(k, need).max(k.young_headroom)
+    } else {
+        headroom(k, need)
+    };
     // A starved guest reports need clipped at its allocation, so its "trend" would only echo
     // our own growth: fit the trend to samples that still had memory to spare.
     // Only the latest unbroken run counts: a jump across a starved spell is a step, not a trend.
@@ -654,9 +662,12 @@ proptest! {
         peak_mib in 0u64..3000,
         late in 0.0f64..30.0,
         pct in 0.5f64..=1.0,
+        young in any::<bool>(),
+        young_mib in prop::sample::select(vec![0u64, 128, 512, 2048]),
     ) {
         let k = Knobs {
             percentile: crate::units::Percent(pct),
+            young_headroom: Bytes::from_mib(young_mib),
             ..k
         };
         let now = w.last().map_or(1000.0, |s| s.at) + late;
@@ -671,7 +682,263 @@ proptest! {
                 last_shrink: since_shrink.map(|s| now - s),
             },
             peak: Bytes::from_mib(peak_mib),
+            recurring: Bytes(0),
+            young,
         };
         prop_assert_eq!(plan(&i), reference_plan(&i));
     }
+}
+
+/// One report of a guest of `size` MiB needing `need` MiB (no hidden memory), at `at`.
+fn report(at: f64, size_mib: u64, need_mib: u64) -> Sample {
+    let size = Bytes::from_mib(size_mib);
+    Sample {
+        at,
+        size,
+        total: size,
+        available: size.saturating_sub(Bytes::from_mib(need_mib)),
+        swap_in_rate: 0.0,
+    }
+}
+
+/// A guest needing 300 MiB in 1 GiB for the last two minutes, told that 2 GiB came at this
+/// time one period ago.
+fn quiet_guest(recurring: Bytes, e: &Envelope, k: &Knobs) -> Decision {
+    let samples: Vec<Sample> = (0..=24)
+        .map(|t| report(t as f64 * 5.0, 1024, 300))
+        .collect();
+    plan(&Input {
+        now: 120.0,
+        envelope: e,
+        knobs: k,
+        size: Bytes::from_mib(1024),
+        samples: &samples,
+        history: History::default(),
+        peak: Bytes(0),
+        recurring,
+        young: false,
+    })
+}
+
+/// Demand that came one period ago is grown to before it comes again, to the size it needed
+/// then plus the headroom it would have; none expected, the same guest is only shrunk.
+#[test]
+fn recurring_need_is_grown_to_ahead_of_time() {
+    let e = env(512, 512, 4096, 2, 1);
+    let k = Knobs {
+        recur: crate::units::Dur::secs(86400),
+        ..Knobs::default()
+    };
+    let expected = Bytes::from_mib(2048);
+    let d = quiet_guest(expected, &e, &k);
+    assert_eq!(d.kind, Kind::Grow, "{d:?}");
+    assert_eq!(
+        d.reason,
+        Reason::Plan(PlannerReason::Recurring { expected }),
+        "{d:?}"
+    );
+    assert!(d.target >= expected + headroom(&k, expected), "{d:?}");
+    assert_eq!(d.reason.label(), "recurring");
+    // Nothing recurring: the same guest is idle and shrinks.
+    let d = quiet_guest(Bytes(0), &e, &k);
+    assert_eq!(d.kind, Kind::Shrink, "{d:?}");
+    // A recurring need the guest already has room for asks for nothing.
+    let d = quiet_guest(Bytes::from_mib(400), &e, &k);
+    assert_ne!(d.kind, Kind::Grow, "{d:?}");
+}
+
+/// A guest sized for a recurring need keeps it: a shrink stops at the recurring need plus its
+/// headroom, where without it the guest goes down to its own need plus headroom.
+#[test]
+fn shrink_keeps_room_for_the_recurring_need() {
+    let e = env(512, 512, 4096, 2, 1);
+    let k = Knobs {
+        max_shrink_step: Bytes(0),
+        shrink_rate: crate::units::Rate(Bytes(0)),
+        ..Knobs::default()
+    };
+    let samples: Vec<Sample> = (0..=24)
+        .map(|t| report(t as f64 * 5.0, 4096, 300))
+        .collect();
+    let at = |recurring| {
+        plan(&Input {
+            now: 120.0,
+            envelope: &e,
+            knobs: &k,
+            size: Bytes::from_mib(4096),
+            samples: &samples,
+            history: History::default(),
+            peak: Bytes(0),
+            recurring,
+            young: false,
+        })
+    };
+    let free = at(Bytes(0));
+    assert_eq!(free.kind, Kind::Shrink, "{free:?}");
+    assert!(free.target < Bytes::from_mib(1024), "{free:?}");
+    let expected = Bytes::from_mib(2048);
+    let kept = at(expected);
+    assert_eq!(kept.kind, Kind::Shrink, "{kept:?}");
+    assert!(kept.target >= expected + headroom(&k, expected), "{kept:?}");
+}
+
+/// The tracker reads back the need of one period ago, up to `ahead` later, once it keeps
+/// its buckets that long; and it says when that reading can change.
+#[test]
+fn peak_tracker_reads_the_need_one_period_ago() {
+    let (day, hour) = (86400.0, 3600.0);
+    let mut p = PeakTracker::new(6.0 * hour);
+    p.set_keep(day + hour);
+    // Day one: 300 MiB, but 2 GiB from 14:00 to 14:30. Then 300 MiB until day two, 12:00.
+    let need = |t: f64| {
+        if (14.0 * hour..14.5 * hour).contains(&t) {
+            2048
+        } else {
+            300
+        }
+    };
+    let mut t = 0.0;
+    while t <= day + 12.0 * hour {
+        p.observe(&report(t, 4096, need(t)));
+        let _ = p.peak(t);
+        t += 300.0;
+    }
+    let now = day + 12.0 * hour;
+    // The 6 h peak has forgotten the spike; the recurring reading has not.
+    assert_eq!(p.peak(now), Bytes::from_mib(300));
+    assert_eq!(p.recurring(now, day, hour), Bytes::from_mib(300));
+    assert_eq!(p.recurring(now, day, 2.5 * hour), Bytes::from_mib(2048));
+    assert_eq!(
+        p.recurring(now + 1.5 * hour, day, hour),
+        Bytes::from_mib(2048)
+    );
+    assert_eq!(p.recurring(now, 0.0, hour), Bytes(0));
+    // The next change lies ahead, within one bucket (6 h / 32).
+    let next = p.next_change(now, day, hour);
+    assert!(next > now && next <= now + 6.0 * hour / 32.0, "{next}");
+    // Kept only for its window, the tracker has nothing of yesterday.
+    let mut short = PeakTracker::new(6.0 * hour);
+    let mut t = 0.0;
+    while t <= day + 12.0 * hour {
+        short.observe(&report(t, 4096, need(t)));
+        let _ = short.peak(t);
+        t += 300.0;
+    }
+    assert_eq!(short.recurring(now, day, 2.5 * hour), Bytes(0));
+}
+
+/// A decaying cushion: a spike's excess over the current need halves every half-life after
+/// its bucket ends, while the undecayed peak keeps all of it for the whole window.
+#[test]
+fn peak_cushion_decays_with_the_time_since_the_peak() {
+    let hour = 3600.0;
+    let mut p = PeakTracker::new(24.0 * hour);
+    // 2300 MiB for the first 45 min bucket (24 h / 32), then 300 MiB.
+    let width = 24.0 * hour / 32.0;
+    let mut t = 0.0;
+    while t <= 5.0 * hour {
+        p.observe(&report(t, 4096, if t < width { 2300 } else { 300 }));
+        t += 300.0;
+    }
+    let end = width; // the spike's bucket ends here
+    let half = 2.0 * width;
+    let now = end + 4.0 * width;
+    assert_eq!(p.peak(now), Bytes::from_mib(2300));
+    assert_eq!(p.decayed(now, 0.0), Bytes::from_mib(2300));
+    // Two half-lives after: a quarter of the 2000 MiB excess is left.
+    assert_eq!(p.decayed(now, half), Bytes::from_mib(300 + 500));
+    // One half-life: half; and the same until the next bucket boundary.
+    assert_eq!(p.decayed(end + half, half), Bytes::from_mib(300 + 1000));
+    assert_eq!(
+        p.decayed(end + half + width * 0.9, half),
+        Bytes::from_mib(300 + 1000)
+    );
+    // Never below the latest need.
+    assert!(p.decayed(end + 100.0 * hour, hour) >= Bytes::from_mib(300));
+}
+
+/// A guest first seen less than a peak window ago keeps at least `young_headroom` free: its
+/// peak does not know its daily high yet. Once its history spans the window (and with the
+/// knob off) the same guest shrinks to its need plus its usual headroom.
+#[test]
+fn a_young_guest_keeps_the_young_headroom() {
+    let e = env(512, 512, 4096, 2, 1);
+    let k = Knobs {
+        max_shrink_step: Bytes(0),
+        shrink_rate: crate::units::Rate(Bytes(0)),
+        peak_window: crate::units::Dur::secs(86400),
+        young_headroom: Bytes::from_mib(1024),
+        ..Knobs::default()
+    };
+    let samples: Vec<Sample> = (0..=24)
+        .map(|t| report(t as f64 * 5.0, 4096, 300))
+        .collect();
+    let at = |young, k: &Knobs| {
+        plan(&Input {
+            now: 120.0,
+            envelope: &e,
+            knobs: k,
+            size: Bytes::from_mib(4096),
+            samples: &samples,
+            history: History::default(),
+            peak: Bytes::from_mib(300),
+            recurring: Bytes(0),
+            young,
+        })
+    };
+    let need = Bytes::from_mib(300);
+    let young = at(true, &k);
+    assert_eq!(young.kind, Kind::Shrink, "{young:?}");
+    assert_eq!(young.headroom, Bytes::from_mib(1024), "{young:?}");
+    assert!(young.target >= need + Bytes::from_mib(1024), "{young:?}");
+    let grown = at(false, &k);
+    assert_eq!(grown.kind, Kind::Shrink, "{grown:?}");
+    assert_eq!(grown.headroom, headroom(&k, need), "{grown:?}");
+    assert!(grown.target < need + Bytes::from_mib(1024), "{grown:?}");
+    // The knob off: being young changes nothing.
+    let off = Knobs {
+        young_headroom: Bytes(0),
+        ..k.clone()
+    };
+    assert_eq!(at(true, &off), grown);
+    // A young guest short of its young headroom grows to it.
+    let small: Vec<Sample> = (0..=24).map(|t| report(t as f64 * 5.0, 800, 300)).collect();
+    let d = plan(&Input {
+        now: 120.0,
+        envelope: &e,
+        knobs: &k,
+        size: Bytes::from_mib(800),
+        samples: &small,
+        history: History::default(),
+        peak: Bytes::from_mib(300),
+        recurring: Bytes(0),
+        young: true,
+    });
+    assert_eq!(d.kind, Kind::Grow, "{d:?}");
+    assert!(d.target >= need + Bytes::from_mib(1024), "{d:?}");
+}
+
+/// The tracker is young for one window from its first sample, however its samples come (a
+/// gap longer than the window does not make it young again); restored from its parts, its
+/// history starts at its oldest bucket.
+#[test]
+fn peak_tracker_is_young_for_one_window() {
+    let mut p = PeakTracker::new(3200.0); // buckets of 100 s
+    assert!(p.young(0.0), "no history is young");
+    assert_eq!(p.grown_at(), f64::INFINITY);
+    let mut t = 50.0;
+    while t < 10_000.0 {
+        p.observe(&report(t, 1024, 300));
+        p.peak(t);
+        assert_eq!(p.young(t), t < 3250.0, "at {t}");
+        // Silent from 4000 s to 9000 s: every bucket expires, and it stays grown up.
+        t += if t == 4000.0 { 5000.0 } else { 50.0 };
+    }
+    assert_eq!(p.grown_at(), 3250.0);
+    let (w, b, l, la) = p.parts();
+    let first = b[0].0 as f64 * 100.0;
+    let q = PeakTracker::from_parts(w, b, l, la);
+    assert_eq!(q.grown_at(), first + 3200.0);
+    // What it kept starts after the silence: restored, it knows less than a window of peaks.
+    assert!(q.young(10_000.0));
 }

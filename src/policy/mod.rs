@@ -35,6 +35,19 @@ pub struct Knobs {
     pub percentile: Percent,
     /// A shrink also leaves room for the highest demand over this span (0: off).
     pub peak_window: Dur,
+    /// Demand that recurs with this period (e.g. 24h: the same hour yesterday) is expected
+    /// again: the highest need seen one period ago, up to `recur_ahead` later, is grown to
+    /// ahead of time and kept by shrinks (0: off; needs `peak_window`).
+    pub recur: Dur,
+    /// The peak's cushion halves every this long after the peak (0: the whole peak is kept for
+    /// `peak_window`).
+    pub peak_decay: Dur,
+    /// How far ahead of the same time one `recur` period ago the recurring need is looked for.
+    pub recur_ahead: Dur,
+    /// While a guest's peak history spans less than `peak_window` (it was first seen less
+    /// than a window ago: no day of peaks yet), its headroom is at least this (0: off; needs
+    /// `peak_window`).
+    pub young_headroom: Bytes,
     /// Growth speed limit per guest (0: unlimited).
     pub grow_rate: Rate,
     /// Shrink speed limit per guest (0: unlimited).
@@ -82,6 +95,10 @@ impl Default for Knobs {
             window: Dur::secs(60),
             percentile: Percent(0.95),
             peak_window: Dur::secs(0),
+            recur: Dur::secs(0),
+            peak_decay: Dur::secs(0),
+            recur_ahead: Dur::secs(3600),
+            young_headroom: Bytes(0),
             grow_rate: Rate(Bytes(0)),
             shrink_rate: Rate(Bytes::from_mib(64)),
             max_grow_step: Bytes(0),

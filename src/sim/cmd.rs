@@ -78,6 +78,10 @@ pub struct SimulateArgs {
     /// Evaluate every tick even when nothing can change (slower; for checking).
     #[arg(long)]
     pub exact: bool,
+    /// With --json: each VM's figures and pressure events under each controller (`per_vm`
+    /// of each result), to see where a run's events and reclaim come from.
+    #[arg(long, requires = "json")]
+    pub per_vm: bool,
     /// No progress bar, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
@@ -148,6 +152,7 @@ pub fn options(a: &SimulateArgs) -> Result<Options, i32> {
             exact: a.exact,
         },
         host,
+        per_vm: a.per_vm,
         ..Options::default()
     })
 }

@@ -268,7 +268,26 @@ impl Controller for PolicyCtl {
             g.ctl.on_decided(d);
             // A kept peak falls when its bucket leaves the window: look again then.
             g.wake = if steady {
-                g.ctl.peaks.next_expiry()
+                let k = &self.policy.knobs;
+                let next = g.ctl.peaks.next_change(
+                    now,
+                    k.recur.as_secs_f64(),
+                    k.recur_ahead.as_secs_f64(),
+                );
+                // A young guest's headroom falls when its history spans the window.
+                let grown = g.ctl.peaks.grown_at();
+                let next = if k.young_headroom.0 > 0 && grown > now {
+                    next.min(grown)
+                } else {
+                    next
+                };
+                if k.peak_decay.0.is_zero() {
+                    next
+                } else {
+                    // A decaying cushion falls a step at each bucket boundary.
+                    let w = g.ctl.peaks.width();
+                    next.min(((now / w).floor() + 1.0) * w)
+                }
             } else {
                 now + iv
             };

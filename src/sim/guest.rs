@@ -2,11 +2,12 @@
 //! demand and allocation integrated over time into the run's sums.
 
 use super::Model;
-use super::result::{Acc, Timeline, TimelinePoint};
+use super::result::{Acc, EventRec, Timeline, TimelinePoint, VmFigures};
 use crate::envelope::Envelope;
 use crate::planner::Sample;
 use crate::trace::VmTrace;
 use crate::units::Bytes;
+use crate::units::GIB;
 
 /// The live state of one modelled guest.
 pub(super) struct Guest<'a> {
@@ -25,6 +26,15 @@ pub(super) struct Guest<'a> {
     pub(super) pressure_since: f64,
     pub(super) timeline: Option<Timeline>,
     pub(super) timeline_end: f64,
+    /// This VM's own sums and events, kept for `--per-vm` only.
+    pub(super) own: Option<Own>,
+}
+
+/// One VM's sums and pressure events (`--per-vm`).
+#[derive(Default)]
+pub(super) struct Own {
+    acc: Acc,
+    events: Vec<EventRec>,
 }
 
 impl<'a> Guest<'a> {
@@ -50,8 +60,39 @@ impl<'a> Guest<'a> {
                 points: vec![],
             }),
             timeline_end: start + span,
+            own: None,
             env,
         }
+    }
+
+    /// Keep this VM's own figures (`--per-vm`).
+    pub(super) fn keep_own(&mut self) {
+        self.own = Some(Own::default());
+    }
+
+    /// This VM's figures, when kept.
+    pub(super) fn figures(&self) -> Option<VmFigures> {
+        let o = self.own.as_ref()?;
+        let a = &o.acc;
+        let pct = |x: f64| {
+            if a.ceiling_bs > 0.0 {
+                100.0 * x / a.ceiling_bs
+            } else {
+                0.0
+            }
+        };
+        let gib_h = |x: f64| x / GIB as f64 / 3600.0;
+        Some(VmFigures {
+            vm: self.tr.key.clone(),
+            ceiling: self.env.ceiling.0,
+            vm_days: a.vm_seconds / 86400.0,
+            reclaimed_pct: pct(a.ceiling_bs - a.alloc_bs),
+            mean_demand_pct: pct(a.demand_bs),
+            reclaimed_gib_h: gib_h(a.ceiling_bs - a.alloc_bs),
+            pressure_events: a.pressure_events,
+            shortfall_gib_h: gib_h(a.shortfall_bs),
+            events: o.events.clone(),
+        })
     }
 
     /// Demand now, never above the modelled ceiling (which is the trace's, rounded down to
@@ -86,8 +127,41 @@ impl<'a> Guest<'a> {
         acc.ceiling_bs += ceiling * dt;
         acc.alloc_bs += a as f64 * dt;
         acc.demand_bs += d as f64 * dt;
+        let starts = d > a && !self.in_pressure;
+        if let Some(o) = &mut self.own {
+            let own = &mut o.acc;
+            own.vm_seconds += dt;
+            own.ceiling_bs += ceiling * dt;
+            own.alloc_bs += a as f64 * dt;
+            own.demand_bs += d as f64 * dt;
+            if d > a {
+                if starts {
+                    own.pressure_events += 1;
+                    // Began on a new trace point (a demand jump), or by a shrink landing.
+                    let jumped = self.i > 0 && self.tr.times[self.i] as f64 == self.t;
+                    let before = if jumped {
+                        self.tr.demand[self.i - 1].min(self.env.ceiling.0)
+                    } else {
+                        d
+                    };
+                    o.events.push(EventRec {
+                        at_s: self.t - self.start,
+                        length_s: 0.0,
+                        before,
+                        demand: d,
+                        alloc: a,
+                        shortfall_bs: 0.0,
+                    });
+                }
+                own.shortfall_bs += (d - a) as f64 * dt;
+                if let Some(e) = o.events.last_mut() {
+                    e.shortfall_bs += (d - a) as f64 * dt;
+                    e.length_s += dt;
+                }
+            }
+        }
         if d > a {
-            if !self.in_pressure {
+            if starts {
                 self.in_pressure = true;
                 self.pressure_since = self.t;
                 acc.pressure_events += 1;

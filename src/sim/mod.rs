@@ -22,7 +22,7 @@ pub mod report;
 mod result;
 
 use guest::Guest;
-pub use result::{Acc, RunResult, Timeline, TimelinePoint};
+pub use result::{Acc, EventRec, RunResult, Timeline, TimelinePoint, VmFigures};
 
 use crate::envelope::{Envelope, Source, VmemSlot};
 use crate::planner::Sample;
@@ -220,6 +220,8 @@ pub struct Options {
     pub timeline_vms: Vec<String>,
     /// Recorded span of each timeline, seconds from the VM's start.
     pub timeline_span: f64,
+    /// Keep each VM's figures and pressure events (`--per-vm`).
+    pub per_vm: bool,
 }
 
 impl Default for Options {
@@ -229,6 +231,7 @@ impl Default for Options {
             host: None,
             timeline_vms: vec![],
             timeline_span: 2.0 * 86400.0,
+            per_vm: false,
         }
     }
 }
@@ -272,7 +275,7 @@ fn run_group(
     ctl: &mut dyn Controller,
     opts: &Options,
     progress: &AtomicU64,
-) -> (Acc, Vec<Timeline>) {
+) -> (Acc, Vec<Timeline>, Vec<VmFigures>) {
     let m = &opts.model;
     let mut acc = Acc::default();
     let mut gs: Vec<Guest> = idx
@@ -280,7 +283,11 @@ fn run_group(
         .map(|&i| {
             let tr = &trace.vms[i];
             let rec = opts.timeline_vms.contains(&tr.key);
-            Guest::new(tr, m, rec, opts.timeline_span)
+            let mut g = Guest::new(tr, m, rec, opts.timeline_span);
+            if opts.per_vm {
+                g.keep_own();
+            }
+            g
         })
         .collect();
     acc.vms = gs.len() as u64;
@@ -393,8 +400,9 @@ fn run_group(
         idx.len() as u64 * ((last - reported).max(0.0) as u64),
         Ordering::Relaxed,
     );
+    let figures = gs.iter().filter_map(|g| g.figures()).collect();
     let tls = gs.into_iter().filter_map(|g| g.timeline).collect();
-    (acc, tls)
+    (acc, tls, figures)
 }
 
 /// The work a whole run will do, in VM-seconds, for a progress bar.
@@ -417,25 +425,29 @@ pub fn run(trace: &Trace, specs: &[Spec], opts: &Options, progress: &AtomicU64) 
     let jobs: Vec<(usize, usize)> = (0..specs.len())
         .flat_map(|s| (0..gs.len()).map(move |g| (s, g)))
         .collect();
-    let done: Vec<(usize, Acc, Vec<Timeline>)> = jobs
+    type Done = (usize, Acc, Vec<Timeline>, Vec<VmFigures>);
+    let done: Vec<Done> = jobs
         .par_iter()
         .map(|&(s, g)| {
             let mut ctl = specs[s].build(gs[g].len(), &opts.model);
-            let (acc, tl) = run_group(trace, &gs[g], ctl.as_mut(), opts, progress);
-            (s, acc, tl)
+            let (acc, tl, vf) = run_group(trace, &gs[g], ctl.as_mut(), opts, progress);
+            (s, acc, tl, vf)
         })
         .collect();
     let mut accs: Vec<Acc> = vec![Acc::default(); specs.len()];
     let mut tls: Vec<Vec<Timeline>> = vec![vec![]; specs.len()];
-    for (s, a, tl) in done {
+    let mut vfs: Vec<Vec<VmFigures>> = vec![vec![]; specs.len()];
+    for (s, a, tl, vf) in done {
         accs[s].merge(a);
         tls[s].extend(tl);
+        vfs[s].extend(vf);
     }
     let mut results: Vec<RunResult> = specs
         .iter()
         .zip(accs)
         .zip(tls)
-        .map(|((s, a), tl)| {
+        .zip(vfs)
+        .map(|(((s, a), tl), vf)| {
             let mut r = RunResult::from_acc(
                 s.name(),
                 s.kind(),
@@ -444,6 +456,7 @@ pub fn run(trace: &Trace, specs: &[Spec], opts: &Options, progress: &AtomicU64) 
                 opts.model.interval,
             );
             r.timelines = tl;
+            r.per_vm = vf;
             r
         })
         .collect();

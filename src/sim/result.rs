@@ -49,6 +49,39 @@ impl Acc {
     }
 }
 
+/// One pressure event of one VM, for `--per-vm`: when it began and what made it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EventRec {
+    /// Seconds from the VM's first sample to the event's start.
+    pub at_s: f64,
+    /// Seconds it lasted.
+    pub length_s: f64,
+    /// Demand at the trace point before the one the event began on (equal to `demand` when
+    /// the event began by a shrink landing, not a demand jump).
+    pub before: u64,
+    /// Demand and allocation when it began.
+    pub demand: u64,
+    pub alloc: u64,
+    /// Its shortfall, byte-seconds.
+    pub shortfall_bs: f64,
+}
+
+/// One VM's figures under one controller, for `--per-vm`: where a run's events, shortfall
+/// and reclaim come from.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmFigures {
+    pub vm: String,
+    pub ceiling: u64,
+    pub vm_days: f64,
+    pub reclaimed_pct: f64,
+    pub mean_demand_pct: f64,
+    /// ∫(ceiling − allocation) dt in GiB·h: this VM's share of the run's reclaim.
+    pub reclaimed_gib_h: f64,
+    pub pressure_events: u64,
+    pub shortfall_gib_h: f64,
+    pub events: Vec<EventRec>,
+}
+
 /// One point of a recorded VM timeline.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct TimelinePoint {
@@ -95,6 +128,9 @@ pub struct RunResult {
     pub acc: Acc,
     #[serde(skip)]
     pub timelines: Vec<Timeline>,
+    /// Each VM's figures (`--per-vm` only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_vm: Vec<VmFigures>,
 }
 
 fn quantile(v: &mut [f32], q: f64) -> f64 {
@@ -150,6 +186,7 @@ impl RunResult {
             host_overflow_gib_h: host_mode.then(|| a.host_overflow_bs / GIB as f64 / 3600.0),
             acc: a,
             timelines: vec![],
+            per_vm: vec![],
         }
     }
 }

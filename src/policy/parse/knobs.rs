@@ -19,6 +19,10 @@ const KNOBS: &[&str] = &[
     "trend_window",
     "window",
     "peak_window",
+    "recur",
+    "peak_decay",
+    "recur_ahead",
+    "young_headroom",
     "percentile",
     "grow_rate",
     "shrink_rate",
@@ -62,6 +66,12 @@ pub(super) fn parse_knobs(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Kno
                     .unwrap_or(k.trend_window)
             }
             "peak_window" => k.peak_window = d(ctx, Dur::secs(7 * 86400)).unwrap_or(k.peak_window),
+            "peak_decay" => k.peak_decay = d(ctx, Dur::secs(7 * 86400)).unwrap_or(k.peak_decay),
+            "recur" => k.recur = d(ctx, Dur::secs(7 * 86400)).unwrap_or(k.recur),
+            "recur_ahead" => k.recur_ahead = d(ctx, Dur::secs(86400)).unwrap_or(k.recur_ahead),
+            "young_headroom" => {
+                k.young_headroom = b(ctx, Bytes(0), big).unwrap_or(k.young_headroom)
+            }
             "window" => {
                 k.window = unit(ctx, name, v, Dur::parse, (Dur::secs(1), Dur::secs(86400)))
                     .unwrap_or(k.window)
@@ -146,6 +156,36 @@ pub(super) fn parse_knobs(ctx: &mut Ctx, t: &DeTable, span: Range<usize>) -> Kno
     } else if k.shrink_at.0 <= 1.0 {
         let s = at("shrink_at");
         ctx.err(s, format!("shrink threshold {} must be above 100% of the headroom, or every growth would be undone", k.shrink_at));
+    }
+    if !k.peak_decay.0.is_zero() && k.peak_window.0.is_zero() {
+        let s = at("peak_decay");
+        ctx.err(
+            s,
+            format!(
+                "peak_decay {} needs peak_window: it decays that peak",
+                k.peak_decay
+            ),
+        );
+    }
+    if k.young_headroom.0 > 0 && k.peak_window.0.is_zero() {
+        let s = at("young_headroom");
+        ctx.err(
+            s,
+            format!(
+                "young_headroom {} needs peak_window: a guest is young until its peaks span it",
+                k.young_headroom
+            ),
+        );
+    }
+    if !k.recur.0.is_zero() && k.peak_window.0.is_zero() {
+        let s = at("recur");
+        ctx.err(
+            s,
+            format!(
+                "recur {} needs peak_window: the recurring need is read from the peak's buckets",
+                k.recur
+            ),
+        );
     }
     if k.min_free > k.headroom {
         let s = at("min_free");
