@@ -252,7 +252,12 @@ impl Controller for PolicyCtl {
                 continue;
             };
             let v = &guests[i];
-            let resize = d.kind != Kind::Hold && d.target != v.size;
+            // As the daemon's act stage: a resize is asked even when the guest already holds
+            // its target (no operation to run), so the controller sees it land. Skipping it
+            // left a guest believed at an unconverged growth's target for good (seen: a
+            // 511 GiB VM of July kept at its ceiling for the month, every plan a shrink to
+            // the size it held).
+            let resize = d.kind != Kind::Hold;
             if resize {
                 g.ctl.on_resize_applied(&d, v.size, "virtio-mem", &[], now);
                 out.push((i, d.target));

@@ -9,6 +9,9 @@ use crate::trace::VmTrace;
 use crate::units::Bytes;
 use crate::units::GIB;
 
+/// Seconds of memory one landing step moves (see [`Guest::retarget`]).
+const STEP_SECONDS: f64 = 1.0;
+
 /// The live state of one modelled guest.
 pub(super) struct Guest<'a> {
     pub(super) tr: &'a VmTrace,
@@ -19,7 +22,10 @@ pub(super) struct Guest<'a> {
     pub(super) end: f64,
     pub(super) alloc: u64,
     pub(super) target: u64,
+    /// When the next step of the resize under way lands (infinite: none under way).
     pub(super) land: f64,
+    /// Growth and shrink speeds, bytes per second (the model's).
+    speeds: (f64, f64),
     /// Integrated up to here.
     pub(super) t: f64,
     pub(super) in_pressure: bool,
@@ -50,6 +56,7 @@ impl<'a> Guest<'a> {
             alloc: ceiling,
             target: ceiling,
             land: f64::INFINITY,
+            speeds: (model.grow_speed.max(1.0), model.shrink_speed.max(1.0)),
             t: start,
             in_pressure: false,
             pressure_since: 0.0,
@@ -191,14 +198,59 @@ impl<'a> Guest<'a> {
             }
             self.integrate(next, acc);
             if self.land <= next_point {
-                self.alloc = self.target;
-                self.land = f64::INFINITY;
+                self.land_step(next);
             } else {
                 self.i += 1;
             }
             self.record(next);
         }
         self.integrate(t, acc);
+    }
+
+    /// The speed and the size of one landing step toward `target` from the allocation now.
+    fn step(&self, target: u64) -> (f64, u64) {
+        let speed = if target > self.alloc {
+            self.speeds.0
+        } else {
+            self.speeds.1
+        };
+        let chunk = (speed * STEP_SECONDS) as u64;
+        (speed, self.alloc.abs_diff(target).min(chunk.max(1)))
+    }
+
+    /// A new target at `t`, the request's `delay` before memory starts to move. A resize goes
+    /// a step at a time (a second's worth of memory, as virtio-mem plugs and the guest onlines
+    /// block by block): the guest holds what has landed so far. A new target in the same
+    /// direction as a move under way goes on from where that move is, without a new delay
+    /// (before, every re-ask restarted the whole landing and a guest climbing faster than one
+    /// tick's growth got nothing until the asks stopped).
+    pub(super) fn retarget(&mut self, t: f64, target: u64, delay: f64) {
+        let under_way = self.land.is_finite()
+            && (self.target > self.alloc) == (target > self.alloc)
+            && self.target != self.alloc;
+        self.target = target;
+        if target == self.alloc {
+            self.land = f64::INFINITY;
+        } else if !under_way {
+            let (speed, size) = self.step(target);
+            self.land = t + delay + size as f64 / speed;
+        }
+    }
+
+    /// One step of the resize under way lands at `at`.
+    fn land_step(&mut self, at: f64) {
+        let (speed, size) = self.step(self.target);
+        if self.target > self.alloc {
+            self.alloc += size;
+        } else {
+            self.alloc -= size;
+        }
+        self.land = if self.alloc == self.target {
+            f64::INFINITY
+        } else {
+            let (_, next) = self.step(self.target);
+            at + next as f64 / speed
+        };
     }
 
     pub(super) fn finish(&mut self, acc: &mut Acc) {

@@ -131,16 +131,6 @@ impl Model {
         }
     }
 
-    /// Seconds a resize from `from` to `to` takes to land.
-    pub fn lag(&self, from: Bytes, to: Bytes) -> f64 {
-        let speed = if to > from {
-            self.grow_speed
-        } else {
-            self.shrink_speed
-        };
-        self.delay + from.0.abs_diff(to.0) as f64 / speed.max(1.0)
-    }
-
     fn tick_ceil(&self, t: f64) -> f64 {
         (t / self.interval - 1e-9).ceil() * self.interval
     }
@@ -346,12 +336,7 @@ fn run_group(
                 continue;
             }
             acc.resizes += 1;
-            g.target = target.0;
-            if target.0 == g.alloc {
-                g.land = f64::INFINITY;
-            } else {
-                g.land = t + m.lag(Bytes(g.alloc), target);
-            }
+            g.retarget(t, target.0, m.delay);
         }
         // Host accounting at tick resolution: the sum of allocations now, held to the next tick.
         let next = if m.exact {
