@@ -155,7 +155,11 @@ answers() {
 start_one() {
   local s=$1 pidf=$OSDIR/run/$1.pid
   if [[ -s $pidf ]] && kill -0 "$(cat "$pidf")" 2>/dev/null; then return 0; fi
-  env "$(envvar_of "$s")=$OSDIR/$s" uwsgi --plugin python3 --master --processes 1 --threads 4 \
+  # tests/testbed/nova-compute.sh layers a compute cloud on this one: its nova-api settings
+  # (RabbitMQ, Glance, Neutron) are in nova/extra.conf, read after nova.conf.
+  local files=()
+  [[ $s == nova && -f $OSDIR/nova/extra.conf ]] && files=("OS_NOVA_CONFIG_FILES=api-paste.ini;nova.conf;extra.conf")
+  env "$(envvar_of "$s")=$OSDIR/$s" "${files[@]}" uwsgi --plugin python3 --master --processes 1 --threads 4 \
     --http-socket "$ADDR:$(port_of "$s")" --wsgi-file "$(wsgi_of "$s")" \
     --die-on-term --lazy-apps --need-app --enable-threads --no-orphans --buffer-size 65535 \
     --pidfile "$pidf" --daemonize "$OSDIR/log/$s-uwsgi.log" >/dev/null 2>&1 9>&- ||
