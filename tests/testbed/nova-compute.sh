@@ -55,7 +55,8 @@ alive() { local f=$CD/run/$1.pid; [[ -s $f ]] && kill -0 "$(cat "$f")" 2>/dev/nu
 start_proc() {
   local name=$1; shift
   alive "$name" && return 0
-  setsid "$@" </dev/null >>"$CD/log/$name.out" 2>&1 9>&- &
+  # (not holding the lock of `up`, fd 8: a service that did would keep the next `up` waiting)
+  setsid "$@" </dev/null >>"$CD/log/$name.out" 2>&1 8>&- 9>&- &
   echo $! > "$CD/run/$name.pid"
 }
 
@@ -129,10 +130,14 @@ def ensure(kind, body, query):
     _, v = call("POST", f"/{kind}", {kind[:-1]: body}, token=tok)
     return v[kind[:-1]]["id"]
 admin = ensure("roles", {"name": "admin"}, "name=admin")
+# Nova 26.2 (the OSSA-2023-003 fix) sends its own token as X-Service-Token to Neutron, Glance
+# and Placement, whose keystonemiddleware accepts it only with the `service` role.
+role_service = ensure("roles", {"name": "service"}, "name=service")
 service = ensure("projects", {"name": "service", "domain_id": "default"}, "name=service")
-for user in ("glance", "neutron"):
+for user in ("glance", "neutron", "nova", "placement"):
     uid = ensure("users", {"name": user, "domain_id": "default", "password": pw}, f"name={user}")
     call("PUT", f"/projects/{service}/users/{uid}/roles/{admin}", token=tok)
+    call("PUT", f"/projects/{service}/users/{uid}/roles/{role_service}", token=tok)
 for name, kind, url in [("glance", "image", os.environ["GL_URL"]), ("neutron", "network", os.environ["NE_URL"])]:
     sid = ensure("services", {"name": name, "type": kind}, f"type={kind}")
     for iface in ("public", "internal", "admin"):
@@ -201,7 +206,9 @@ EOF
 bind_host = $ADDR
 bind_port = $NE_PORT
 core_plugin = ml2
-service_plugins =
+# ML2 without these refers to a Port relationship they define (Port.port_forwardings): a
+# 500 on every port listing.
+service_plugins = router,port_forwarding
 auth_strategy = keystone
 transport_url = $MQ_URL
 api_workers = 1
@@ -250,10 +257,6 @@ log_dir = $CD/log
 use_rootwrap_daemon = false
 # no console, no networking of our own; the host of each compute is in compute-NAME.conf
 pointer_model = ps2mouse
-[api_database]
-connection = $(db_url nova_api)
-[database]
-connection = $(db_url nova_cell1)
 [conductor]
 workers = 1
 [scheduler]
@@ -281,6 +284,14 @@ $(authtoken nova)
 [service_user]
 send_service_user_token = false
 EOF
+  # The databases, for the conductor, the scheduler and nova-manage only (a compute that has
+  # them logs an error each time it would have used them).
+  cat > "$CD/nova/db.conf" <<EOF
+[api_database]
+connection = $(db_url nova_api)
+[database]
+connection = $(db_url nova_cell1)
+EOF
   local c name idx ip
   for c in "${COMPUTES[@]}"; do
     name=${c%%:*} idx=${c#*:} ip=$(host_ip "$idx")
@@ -302,6 +313,7 @@ bootstrap() {
   local t0=$SECONDS
   log "first bring-up of the compute layer in $CD"
   sql <<EOF
+DROP DATABASE IF EXISTS glance; DROP DATABASE IF EXISTS neutron; DROP DATABASE IF EXISTS nova_cell1;
 CREATE DATABASE IF NOT EXISTS glance; CREATE DATABASE IF NOT EXISTS neutron;
 CREATE DATABASE IF NOT EXISTS nova_cell1;
 EOF
@@ -310,7 +322,7 @@ EOF
     die "glance-manage db_sync failed: see $CD/log/glance-db.log"
   neutron-db-manage --config-file "$CD/neutron/neutron.conf" --config-file "$CD/neutron/ml2_conf.ini" \
     upgrade heads >"$CD/log/neutron-db.log" 2>&1 || die "neutron-db-manage failed: see $CD/log/neutron-db.log"
-  local NM=(nova-manage --config-file "$CD/nova/nova.conf")
+  local NM=(nova-manage --config-file "$CD/nova/nova.conf" --config-file "$CD/nova/db.conf")
   if ! "${NM[@]}" cell_v2 list_cells 2>/dev/null | grep -q ' cell1 '; then
     "${NM[@]}" cell_v2 create_cell --name cell1 --transport-url "$MQ_URL" \
       --database_connection "$(db_url nova_cell1)" >"$CD/log/nova-cell.log" 2>&1 ||
@@ -322,6 +334,11 @@ EOF
 }
 
 answers_http() { curl -fsS -m 5 -o /dev/null "$1"; }
+neutron_warm() {
+  local t
+  t=$(os_admin openstack token issue -f value -c id) || return 1
+  curl -fsS -m 30 -o /dev/null -H "X-Auth-Token: $t" "$NE_URL/v2.0/networks"
+}
 
 os_admin() {
   env OS_AUTH_URL=$KS_URL OS_IDENTITY_API_VERSION=3 OS_USERNAME=admin OS_PASSWORD=$PASS \
@@ -345,44 +362,59 @@ up() {
   fi
   need_packages || die "packages missing after tests/testbed/install.sh --openstack-compute"
   local t0=$SECONDS sum
-  "$HERE/openstack.sh" up
-  sum=$( (cat "${BASH_SOURCE[0]}"; dpkg-query -W nova-compute glance-api neutron-server rabbitmq-server; cat "$OSDIR/recipe.sum") | sha256sum | cut -c1-16)
-  if [[ ! -e $CD/bootstrapped || $(cat "$CD/recipe.sum" 2>/dev/null) != "$sum" ]]; then
+  # Rebuilt when this recipe or the packages change. Nova's API database, Placement and
+  # Keystone then hold records of the old layer (cells, hosts, resource providers), so the
+  # OpenStack under it is rebuilt as well (openstack.sh reset: about a minute more).
+  sum=$( (cat "${BASH_SOURCE[0]}"; dpkg-query -W nova-compute glance-api neutron-server rabbitmq-server) | sha256sum | cut -c1-16)
+  if [[ -e $CD/recipe.sum && $(cat "$CD/recipe.sum") != "$sum" ]]; then
+    log "recipe changed: rebuilding the OpenStack in $OSDIR"
+    down
+    "$HERE/openstack.sh" reset 8>&-
+    mkdir -p "$CD"
+  fi
+  "$HERE/openstack.sh" up 8>&-
+  # openstack.sh rebuilds its state (databases included) when its own recipe changes.
+  if [[ ! -e $CD/bootstrapped || $(cat "$CD/base.sum" 2>/dev/null) != $(cat "$OSDIR/recipe.sum") ]]; then
     down_services
     rm -rf "$CD"/{glance,neutron,nova,rabbit,bootstrapped,instances}
-    sql -e 'DROP DATABASE IF EXISTS glance; DROP DATABASE IF EXISTS neutron; DROP DATABASE IF EXISTS nova_cell1;'
     write_configs
     start_rabbit
     bootstrap
     echo "$sum" > "$CD/recipe.sum"
+    cp "$OSDIR/recipe.sum" "$CD/base.sum"
+    # nova-api holds tokens issued before the roles bootstrap adds: restart it.
+    rm -f "$OSDIR/nova/extra.conf"
   fi
   # nova-api must cast to the conductor through RabbitMQ: restart it when its extra settings
   # are new (openstack.sh reads them from nova/extra.conf at start).
   if ! cmp -s "$CD/nova-api-extra.conf" "$OSDIR/nova/extra.conf"; then
     cp "$CD/nova-api-extra.conf" "$OSDIR/nova/extra.conf"
     log "restarting openstack.sh's services for nova-api's RabbitMQ, Glance and Neutron settings"
-    "$HERE/openstack.sh" down
-    "$HERE/openstack.sh" up
+    "$HERE/openstack.sh" down 8>&-
+    "$HERE/openstack.sh" up 8>&-
   fi
   start_rabbit
   start_proc glance-api glance-api --config-file "$CD/glance/glance-api.conf"
   start_proc neutron-server neutron-server --config-file "$CD/neutron/neutron.conf" \
     --config-file "$CD/neutron/ml2_conf.ini"
   start_proc nova-conductor nova-conductor --config-file "$CD/nova/nova.conf" \
-    --log-file "$CD/log/nova-conductor.log"
+    --config-file "$CD/nova/db.conf" --log-file "$CD/log/nova-conductor.log"
   start_proc nova-scheduler nova-scheduler --config-file "$CD/nova/nova.conf" \
-    --log-file "$CD/log/nova-scheduler.log"
+    --config-file "$CD/nova/db.conf" --log-file "$CD/log/nova-scheduler.log"
   local c name idx
   for c in "${COMPUTES[@]}"; do
     name=${c%%:*} idx=${c#*:}
-    "$HERE/host.sh" up "$name" "$idx" >/dev/null
+    "$HERE/host.sh" up "$name" "$idx" >/dev/null 8>&-
     start_proc "nova-compute-$name" nova-compute --config-file "$CD/nova/nova.conf" \
       --config-file "$CD/nova/compute-$name.conf"
   done
   wait_for "glance-api on $GL_URL" 120 answers_http "$GL_URL/"
   wait_for "neutron-server on $NE_URL" 180 answers_http "$NE_URL/"
+  # Neutron's first query must not be a port listing: SQLAlchemy sets up the Port model's
+  # relationships with the first query, and a port listing touches one before that (500).
+  wait_for "neutron-server's network list" 60 neutron_warm
   wait_for "nova-compute services (${COMPUTES[*]})" 240 computes_up
-  nova-manage --config-file "$CD/nova/nova.conf" cell_v2 discover_hosts >/dev/null 2>&1 ||
+  nova-manage --config-file "$CD/nova/nova.conf" --config-file "$CD/nova/db.conf" cell_v2 discover_hosts >/dev/null 2>&1 ||
     die "nova-manage cell_v2 discover_hosts failed"
   log "compute cloud up: computes ${COMPUTES[*]} ($((SECONDS - t0)) s)"
 }
