@@ -117,7 +117,7 @@ EOF
 cat > "$WORK/memscale.toml" <<EOF
 interval = "1s"
 stats_period = 2
-$(host_block "$SRC" 704MiB)
+$(host_block "$SRC" 640MiB)
 $(host_block "$DST" 4GiB)
 [migration]
 enabled = true

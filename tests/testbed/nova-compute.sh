@@ -352,6 +352,21 @@ computes_up() { # every compute service reported up
   for c in "${COMPUTES[@]}"; do grep -q "^${c%%:*} up$" <<<"$out" || return 1; done
 }
 
+# What the state is made from: a change here rebuilds it; a change elsewhere in this script
+# (starting, stopping, waiting) does not.
+recipe() {
+  declare -f write_configs keystone_setup bootstrap authtoken service_auth db_url start_rabbit
+  echo "$ADDR $GL_PORT $NE_PORT $MQ_PORT ${COMPUTES[*]}"
+  dpkg-query -W nova-compute glance-api neutron-server rabbitmq-server
+}
+
+# A test-bed host whose libvirtd runs (host.sh up would wait for the test bed's lock first).
+host_alive() {
+  local p
+  p=$(cat "${MEMSCALE_TESTBED_DIR:-/var/tmp/memscale-testbed}/hosts/$1/run/libvirtd.pid" 2>/dev/null) &&
+    kill -0 "$p" 2>/dev/null
+}
+
 up() {
   mkdir -p "$CD"
   exec 8>"$CD/.lock"
@@ -362,10 +377,10 @@ up() {
   fi
   need_packages || die "packages missing after tests/testbed/install.sh --openstack-compute"
   local t0=$SECONDS sum
-  # Rebuilt when this recipe or the packages change. Nova's API database, Placement and
+  # Rebuilt when the recipe (the functions that write the state) or the packages change. Nova's API database, Placement and
   # Keystone then hold records of the old layer (cells, hosts, resource providers), so the
   # OpenStack under it is rebuilt as well (openstack.sh reset: about a minute more).
-  sum=$( (cat "${BASH_SOURCE[0]}"; dpkg-query -W nova-compute glance-api neutron-server rabbitmq-server) | sha256sum | cut -c1-16)
+  sum=$(recipe | sha256sum | cut -c1-16)
   if [[ -e $CD/recipe.sum && $(cat "$CD/recipe.sum") != "$sum" ]]; then
     log "recipe changed: rebuilding the OpenStack in $OSDIR"
     down
@@ -375,7 +390,7 @@ up() {
   "$HERE/openstack.sh" up 8>&-
   # openstack.sh rebuilds its state (databases included) when its own recipe changes.
   if [[ ! -e $CD/bootstrapped || $(cat "$CD/base.sum" 2>/dev/null) != $(cat "$OSDIR/recipe.sum") ]]; then
-    down_services
+    down   # the hosts too: their guests were instances of the old databases
     rm -rf "$CD"/{glance,neutron,nova,rabbit,bootstrapped,instances}
     write_configs
     start_rabbit
@@ -404,7 +419,7 @@ up() {
   local c name idx
   for c in "${COMPUTES[@]}"; do
     name=${c%%:*} idx=${c#*:}
-    "$HERE/host.sh" up "$name" "$idx" >/dev/null 8>&-
+    host_alive "$name" || "$HERE/host.sh" up "$name" "$idx" >/dev/null 8>&-
     start_proc "nova-compute-$name" nova-compute --config-file "$CD/nova/nova.conf" \
       --config-file "$CD/nova/compute-$name.conf"
   done
