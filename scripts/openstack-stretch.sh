@@ -23,7 +23,7 @@ FLAVOR_MIB=512
 MAX_MIB=1024          # hw:mem_max_mb: Zed writes no extra specs into the domain (see below)
 FLOOR_MIB=256         # the policy's floor_below_base: the one way below the flavor's RAM
 DEMAND_AT=150         # seconds after the guest's boot: its demand rises then ...
-DEMAND_MIB=400        # ... to this much tmpfs, at 16 MiB/s
+DEMAND_MIB=300        # ... to this much tmpfs, at 16 MiB/s
 T0=$SECONDS
 
 say() { printf '[%4ds] %s\n' $((SECONDS - T0)) "$*"; }
@@ -36,7 +36,6 @@ eval "$("$TB/nova-compute.sh" env)"
 export OS_COMPUTE_API_VERSION=2.53
 read -r -a HOSTS <<<"${MEMSCALE_OS_COMPUTES//=/ }"   # name ip name ip
 SRC=${HOSTS[0]} DST=${HOSTS[2]}
-INST=$MEMSCALE_OS_INSTANCES
 say "OpenStack: Keystone $MEMSCALE_OS_KEYSTONE, nova-api $MEMSCALE_OS_NOVA, computes $MEMSCALE_OS_COMPUTES"
 openstack compute service list -f value -c Binary -c Host -c State | sed 's/^/    /'
 openstack hypervisor list -f value -c "Hypervisor Hostname" -c "Host IP" -c State | sed 's/^/    hypervisor /'
@@ -90,7 +89,10 @@ echo "    kernel $(x 'd.find("os/kernel").text'), cmdline \"$(x 'd.find("os/cmdl
 [[ $(x 'd.find("devices/memballoon").get("model")') == virtio ]] || fail "no virtio balloon in the domain"
 ok "the domain carries Nova's metadata and a virtio balloon"
 
-CONSOLE=$INST/$UUID/console.log
+# The console log is in the instance's directory on the compute it runs on (Nova truncates it
+# when the guest arrives on another).
+console() { echo "$MEMSCALE_OS_INSTANCES$1/$UUID/console.log"; }
+CONSOLE=$(console "$SRC")
 mstat() { grep -a '^MSTAT' "$CONSOLE" 2>/dev/null | tail -1; }
 for ((i = 0; i < 150; i++)); do [[ -n $(mstat) ]] && break; sleep 1; done
 [[ -n $(mstat) ]] || fail "the guest did not report on its console ($CONSOLE)"
@@ -117,7 +119,7 @@ EOF
 cat > "$WORK/memscale.toml" <<EOF
 interval = "1s"
 stats_period = 2
-$(host_block "$SRC" 640MiB)
+$(host_block "$SRC" 576MiB)
 $(host_block "$DST" 4GiB)
 [migration]
 enabled = true
@@ -181,13 +183,14 @@ for ((i = 0; i < 200; i++)); do
   say "balloon ${cur:-?} MiB on ${on:-?}; guest demand ${dem:-?} MiB, MemAvailable $avail MiB; memscale: $(g '"%s, books %d MiB, target %d MiB, last %s" % (v["state"], v["current"]>>20, v["target"]>>20, (v.get("last_decision") or {}).get("reason"))')"
   if [[ -n ${cur:-} ]]; then
     ((cur < low)) && low=$cur
-    ((!shrunk && cur <= FLAVOR_MIB - 128)) && { shrunk=1; ok "memscale shrank the idle guest: $FLAVOR_MIB -> $cur MiB (floor $FLOOR_MIB)"; }
-    if ((shrunk && !grown && ${dem:-0} > 0 && cur >= low + 128)); then
+    ((!shrunk && cur <= FLOOR_MIB + 32)) && { shrunk=1; ok "memscale shrank the idle guest: $FLAVOR_MIB -> $cur MiB (its floor: $FLOOR_MIB)"; }
+    if ((shrunk && !grown && ${dem:-0} > 0 && cur >= low + 96)); then
       grown=1; ok "memscale grew it back under demand: $low -> $cur MiB with $dem MiB of demand"
     fi
     ((cur > peak)) && peak=$cur
   fi
-  if ((grown)) && [[ ${on:-} == "$DST" ]]; then moved=1; break; fi
+  if ((grown)) && [[ ${on:-} == "$DST" ]]; then moved=1; CONSOLE=$(console "$DST"); break; fi
+  if [[ -n $(grep -a -m1 'Kernel panic' "$CONSOLE" 2>/dev/null) ]]; then fail "the guest panicked: $(grep -a -m1 'Kernel panic' "$CONSOLE")"; fi
   sleep 3
 done
 ((shrunk)) || fail "no shrink seen (lowest balloon $low MiB)"

@@ -34,7 +34,12 @@ CD=$OSDIR/cloud                     # this layer's state
 MQ_NODE=memscale$MQ_PORT@localhost  # the RabbitMQ node, named by its port: one per OpenStack
 MQ_URL=rabbit://nova:$PASS@$ADDR:$MQ_PORT/
 SOCK_DB=$OSDIR/run/mysqld.sock
-INSTANCES=$CD/instances             # shared by every compute: Nova sees shared storage
+# Each compute's instances (disks, kernels, console logs) in cloud/instances-NAME. One shared
+# path was tried first: Nova then finds shared storage and live-migrates without copying the
+# disk, and libvirt refuses ("Migration without shared storage is unsafe": a file on a local
+# ext4 is not shared storage to it, whatever the cache mode, and Nova never passes
+# VIR_MIGRATE_UNSAFE). With a path each, Nova block-migrates (NBD, only the qcow2's top).
+instances_of() { echo "$CD/instances-$1"; }
 
 die() { echo "nova-compute: $*" >&2; exit 1; }
 log() { echo "nova-compute: $*" >&2; }
@@ -176,7 +181,7 @@ EOF
 }
 
 write_configs() {
-  mkdir -p "$CD"/{glance/images,neutron,nova,run,log,instances}
+  mkdir -p "$CD"/{glance/images,neutron,nova,run,log}
   cat > "$CD/glance/glance-api.conf" <<EOF
 [DEFAULT]
 bind_host = $ADDR
@@ -251,7 +256,6 @@ EOF
 [DEFAULT]
 transport_url = $MQ_URL
 state_path = $CD/nova
-instances_path = $INSTANCES
 compute_driver = libvirt.LibvirtDriver
 log_dir = $CD/log
 use_rootwrap_daemon = false
@@ -299,6 +303,7 @@ EOF
 [DEFAULT]
 host = $name
 my_ip = $ip
+instances_path = $(instances_of "$name")
 log_file = $CD/log/nova-compute-$name.log
 [libvirt]
 connection_uri = qemu+tcp://$ip/system
@@ -391,7 +396,7 @@ up() {
   # openstack.sh rebuilds its state (databases included) when its own recipe changes.
   if [[ ! -e $CD/bootstrapped || $(cat "$CD/base.sum" 2>/dev/null) != $(cat "$OSDIR/recipe.sum") ]]; then
     down   # the hosts too: their guests were instances of the old databases
-    rm -rf "$CD"/{glance,neutron,nova,rabbit,bootstrapped,instances}
+    rm -rf "$CD"/{glance,neutron,nova,rabbit,bootstrapped} "$CD"/instances-*
     write_configs
     start_rabbit
     bootstrap
@@ -453,7 +458,8 @@ print_env() {
   "$HERE/openstack.sh" env
   local c hosts=""
   for c in "${COMPUTES[@]}"; do hosts+="${c%%:*}=$(host_ip "${c#*:}") "; done
-  echo "export MEMSCALE_OS_GLANCE=$GL_URL MEMSCALE_OS_NEUTRON=$NE_URL MEMSCALE_OS_INSTANCES=$INSTANCES"
+  # a compute's instances: ${MEMSCALE_OS_INSTANCES}NAME
+  echo "export MEMSCALE_OS_GLANCE=$GL_URL MEMSCALE_OS_NEUTRON=$NE_URL MEMSCALE_OS_INSTANCES=$CD/instances-"
   echo "export MEMSCALE_OS_COMPUTES='${hosts% }'"
 }
 
