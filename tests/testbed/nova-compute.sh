@@ -425,6 +425,7 @@ up() {
   for c in "${COMPUTES[@]}"; do
     name=${c%%:*} idx=${c#*:}
     host_alive "$name" || "$HERE/host.sh" up "$name" "$idx" >/dev/null 8>&-
+    mkdir -p "$(instances_of "$name")"
     start_proc "nova-compute-$name" nova-compute --config-file "$CD/nova/nova.conf" \
       --config-file "$CD/nova/compute-$name.conf"
   done
