@@ -24,6 +24,7 @@ MAX_MIB=1024          # hw:mem_max_mb: Zed writes no extra specs into the domain
 FLOOR_MIB=256         # the policy's floor_below_base: the one way below the flavor's RAM
 DEMAND_AT=150         # seconds after the guest's boot: its demand rises then ...
 DEMAND_MIB=300        # ... to this much tmpfs, at 16 MiB/s
+SRC_CAP=576           # the source host's capacity (its reserve: 256 MiB)
 T0=$SECONDS
 
 say() { printf '[%4ds] %s\n' $((SECONDS - T0)) "$*"; }
@@ -100,7 +101,10 @@ say "the guest runs: $(mstat)"
 
 # memscale on both hosts, Nova as the migration backend; the source's capacity is set so
 # that the guest's need after its demand rises no longer fits there (the machine's real
-# memory is shared by every test-bed host: capacity comes from configuration).
+# memory is shared by every test-bed host: capacity comes from configuration). Moves are
+# switched on (SIGHUP) once the guest has grown: memscale holds a guest's size while it moves
+# it, and a move started while the demand still climbs left the guest short (it panicked:
+# "System is deadlocked on memory") before Nova was done.
 WORK=$(mktemp -d /tmp/ms-stretch.XXXXXX)
 mkdir -p "$WORK/policies"
 echo "$MEMSCALE_OS_PASSWORD" > "$WORK/nova-password"
@@ -119,10 +123,10 @@ EOF
 cat > "$WORK/memscale.toml" <<EOF
 interval = "1s"
 stats_period = 2
-$(host_block "$SRC" 576MiB)
+$(host_block "$SRC" ${SRC_CAP}MiB)
 $(host_block "$DST" 4GiB)
 [migration]
-enabled = true
+enabled = false
 min_interval = "10s"
 timeout = "300s"
 [nova]
@@ -140,7 +144,7 @@ flavors = ["$FLAVOR"]
 [policy.memory]
 floor_below_base = "${FLOOR_MIB}MiB"
 headroom = "64MiB"
-min_free = "32MiB"
+min_free = "64MiB"
 window = "15s"
 trend_window = "10s"
 shrink_cooldown = "15s"
@@ -176,7 +180,7 @@ balloon() { # the balloon's size on the host the domain runs on, MiB
   done
 }
 field() { sed -n "s/.*\b$1=\([0-9]*\).*/\1/p" <<<"$(mstat)"; }
-low=$FLAVOR_MIB shrunk=0 grown=0 moved=0 peak=0
+low=$FLAVOR_MIB shrunk=0 grown=0 moving=0 moved=0 peak=0
 for ((i = 0; i < 200; i++)); do
   read -r cur on <<<"$(balloon)"
   dem=$(field demand_mib) avail=$(($(field memavail_kib) / 1024))
@@ -184,10 +188,16 @@ for ((i = 0; i < 200; i++)); do
   if [[ -n ${cur:-} ]]; then
     ((cur < low)) && low=$cur
     ((!shrunk && cur <= FLOOR_MIB + 32)) && { shrunk=1; ok "memscale shrank the idle guest: $FLAVOR_MIB -> $cur MiB (its floor: $FLOOR_MIB)"; }
-    if ((shrunk && !grown && ${dem:-0} > 0 && cur >= low + 96)); then
+    if ((shrunk && !grown && ${dem:-0} > 0 && cur >= low + 128)); then
       grown=1; ok "memscale grew it back under demand: $low -> $cur MiB with $dem MiB of demand"
     fi
     ((cur > peak)) && peak=$cur
+  fi
+  if ((grown && !moving)) && ((${dem:-0} >= DEMAND_MIB)) && [[ $(g 'v["state"]') == ok ]]; then
+    sed -i 's/^enabled = false/enabled = true/' "$WORK/memscale.toml"
+    kill -HUP "$MS"
+    moving=1
+    ok "the guest holds its demand at $cur MiB; moves switched on (SIGHUP): $SRC's guests may have $((SRC_CAP - 256)) MiB"
   fi
   if ((grown)) && [[ ${on:-} == "$DST" ]]; then moved=1; CONSOLE=$(console "$DST"); break; fi
   if [[ -n $(grep -a -m1 'Kernel panic' "$CONSOLE" 2>/dev/null) ]]; then fail "the guest panicked: $(grep -a -m1 'Kernel panic' "$CONSOLE")"; fi
