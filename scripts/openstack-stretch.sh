@@ -183,7 +183,8 @@ field() { sed -n "s/.*\b$1=\([0-9]*\).*/\1/p" <<<"$(mstat)"; }
 low=$FLAVOR_MIB shrunk=0 grown=0 moving=0 moved=0 peak=0
 for ((i = 0; i < 200; i++)); do
   read -r cur on <<<"$(balloon)"
-  dem=$(field demand_mib) avail=$(($(field memavail_kib) / 1024))
+  dem=$(field demand_mib) avail=$(field memavail_kib)
+  avail=$((${avail:-0} / 1024))
   say "balloon ${cur:-?} MiB on ${on:-?}; guest demand ${dem:-?} MiB, MemAvailable $avail MiB; memscale: $(g '"%s, books %d MiB, target %d MiB, last %s" % (v["state"], v["current"]>>20, v["target"]>>20, (v.get("last_decision") or {}).get("reason"))')"
   if [[ -n ${cur:-} ]]; then
     ((cur < low)) && low=$cur
