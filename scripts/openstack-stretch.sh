@@ -205,6 +205,16 @@ for ((i = 0; i < 200; i++)); do
     ok "the guest holds its demand at $cur MiB; moves switched on (SIGHUP): $SRC's guests may have $((SRC_CAP - 256)) MiB"
   fi
   if ((grown)) && [[ ${on:-} == "$DST" ]]; then moved=1; CONSOLE=$(console "$DST"); break; fi
+  failed=$(api /v1/migrations 2>/dev/null | python3 -c 'import json,sys; print(next((m["result"] for m in json.load(sys.stdin) if str(m.get("result","")).startswith("failed")), ""))' 2>/dev/null || true)
+  if [[ -n $failed ]]; then
+    say "memscale: the move $failed"
+    sleep 20   # Nova goes on after memscale's call returns: let it finish, then read its records
+    say "Nova: $SERVER $(openstack server show "$SERVER" -f value -c OS-EXT-SRV-ATTR:host -c status -c OS-EXT-STS:task_state | tr '\n' ' ')"
+    OS_COMPUTE_API_VERSION=2.59 openstack server migration list --server "$SERVER" -f value \
+      -c "Source Compute" -c "Dest Compute" -c Status -c "Migration Type" 2>/dev/null | sed 's/^/    nova migration: /' || true
+    grep -h 'Live Migration failure' "$(dirname "$MEMSCALE_OS_INSTANCES")"/log/nova-compute-*.log 2>/dev/null | tail -1 | cut -c1-300 | sed 's/^/    nova-compute: /' || true
+    fail "the move through Nova did not happen"
+  fi
   if [[ -n $(grep -a -m1 'Kernel panic' "$CONSOLE" 2>/dev/null) ]]; then fail "the guest panicked: $(grep -a -m1 'Kernel panic' "$CONSOLE")"; fi
   sleep 3
 done
