@@ -23,7 +23,9 @@ FLAVOR_MIB=512
 MAX_MIB=1024          # hw:mem_max_mb: Zed writes no extra specs into the domain (see below)
 FLOOR_MIB=256         # the policy's floor_below_base: the one way below the flavor's RAM
 DEMAND_AT=150         # seconds after the guest's boot: its demand rises then ...
-DEMAND_MIB=300        # ... to this much tmpfs, at 16 MiB/s
+DEMAND_MIB=300        # ... to this much tmpfs
+DEMAND_RATE=4         # MiB/s (at 16 MiB/s the host's sharing, cutting the guest to its need while
+                      # over capacity, once fell behind the climb and the guest panicked)
 SRC_CAP=576           # the source host's capacity (its reserve: 256 MiB)
 T0=$SECONDS
 
@@ -60,7 +62,7 @@ RID=$(openstack image create --disk-format raw --container-format bare --public 
   --file /var/tmp/memscale-testbed/cache/initrd.gz ms-stretch-ramdisk -f value -c id)
 ROOTIMG=$(mktemp)
 truncate -s 1M "$ROOTIMG"
-CMDLINE="console=ttyS0 quiet panic=0 memscale.demand=$DEMAND_AT:$DEMAND_MIB@16"
+CMDLINE="console=ttyS0 quiet panic=0 memscale.demand=$DEMAND_AT:$DEMAND_MIB@$DEMAND_RATE"
 IID=$(openstack image create --disk-format raw --container-format bare --public --file "$ROOTIMG" \
   --property kernel_id="$KID" --property ramdisk_id="$RID" --property os_command_line="$CMDLINE" \
   ms-stretch-root -f value -c id)
@@ -96,7 +98,7 @@ ok "the domain carries Nova's metadata and a virtio balloon"
 
 # The console log is in the instance's directory on the compute it runs on (Nova truncates it
 # when the guest arrives on another).
-console() { echo "$MEMSCALE_OS_INSTANCES$1/$UUID/console.log"; }
+console() { echo "$MEMSCALE_OS_INSTANCES$1/$MEMSCALE_OS_INSTANCES_IN_HOST/$UUID/console.log"; }
 CONSOLE=$(console "$SRC")
 mstat() { grep -a '^MSTAT' "$CONSOLE" 2>/dev/null | tail -1; }
 for ((i = 0; i < 150; i++)); do [[ -n $(mstat) ]] && break; sleep 1; done
@@ -212,7 +214,7 @@ for ((i = 0; i < 200; i++)); do
     say "Nova: $SERVER $(openstack server show "$SERVER" -f value -c OS-EXT-SRV-ATTR:host -c status -c OS-EXT-STS:task_state | tr '\n' ' ')"
     OS_COMPUTE_API_VERSION=2.59 openstack server migration list --server "$SERVER" -f value \
       -c "Source Compute" -c "Dest Compute" -c Status -c "Migration Type" 2>/dev/null | sed 's/^/    nova migration: /' || true
-    grep -h 'Live Migration failure' "$(dirname "$MEMSCALE_OS_INSTANCES")"/log/nova-compute-*.log 2>/dev/null | tail -1 | cut -c1-300 | sed 's/^/    nova-compute: /' || true
+    grep -h 'Live Migration failure' "$MEMSCALE_OS_LOGS"/nova-compute-*.log 2>/dev/null | tail -1 | cut -c1-300 | sed 's/^/    nova-compute: /' || true
     fail "the move through Nova did not happen"
   fi
   if [[ -n $(grep -a -m1 'Kernel panic' "$CONSOLE" 2>/dev/null) ]]; then fail "the guest panicked: $(grep -a -m1 'Kernel panic' "$CONSOLE")"; fi

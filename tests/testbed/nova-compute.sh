@@ -34,12 +34,19 @@ CD=$OSDIR/cloud                     # this layer's state
 MQ_NODE=memscale$MQ_PORT@localhost  # the RabbitMQ node, named by its port: one per OpenStack
 MQ_URL=rabbit://nova:$PASS@$ADDR:$MQ_PORT/
 SOCK_DB=$OSDIR/run/mysqld.sock
-# Each compute's instances (disks, kernels, console logs) in cloud/instances-NAME. One shared
-# path was tried first: Nova then finds shared storage and live-migrates without copying the
-# disk, and libvirt refuses ("Migration without shared storage is unsafe": a file on a local
-# ext4 is not shared storage to it, whatever the cache mode, and Nova never passes
-# VIR_MIGRATE_UNSAFE). With a path each, Nova block-migrates (NBD, only the qcow2's top).
-instances_of() { echo "$CD/instances-$1"; }
+# Each compute's instances (disks, kernels, console logs) at one path, /var/lib/libvirt/
+# nova-instances, that is a different directory on each host: the host's private
+# /var/lib/libvirt (host.sh), seen by its libvirtd and by its nova-compute, which runs in the
+# host's mount namespace (in the machine's network namespace, for Keystone and RabbitMQ on
+# loopback). Nova keeps a disk's path when it moves an instance, so the path must be the same
+# on every host. Tried first: one shared directory (Nova takes it for shared storage and asks
+# for a plain live migration, which libvirt refuses: "Migration without shared storage is
+# unsafe": a local ext4 is not shared storage to it, and Nova never passes
+# VIR_MIGRATE_UNSAFE); then a directory per compute at different paths (Nova block-migrates,
+# but the destination's QEMU opens the source's path: "Block node is read-only").
+TB_HOSTS=${MEMSCALE_TESTBED_DIR:-/var/tmp/memscale-testbed}/hosts
+INSTANCES_PATH=/var/lib/libvirt/nova-instances
+instances_of() { echo "$TB_HOSTS/$1/lib/nova-instances"; }   # as this machine sees it
 
 die() { echo "nova-compute: $*" >&2; exit 1; }
 log() { echo "nova-compute: $*" >&2; }
@@ -303,7 +310,7 @@ EOF
 [DEFAULT]
 host = $name
 my_ip = $ip
-instances_path = $(instances_of "$name")
+instances_path = $INSTANCES_PATH
 log_file = $CD/log/nova-compute-$name.log
 [libvirt]
 connection_uri = qemu+tcp://$ip/system
@@ -396,7 +403,7 @@ up() {
   # openstack.sh rebuilds its state (databases included) when its own recipe changes.
   if [[ ! -e $CD/bootstrapped || $(cat "$CD/base.sum" 2>/dev/null) != $(cat "$OSDIR/recipe.sum") ]]; then
     down   # the hosts too: their guests were instances of the old databases
-    rm -rf "$CD"/{glance,neutron,nova,rabbit,bootstrapped} "$CD"/instances-*
+    rm -rf "$CD"/{glance,neutron,nova,rabbit,bootstrapped}
     write_configs
     start_rabbit
     bootstrap
@@ -426,7 +433,8 @@ up() {
     name=${c%%:*} idx=${c#*:}
     host_alive "$name" || "$HERE/host.sh" up "$name" "$idx" >/dev/null 8>&-
     mkdir -p "$(instances_of "$name")"
-    start_proc "nova-compute-$name" nova-compute --config-file "$CD/nova/nova.conf" \
+    start_proc "nova-compute-$name" nsenter -t "$(cat "$TB_HOSTS/$name/run/virtlogd.pid")" -m -- \
+      nova-compute --config-file "$CD/nova/nova.conf" \
       --config-file "$CD/nova/compute-$name.conf"
   done
   wait_for "glance-api on $GL_URL" 120 answers_http "$GL_URL/"
@@ -460,7 +468,8 @@ print_env() {
   local c hosts=""
   for c in "${COMPUTES[@]}"; do hosts+="${c%%:*}=$(host_ip "${c#*:}") "; done
   # a compute's instances: ${MEMSCALE_OS_INSTANCES}NAME
-  echo "export MEMSCALE_OS_GLANCE=$GL_URL MEMSCALE_OS_NEUTRON=$NE_URL MEMSCALE_OS_INSTANCES=$CD/instances-"
+  echo "export MEMSCALE_OS_GLANCE=$GL_URL MEMSCALE_OS_NEUTRON=$NE_URL MEMSCALE_OS_LOGS=$CD/log"
+  echo "export MEMSCALE_OS_INSTANCES=$TB_HOSTS/ MEMSCALE_OS_INSTANCES_IN_HOST=lib/nova-instances"
   echo "export MEMSCALE_OS_COMPUTES='${hosts% }'"
 }
 
