@@ -3,12 +3,30 @@
 # busybox initramfs with the virtio modules and the demand generator. Fast when all is there.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
-if [[ ${1:-} == --help ]]; then echo "usage: install.sh [--openstack] [--extra PKG...]"; exit 0; fi
+if [[ ${1:-} == --help ]]; then echo "usage: install.sh [--openstack|--openstack-compute] [--extra PKG...]"; exit 0; fi
 PKGS=(qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev busybox-static cpio kmod iproute2 socat pkg-config xz-utils prometheus systemd protobuf-compiler libprotobuf-dev etcd-server etcd-client
   debootstrap systemd-container dpkg-dev binutils lintian)
 # OpenStack (Keystone, Placement, nova-api; tests/testbed/openstack.sh): asked for with
 # --openstack. Their postinst scripts are told not to set up databases, endpoints or users.
 OS_PKGS=(keystone placement-api nova-api uwsgi-core uwsgi-plugin-python3 mariadb-server python3-pymysql python3-openstackclient curl)
+# --openstack-compute adds the rest of a compute cloud (tests/testbed/nova-compute.sh):
+# RabbitMQ, nova-conductor, nova-scheduler, nova-compute (libvirt), glance-api and a
+# neutron-server without agents (Nova asks Neutron's API at boot and at live migration).
+OSC_PKGS=(rabbitmq-server nova-conductor nova-scheduler nova-compute nova-compute-qemu glance-api neutron-server)
+if [[ ${1:-} == --openstack-compute ]]; then
+  set -- --openstack "${@:2}"
+  PKGS+=("${OSC_PKGS[@]}")
+  if ! dpkg -s glance-api neutron-server >/dev/null 2>&1; then
+    {
+      for k in configure_db configure_rabbit configure_ksat; do
+        echo "glance-common glance/$k boolean false"; echo "neutron-common neutron/$k boolean false"
+      done
+      for p in glance-common neutron-common; do echo "$p $p/dbconfig-install boolean false"; done
+      echo "glance-api glance/configure_api-endpoint boolean false"
+      echo "neutron-common neutron/configure_nova boolean false"
+    } | debconf-set-selections
+  fi
+fi
 if [[ ${1:-} == --openstack ]]; then
   shift
   PKGS+=("${OS_PKGS[@]}")
@@ -35,6 +53,13 @@ missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
   echo "testbed: installing ${missing[*]}" >&2
+  # No package may start its service (libvirtd, RabbitMQ, Nova...): the test bed runs its own.
+  # A policy-rc.d that refuses every start, for the install only, unless one is there already.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
