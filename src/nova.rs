@@ -3,7 +3,7 @@
 //! Moving a Nova instance behind Nova's back (libvirt peer to peer) would leave Nova's records
 //! saying it runs where it no longer does. For such hosts (`migration_backend = "nova"`),
 //! memscale asks Nova instead: a Keystone v3 password token, then the server action
-//! `os-migrateLive` (compute API microversion 2.30: `block_migration: "auto"`, no `force`, so
+//! `os-migrateLive` (compute API microversion 2.34: pre-checks after the 202, `block_migration: "auto"`, no `force`, so
 //! Nova's scheduler checks the destination), then polls the server until it is `ACTIVE` with
 //! no task on the destination host, or reports why not. A Nova instance's UUID is its libvirt
 //! domain's UUID, so the daemon names servers by the domains it sees.
@@ -132,8 +132,12 @@ pub enum Service {
     Placement,
 }
 
-/// Microversion: 2.25 made `block_migration: "auto"` possible; 2.30 added `force` (left out).
-pub const MICROVERSION: &str = "compute 2.30";
+/// Microversion: 2.25 made `block_migration: "auto"` possible; 2.30 added `force` (left out);
+/// 2.34 runs `os-migrateLive`'s pre-checks after answering 202 (at 2.30 the answer waited for
+/// them: seen on the test bed's real nova-compute taking longer than the 30 s HTTP timeout,
+/// so memscale called a move failed that Nova carried on with). A failed pre-check then
+/// leaves the server ACTIVE on its source, which the polling below reports.
+pub const MICROVERSION: &str = "compute 2.34";
 
 pub struct Nova {
     cfg: NovaConfig,

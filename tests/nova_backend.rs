@@ -1,5 +1,5 @@
 //! The Nova migration backend's protocol: Keystone v3 password token and catalog, the
-//! `os-migrateLive` server action with microversion 2.30, polling until the server runs on
+//! `os-migrateLive` server action with microversion 2.34, polling until the server runs on
 //! the destination, a refused token renewed, and every way Nova can say no.
 //!
 //! The test bed runs a real Keystone, Placement and nova-api (`tests/testbed/openstack.sh`), but
@@ -225,7 +225,7 @@ fn a_live_migration_is_asked_of_nova_and_followed_to_the_end() {
         action.4,
         json!({"os-migrateLive": {"host": "compute-b", "block_migration": "auto"}})
     );
-    assert_eq!(action.3, "compute 2.30");
+    assert_eq!(action.3, "compute 2.34");
     assert_eq!(action.2, "tok1");
     // It looked at the server before and until the end.
     let gets = w.seen.iter().filter(|s| s.0 == "GET").count();

@@ -202,6 +202,9 @@ pub(super) fn report_over(host: &mut Host, shared: &Shared, now: f64) {
 /// Seconds a host must fit its capacity before being over it again counts as a new episode.
 const OVER_QUIET: f64 = 30.0;
 
+/// A guest whose trend takes its need up by more than this is climbing (moved last).
+const CLIMB: Bytes = Bytes::from_mib(16);
+
 /// The guests that could move to another host now: planned (or shared) this tick, running,
 /// not resizing, not pinned. By UUID, with the name and size the rebalancer weighs.
 pub(super) fn movable(host: &Host, plans: &[Plan]) -> Vec<(String, Candidate)> {
@@ -228,6 +231,7 @@ pub(super) fn movable(host: &Host, plans: &[Plan]) -> Vec<(String, Candidate)> {
                 Candidate {
                     name: g.name.clone(),
                     size: p.before,
+                    climbing: p.decision.predicted > p.decision.need.saturating_add(CLIMB),
                 },
             ))
         })

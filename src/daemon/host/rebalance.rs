@@ -399,7 +399,7 @@ async fn start_move(
         let t = mc.timeout.0;
         tokio::task::spawn_blocking(move || {
             api.live_migrate(&u, &dest, t)
-                .map_err(|e| HvError::Other(format!("nova: {e}")))
+                .map_err(|e| HvError::Other(e.to_string()))
         })
     } else {
         let (hv, tls) = (host.hv.clone(), mc.tls);
