@@ -196,15 +196,24 @@ impl Guest {
             })
             .sum()
     }
-    /// The console line showing an OOM kill or a panic, if any.
+    /// The console line showing an OOM kill or a panic, if any, followed by the console's
+    /// last lines (what the kernel said before it: a failing test shows why).
     pub fn oom(&self) -> Option<String> {
         let out = Command::new(testbed().join("guest.sh"))
             .args(["oom", &self.host, &self.name])
             .output()
             .expect("guest.sh oom");
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        out.status.success().then(|| {
+            let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let console = self.console();
+            // (Not the demand generator's once-a-second MSTAT lines.)
+            let lines: Vec<&str> = console
+                .lines()
+                .filter(|l| !l.starts_with("MSTAT"))
+                .collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            format!("{line}\n--- the console's last lines ---\n{tail}")
+        })
     }
     /// The hypervisor's view: `balloon.current` in MiB.
     pub fn current_mib(&self) -> u64 {

@@ -135,22 +135,31 @@ CHUNK=4
 n=0            # chunks held
 applied=""     # schedule entries already applied
 budget=0       # MiB the rate allows to add now
-cs() { tr -d . < /proc/uptime | cut -d' ' -f1; }
-start=$(cs)
+# The loop runs no program but `sleep` (and dd/rm when the demand moves): under emulation each
+# fork and exec costs the host milliseconds, and a guest spawning 25 a second used a sixth of
+# a host core while idle, which a suite running a dozen guests on two cores could not spare.
+# cs: centiseconds since boot, into CS (read /proc/uptime "123.45 ...", drop the dot; the
+# leading digit is never 0 past the first second, so the shell never reads it as octal).
+cs() { read -r CS _ < /proc/uptime; CS=${CS%.*}${CS#*.}; }
+cs; start=$CS
 last=$start
 lastprint=0
+OIFS=$IFS
 while true; do
-  now=$(cs)
+  cs; now=$CS
   t=$(( (now - start) / 100 ))
   # schedule: apply each entry once when its time has come
   i=0
-  for e in $(echo "$SCHED" | tr ',' ' '); do
+  IFS=,
+  for e in $SCHED; do
+    IFS=$OIFS
     i=$((i + 1))
     at=${e%%:*}; rest=${e#*:}; mib=${rest%@*}; rate=0
     case $rest in *@*) rate=${rest#*@} ;; esac
     case " $applied " in *" $i "*) continue ;; esac
     if [ "$t" -ge "$at" ]; then echo "$mib $rate" > /run/demand; applied="$applied $i"; fi
   done
+  IFS=$OIFS
   read target rate < /run/demand
   held=$((n * CHUNK))
   # The rate is kept over wall time, however long each write takes under emulation.
@@ -185,14 +194,25 @@ while true; do
       [ -e "$c" ] || continue
       present="$present ${c%/online}"
       case " $seen " in *" ${c%/online} "*) continue ;; esac
-      [ -n "$seen" ] && [ "$CPUONLINE" = 1 ] && [ "$(cat "$c")" = 0 ] && echo 1 > "$c" 2>/dev/null && echo "MEVENT onlined ${c%/online}"
+      read -r v < "$c"
+      [ -n "$seen" ] && [ "$CPUONLINE" = 1 ] && [ "$v" = 0 ] && echo 1 > "$c" 2>/dev/null && echo "MEVENT onlined ${c%/online}"
     done
     seen="$present "
-    cpus=$(grep -c '^processor' /proc/cpuinfo)
-    mt=$(awk '/^MemTotal:/{print $2}' /proc/meminfo)
-    ma=$(awk '/^MemAvailable:/{print $2}' /proc/meminfo)
-    mf=$(awk '/^MemFree:/{print $2}' /proc/meminfo)
-    oom=$(awk '/^oom_kill /{print $2}' /proc/vmstat)
+    # Online CPUs (as /proc/cpuinfo lists them): those without an online switch, and those
+    # whose switch says 1.
+    cpus=0
+    for c in /sys/devices/system/cpu/cpu[0-9]*; do
+      v=1
+      [ -e "$c/online" ] && read -r v < "$c/online"
+      [ "$v" = 1 ] && cpus=$((cpus + 1))
+    done
+    while read -r k v _; do
+      case $k in MemTotal:) mt=$v ;; MemAvailable:) ma=$v ;; MemFree:) mf=$v ;; esac
+    done < /proc/meminfo
+    oom=0
+    while read -r k v; do
+      [ "$k" = oom_kill ] && oom=$v && break
+    done < /proc/vmstat
     line="MSTAT t=$t demand_mib=$((n * CHUNK)) target_mib=$target memtotal_kib=$mt memavail_kib=$ma memfree_kib=$mf oom_kill=${oom:-0} cpus=$cpus"
     echo "$line" > /run/mstat
     echo "$line"
