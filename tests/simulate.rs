@@ -358,25 +358,32 @@ fn candidates_against_issue_18s_bar_on_the_july_sample() {
     );
 }
 
-/// `--per-vm` gives each VM's figures and pressure events under each controller, and they add
-/// up to the run's totals: the events listed are the events counted, each one began with
-/// demand above the allocation, and the VMs' reclaim integrals give the run's reclaim.
-#[test]
-fn per_vm_figures_add_up_to_the_run() {
-    let (code, out, err) = memscale(&[
+/// The July sample at floor 0%, the default policy beside VPA, as JSON (with `extra` flags).
+fn vpa_on_the_sample(extra: &[&str]) -> serde_json::Value {
+    let trace = sample20();
+    let mut args = vec![
         "simulate",
         "--trace",
-        &sample20(),
+        &trace,
         "--floor",
         "0%",
         "--baseline",
         "vpa",
         "--json",
-        "--per-vm",
         "--no-progress",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = memscale(&args);
     assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
+    serde_json::from_str(&out).expect("JSON on stdout")
+}
+
+/// `--per-vm` gives each VM's figures and pressure events under each controller, and they add
+/// up to the run's totals: the events listed are the events counted, each one began with
+/// demand above the allocation, and the VMs' reclaim integrals give the run's reclaim.
+#[test]
+fn per_vm_figures_add_up_to_the_run() {
+    let v = vpa_on_the_sample(&["--per-vm"]);
     let results = v["results"].as_array().expect("results");
     for r in results {
         let name = r["name"].as_str().expect("name");
@@ -418,19 +425,7 @@ fn per_vm_figures_add_up_to_the_run() {
         );
     }
     // Without the flag the JSON has no per_vm (its size stays that of the totals).
-    let (code, out, err) = memscale(&[
-        "simulate",
-        "--trace",
-        &sample20(),
-        "--floor",
-        "0%",
-        "--baseline",
-        "vpa",
-        "--json",
-        "--no-progress",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
+    let v = vpa_on_the_sample(&[]);
     let results = v["results"].as_array().expect("results");
     assert!(
         results.iter().all(|r| r.get("per_vm").is_none()),
