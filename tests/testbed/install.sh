@@ -4,6 +4,14 @@
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 if [[ ${1:-} == --help ]]; then echo "usage: install.sh [--openstack|--openstack-compute] [--extra PKG...]"; exit 0; fi
+# One install at a time: scripts/test.sh's background OpenStack bring-up, the test files and
+# the two test threads of a file all call this; two apt-get or debconf runs at once fail on
+# their locks ("config.dat is locked by another process", seen on a fresh machine).
+# flock -o: the lock stays with flock itself, so no process started here can keep it.
+if [[ -z ${MEMSCALE_INSTALL_LOCKED:-} ]]; then
+  mkdir -p "$STATE"
+  MEMSCALE_INSTALL_LOCKED=1 exec flock -o "$STATE/install.lock" "$0" "$@"
+fi
 PKGS=(qemu-system-x86 libvirt-daemon-system libvirt-clients libvirt-dev busybox-static cpio kmod iproute2 socat pkg-config xz-utils prometheus systemd protobuf-compiler libprotobuf-dev etcd-server etcd-client
   debootstrap systemd-container dpkg-dev binutils lintian)
 # OpenStack (Keystone, Placement, nova-api; tests/testbed/openstack.sh): asked for with
