@@ -39,6 +39,10 @@ pub struct NovaConfig {
     /// Seconds between two looks at a migrating server.
     #[serde(default = "default_poll")]
     pub poll_seconds: f64,
+    /// Seconds an HTTP call to Keystone, Nova or Placement may take before memscale stops
+    /// waiting for its answer.
+    #[serde(default = "default_http_timeout")]
+    pub http_timeout_seconds: f64,
     /// Live flavor envelopes: how long a flavor read from nova-api is believed before it is
     /// read again (0: envelopes come from the domain metadata only).
     #[serde(default = "default_flavor_ttl")]
@@ -49,6 +53,10 @@ pub struct NovaConfig {
     /// Memory given beyond flavors, held in Placement (absent: Placement is not written).
     #[serde(default)]
     pub placement: Option<PlacementConfig>,
+}
+
+fn default_http_timeout() -> f64 {
+    30.0
 }
 
 fn default_flavor_ttl() -> f64 {
@@ -168,7 +176,9 @@ impl Nova {
             ));
         }
         let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(Duration::from_secs_f64(
+                cfg.http_timeout_seconds.clamp(1.0, 600.0),
+            )))
             .http_status_as_error(false)
             .build()
             .into();
@@ -359,14 +369,29 @@ impl Nova {
             return Ok(());
         }
         let body = json!({"os-migrateLive": {"host": dest, "block_migration": "auto"}});
-        match self.call("POST", &format!("/servers/{id}/action"), Some(&body))? {
-            (202, _) => {}
-            (s, v) => {
+        // A POST that got no answer (Nova's API slower than the HTTP timeout, seen on a loaded
+        // test bed) may still have been taken: Nova then migrates all the same. It is followed
+        // like an answered one, and called not taken only if no migration shows (a task on the
+        // server, or the server on the destination) within twice the HTTP timeout.
+        let grace = Duration::from_secs_f64(2.0 * self.cfg.http_timeout_seconds.clamp(1.0, 600.0));
+        let mut unanswered: Option<(String, Instant)> = None;
+        match self.call("POST", &format!("/servers/{id}/action"), Some(&body)) {
+            Ok((202, _)) => {}
+            Ok((s, v)) => {
                 return Err(NovaError::Failed(format!(
                     "os-migrateLive of {id} to {dest} refused: HTTP {s}: {}",
                     brief(&v)
                 )));
             }
+            Err(NovaError::Api(e)) => {
+                tracing::warn!(
+                    server = id,
+                    dest,
+                    "os-migrateLive got no answer ({e}); following the server in case Nova took it"
+                );
+                unanswered = Some((e, Instant::now()));
+            }
+            Err(e) => return Err(e),
         }
         let mut seen_task = false;
         loop {
@@ -390,7 +415,21 @@ impl Nova {
                 if host.as_deref() == Some(dest) {
                     return Ok(());
                 }
-                if seen_task || t0.elapsed() > Duration::from_secs(30) {
+                let left = match &unanswered {
+                    // No answer and no sign of a migration yet: Nova may still be on it.
+                    Some((e, since)) if !seen_task => {
+                        if since.elapsed() > grace {
+                            return Err(NovaError::Failed(format!(
+                                "os-migrateLive of {id} to {dest} got no answer ({e}) and Nova shows no migration of it {} s later; the server is still on {}",
+                                grace.as_secs(),
+                                host.unwrap_or_default()
+                            )));
+                        }
+                        false
+                    }
+                    _ => seen_task || t0.elapsed() > Duration::from_secs(30),
+                };
+                if left {
                     return Err(NovaError::Failed(format!(
                         "Nova left server {id} on {} (the migration to {dest} did not happen; see `openstack server migration list --server {id}`)",
                         host.unwrap_or_default()

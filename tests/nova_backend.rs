@@ -29,6 +29,10 @@ struct World {
     /// The first token is refused after this many compute calls.
     expire_after: Option<u32>,
     compute_calls: u32,
+    /// The os-migrateLive POST is answered this late (past the client's HTTP timeout).
+    answer_late: Option<Duration>,
+    /// Whether a POST answered late is taken all the same.
+    late_taken: bool,
 }
 
 fn serve(world: Arc<Mutex<World>>) -> String {
@@ -38,40 +42,48 @@ fn serve(world: Arc<Mutex<World>>) -> String {
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(mut s) = conn else { continue };
-            let mut r = BufReader::new(s.try_clone().expect("clone"));
-            let mut line = String::new();
-            if r.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut parts = line.split_whitespace();
-            let (method, path) = (
-                parts.next().unwrap_or("").to_string(),
-                parts.next().unwrap_or("").to_string(),
-            );
-            let mut headers = std::collections::HashMap::new();
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
+            let (world, b2) = (world.clone(), b2.clone());
+            // One thread per connection: a late answer must not hold up the polls.
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().expect("clone"));
+                let mut line = String::new();
+                if r.read_line(&mut line).is_err() {
+                    return;
                 }
-                if let Some((k, v)) = h.split_once(':') {
-                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                let mut parts = line.split_whitespace();
+                let (method, path) = (
+                    parts.next().unwrap_or("").to_string(),
+                    parts.next().unwrap_or("").to_string(),
+                );
+                let mut headers = std::collections::HashMap::new();
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                    }
                 }
-            }
-            let len: usize = headers
-                .get("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; len];
-            let _ = r.read_exact(&mut body);
-            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let (code, extra, answer) = answer(&world, &b2, &method, &path, &headers, body);
-            let text = answer.to_string();
-            let _ = write!(
-                s,
-                "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{text}",
-                text.len()
-            );
+                let len: usize = headers
+                    .get("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let (code, extra, answer) = answer(&world, &b2, &method, &path, &headers, body);
+                let late = world.lock().expect("world").answer_late;
+                if let (Some(d), true) = (late, path.ends_with("/action")) {
+                    std::thread::sleep(d);
+                }
+                let text = answer.to_string();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            });
         }
     });
     base
@@ -163,6 +175,9 @@ fn answer(
                 json!({"badRequest": {"code": 400, "message": format!("Compute host {dest} could not be found.")}}),
             );
         }
+        if w.answer_late.is_some() && !w.late_taken {
+            return (202, String::new(), Value::Null);
+        }
         w.task = Some("migrating".into());
         w.polls = 2;
         return (202, String::new(), Value::Null);
@@ -189,6 +204,7 @@ fn nova(base: &str) -> (Nova, tempfile::TempDir) {
         interface: "public".into(),
         compute_url: None,
         poll_seconds: 0.05,
+        http_timeout_seconds: 1.0,
         flavor_ttl_seconds: 0.0,
         placement_url: None,
         placement: None,
@@ -230,6 +246,44 @@ fn a_live_migration_is_asked_of_nova_and_followed_to_the_end() {
     // It looked at the server before and until the end.
     let gets = w.seen.iter().filter(|s| s.0 == "GET").count();
     assert!(gets >= 3, "{gets} looks at the server");
+}
+
+#[test]
+fn an_unanswered_migration_is_followed_and_named_when_nova_did_not_take_it() {
+    // Nova's API answers the POST after the client stopped waiting (1 s), but took it: the
+    // server migrates, and memscale follows it to the end instead of calling it failed.
+    let w = world("ok");
+    {
+        let mut g = w.lock().expect("world");
+        g.answer_late = Some(Duration::from_secs(3));
+        g.late_taken = true;
+    }
+    let (n, _d) = nova(&serve(w.clone()));
+    n.live_migrate("u-1", "compute-b", Duration::from_secs(30))
+        .expect("followed to the end");
+    let g = w.lock().expect("world");
+    assert_eq!(g.host, "compute-b");
+    assert_eq!(
+        g.seen.iter().filter(|s| s.1.ends_with("/action")).count(),
+        1,
+        "the action is asked once, never again after the timeout"
+    );
+    drop(g);
+    // The same silence, but Nova did not take it: named once the grace (twice the HTTP
+    // timeout) has passed with no migration to see.
+    let w = world("ok");
+    w.lock().expect("world").answer_late = Some(Duration::from_secs(3));
+    let (n, _d) = nova(&serve(w.clone()));
+    let e = n
+        .live_migrate("u-1", "compute-b", Duration::from_secs(30))
+        .expect_err("not taken");
+    let m = e.to_string();
+    assert!(
+        m.contains("os-migrateLive of u-1 to compute-b got no answer")
+            && m.contains("shows no migration")
+            && m.contains("still on compute-a"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -298,6 +352,7 @@ fn every_refusal_is_named() {
         interface: "public".into(),
         compute_url: None,
         poll_seconds: 0.05,
+        http_timeout_seconds: 1.0,
         flavor_ttl_seconds: 0.0,
         placement_url: None,
         placement: None,
@@ -322,6 +377,7 @@ fn every_refusal_is_named() {
         interface: "public".into(),
         compute_url: None,
         poll_seconds: 1.0,
+        http_timeout_seconds: 30.0,
         flavor_ttl_seconds: 0.0,
         placement_url: None,
         placement: None,
