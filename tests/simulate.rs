@@ -267,6 +267,37 @@ fn fails_the_bar(results: &[serde_json::Value], name: &str) -> Vec<String> {
     fails
 }
 
+/// `memscale simulate` on the July sample at issue 18's setting (floor 0%, 128 MiB/s) with
+/// these policy files and extra flags: its results.
+fn at_issue_18s_setting(policies: &[&str], extra: &[&str]) -> Vec<serde_json::Value> {
+    at_issue_18s_setting_json(policies, extra)["results"]
+        .as_array()
+        .expect("results")
+        .clone()
+}
+
+/// The same run's whole JSON.
+fn at_issue_18s_setting_json(policies: &[&str], extra: &[&str]) -> serde_json::Value {
+    let trace = sample20();
+    let mut args = vec![
+        "simulate",
+        "--trace",
+        &trace,
+        "--floor",
+        "0%",
+        "--grow-speed",
+        "128MiB/s",
+    ];
+    for p in policies {
+        args.extend(["--policy", p]);
+    }
+    args.extend(extra);
+    args.extend(["--json", "--no-progress"]);
+    let (code, out, err) = memscale(&args);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).expect("JSON on stdout")
+}
+
 /// Issue 18's domination claim, checked on the July sample (19 VMs, floor 0%, 128 MiB/s) for
 /// the candidates in docs/simulation.md. None meets the whole bar yet: `day-peak` (the peak
 /// kept 24 h) is no worse than VPA and Autopilot on every pressure measure and fails only on
@@ -283,28 +314,7 @@ fn candidates_against_issue_18s_bar_on_the_july_sample() {
     let day_peak = format!("{dir}/candidates/day-peak.toml");
     let recur = format!("{dir}/candidates/recur-day-3h.toml");
     let young = format!("{dir}/candidates/two-day-young.toml");
-    let (code, out, err) = memscale(&[
-        "simulate",
-        "--trace",
-        &sample20(),
-        "--floor",
-        "0%",
-        "--grow-speed",
-        "128MiB/s",
-        "--policy",
-        &default,
-        "--policy",
-        &day_peak,
-        "--policy",
-        &recur,
-        "--policy",
-        &young,
-        "--json",
-        "--no-progress",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
-    let results = v["results"].as_array().expect("results");
+    let results = &at_issue_18s_setting(&[&default, &day_peak, &recur, &young], &[]);
     // day-peak fails the bar on one measure only: reclaim against Autopilot.
     let fails = fails_the_bar(results, "day-peak");
     assert_eq!(fails.len(), 1, "{fails:?}");
@@ -360,22 +370,9 @@ fn candidates_against_issue_18s_bar_on_the_july_sample() {
 
 /// The July sample at floor 0%, the default policy beside VPA, as JSON (with `extra` flags).
 fn vpa_on_the_sample(extra: &[&str]) -> serde_json::Value {
-    let trace = sample20();
-    let mut args = vec![
-        "simulate",
-        "--trace",
-        &trace,
-        "--floor",
-        "0%",
-        "--baseline",
-        "vpa",
-        "--json",
-        "--no-progress",
-    ];
+    let mut args = vec!["--baseline", "vpa"];
     args.extend_from_slice(extra);
-    let (code, out, err) = memscale(&args);
-    assert_eq!(code, 0, "{err}");
-    serde_json::from_str(&out).expect("JSON on stdout")
+    at_issue_18s_setting_json(&[], &args)
 }
 
 /// `--per-vm` gives each VM's figures and pressure events under each controller, and they add
@@ -469,31 +466,14 @@ fn no_per_vm_choice_of_the_planners_rules_reaches_the_bar_on_the_july_sample() {
     }
     let grid_file = dir.path().join("grid.toml");
     std::fs::write(&grid_file, grid).unwrap();
-    let (code, out, err) = memscale(&[
-        "simulate",
-        "--trace",
-        &sample20(),
-        "--floor",
-        "0%",
-        "--grow-speed",
-        "128MiB/s",
-        "--policy",
-        grid_file.to_str().unwrap(),
-        "--policy",
-        &format!("{root}/policies/default.toml"),
-        "--policy",
-        &format!("{root}/policies/candidates"),
-        "--baseline",
-        "vpa",
-        "--baseline",
-        "autopilot",
-        "--json",
-        "--per-vm",
-        "--no-progress",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
-    let results = v["results"].as_array().expect("results");
+    let results = &at_issue_18s_setting(
+        &[
+            grid_file.to_str().unwrap(),
+            &format!("{root}/policies/default.toml"),
+            &format!("{root}/policies/candidates"),
+        ],
+        &["--baseline", "vpa", "--baseline", "autopilot", "--per-vm"],
+    );
     let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k}"));
     let by = |n: &str| results.iter().find(|r| r["name"] == n).expect(n);
     let policies: Vec<&serde_json::Value> =
