@@ -37,26 +37,12 @@ for l in sys.stdin:
         print("unit-" + kind[0] + "-" + m["target"]["name"], m["executable"])' | sort -u)
 ((${#bins[@]})) || { echo "test: no test binary was built" >&2; exit 1; }
 logs=$(mktemp -d)
-run_one() {
-  local name=$1 exe=$2 t0=$SECONDS
-  if "$exe" --test-threads 2 >"$logs/$name.log" 2>&1; then
-    echo "ok   $name ($((SECONDS - t0)) s)"
-  else
-    echo "FAIL $name ($((SECONDS - t0)) s)"
-    touch "$logs/$name.failed"
-  fi
-}
-export -f run_one
-export logs
-# Four files at a time: each end-to-end file has its own private hosts, and most of a test's
-# time is spent waiting on guests (three at a time left the two cores half idle, measured).
-# The longest first, so the lanes finish together; e2e_openstack last: by then its services,
-# set up in the background, are up.
+# Four files at a time, at most two of them heavy (scripts/run-tests.py): each end-to-end file
+# has its own private hosts, and most of a test's time is spent waiting on guests (three at a
+# time left the two cores half idle, measured); but four heavy files together starved the
+# guests of CPU.
 echo "== unit, property, integration and end-to-end tests (real guests), four files at a time"
-printf '%s\n' "${bins[@]}" |
-  awk '{w = ($1 ~ /^(e2e_(loop|coord|migrate|share|overcap)|deb_systemd)$/) ? 0 : ($1 == "e2e_openstack" ? 2 : ($1 ~ /^e2e_/ ? 1 : 2)); print w, $0}' |
-  sort -k1,1n -k2,2 | cut -d' ' -f2- |
-  xargs -P 4 -L 1 bash -c 'run_one "$@"' _
+printf '%s\n' "${bins[@]}" | python3 scripts/run-tests.py "$logs"
 failed=0
 for f in "$logs"/*.failed; do
   [[ -e $f ]] || continue

@@ -343,7 +343,7 @@ fn tmpfs_demand_and_nova_envelopes() {
         assert_eq!(r["policy"], "xen-floor");
     }
     // Nova: floor = flavor RAM, ceiling = hw:mem_max_mb (below what the devices allow)
-    d.wait_until("nova at its ceiling", 120, || nova.current_mib() >= 1020);
+    d.wait_until("nova at its ceiling", 180, || nova.current_mib() >= 1020);
     let v = d.guest("nova").expect("nova");
     assert_eq!(v["envelope"]["source"], "nova");
     assert_eq!(mib(&v["envelope"]["floor"]), 512);
