@@ -43,9 +43,9 @@ def main():
             else:
                 name = None
             if name:
-                log = open(f"{logdir}/{name}.log", "w")
-                p = subprocess.Popen([exe.strip(), "--test-threads", "2"], stdout=log,
-                                     stderr=subprocess.STDOUT)
+                with open(f"{logdir}/{name}.log", "w") as log:
+                    p = subprocess.Popen([exe.strip(), "--test-threads", "2"], stdout=log,
+                                         stderr=subprocess.STDOUT)
                 running[p] = (name, time.monotonic(), is_heavy)
                 started = True
         if started:

@@ -21,6 +21,8 @@ import json
 import sys
 
 BASELINES = ("static", "oracle", "mom", "proxmox", "vpa", "autopilot")
+MEASURES = {"pressure_events_per_vm_day": "events", "shortfall_gib_h": "shortfall",
+            "pressure_time_pct": "pressure time"}
 
 
 def main():
@@ -48,7 +50,7 @@ def main():
     reclaim_bar = max(b["reclaimed_pct"] for b in base)
     bar = {
         k: min(results[b][k] for b in bar_from)
-        for k in ("pressure_events_per_vm_day", "shortfall_gib_h", "pressure_time_pct")
+        for k in MEASURES
     }
     print(
         f"bar: reclaimed > {reclaim_bar:.2f}% (the best baseline's), events/VM-day <= "
@@ -63,9 +65,7 @@ def main():
         fails = []
         if r["reclaimed_pct"] <= reclaim_bar:
             fails.append("reclaim")
-        names = {"pressure_events_per_vm_day": "events", "shortfall_gib_h": "shortfall",
-                 "pressure_time_pct": "pressure time"}
-        fails += [names[k] for k in bar if r[k] > bar[k]]
+        fails += [MEASURES[k] for k in bar if r[k] > bar[k]]
         print(
             f"| {r['name']} | {r['reclaimed_pct']:.2f} | {r['pressure_events_per_vm_day']:.3f} | "
             f"{r['shortfall_gib_h']:.2f} | {r['pressure_time_pct']:.4f} | "

@@ -59,6 +59,13 @@ fn default_http_timeout() -> f64 {
     30.0
 }
 
+impl NovaConfig {
+    /// `http_timeout_seconds`, kept within 1 s to 10 min.
+    fn http_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.http_timeout_seconds.clamp(1.0, 600.0))
+    }
+}
+
 fn default_flavor_ttl() -> f64 {
     60.0
 }
@@ -176,9 +183,7 @@ impl Nova {
             ));
         }
         let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs_f64(
-                cfg.http_timeout_seconds.clamp(1.0, 600.0),
-            )))
+            .timeout_global(Some(cfg.http_timeout()))
             .http_status_as_error(false)
             .build()
             .into();
@@ -373,7 +378,7 @@ impl Nova {
         // test bed) may still have been taken: Nova then migrates all the same. It is followed
         // like an answered one, and called not taken only if no migration shows (a task on the
         // server, or the server on the destination) within twice the HTTP timeout.
-        let grace = Duration::from_secs_f64(2.0 * self.cfg.http_timeout_seconds.clamp(1.0, 600.0));
+        let grace = 2 * self.cfg.http_timeout();
         let mut unanswered: Option<(String, Instant)> = None;
         match self.call("POST", &format!("/servers/{id}/action"), Some(&body)) {
             Ok((202, _)) => {}
